@@ -1,0 +1,25 @@
+"""keras-lth: lottery-ticket pruning for Keras 3.
+
+The public API is what `__all__` lists; everything else is internal.
+"""
+
+from keras_lth import pruning
+from keras_lth.callbacks import PruningScheduler
+from keras_lth.export import compact, strip
+from keras_lth.layers import MaskedDense, density, masked_layers
+from keras_lth.schedules import IterativeSchedule, OneShotSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IterativeSchedule",
+    "MaskedDense",
+    "OneShotSchedule",
+    "PruningScheduler",
+    "compact",
+    "density",
+    "masked_layers",
+    "pruning",
+    "strip",
+    "__version__",
+]

@@ -1,0 +1,317 @@
+"""Pure mask maths: `(weights, current masks, rate) -> new masks`.
+
+Every function here takes NumPy arrays and returns new NumPy arrays; none
+touches a model. The callback reads weights out of the model, calls these,
+and writes the masks back.
+
+Conventions:
+- A mask is a float32 array of 0s and 1s with the kernel's shape
+  (`(fan_in, units)` for a dense kernel); 1 means "kept".
+- `rate` is the share of the *currently alive* weights (or neurons) to prune
+  in one round; the count removed is exactly `round(rate * alive)`.
+- Pruned stays pruned: a position whose mask is 0 is never set back to 1.
+- Ties are broken by position (stable sort), so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+NORMS = ("l1", "l2")
+
+
+def _check_rate(rate, name="rate"):
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a number in "
+            f"(0, 1). Received: {name}={rate!r}"
+        )
+    if not 0.0 < float(rate) < 1.0:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a number in "
+            f"(0, 1). Received: {name}={rate!r}"
+        )
+    return float(rate)
+
+
+def check_norm(norm):
+    if norm not in NORMS:
+        raise ValueError(
+            f"Received an invalid value for `norm`, expected one of {NORMS}. "
+            f"Received: norm={norm!r}"
+        )
+    return norm
+
+
+def prune_count(rate: float, alive: int) -> int:
+    """Number of alive items a round removes: `round(rate * alive)`.
+
+    Python's `round` halves to even; we round halves up so that the count is
+    monotone in `rate`.
+    """
+    return int(math.floor(rate * alive + 0.5))
+
+
+def rate_for_target(target_density: float, rounds: int) -> float:
+    """Per-round rate that reaches `target_density` after `rounds` rounds."""
+    target_density = _check_rate(target_density, "target_density")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(
+            "Received an invalid value for `rounds`, expected a positive "
+            f"integer. Received: rounds={rounds!r}"
+        )
+    return 1.0 - target_density ** (1.0 / rounds)
+
+
+def density_after(rate: float, rounds: int) -> float:
+    """Density of a layer after `rounds` rounds at `rate` (ignoring rounding)."""
+    return (1.0 - rate) ** rounds
+
+
+def _prune_lowest(scores: np.ndarray, alive: np.ndarray, count: int) -> np.ndarray:
+    """Boolean array, True at the `count` alive positions with the lowest score."""
+    flat_scores = np.asarray(scores, dtype=np.float64).ravel()
+    flat_alive = np.asarray(alive, dtype=bool).ravel()
+    idx = np.flatnonzero(flat_alive)
+    out = np.zeros(flat_scores.shape, dtype=bool)
+    if count <= 0 or idx.size == 0:
+        return out.reshape(np.shape(scores))
+    order = np.argsort(flat_scores[idx], kind="stable")
+    out[idx[order[:count]]] = True
+    return out.reshape(np.shape(scores))
+
+
+def magnitude_mask(kernel: np.ndarray, mask: np.ndarray, rate: float) -> np.ndarray:
+    """Prunes `round(rate * alive)` of the alive weights with the smallest |w|.
+
+    Args:
+        kernel: the trained weights (raw values; pruned positions are ignored).
+        mask: the current 0/1 mask, same shape as `kernel`.
+        rate: share of the alive weights to prune, in (0, 1).
+
+    Returns:
+        The new mask (float32), a subset of `mask`.
+    """
+    rate = _check_rate(rate)
+    kernel, mask = _as_pair(kernel, mask)
+    alive = mask > 0
+    drop = _prune_lowest(np.abs(kernel), alive, prune_count(rate, int(alive.sum())))
+    return np.where(drop, 0.0, mask).astype(np.float32)
+
+
+def global_magnitude_masks(
+    kernels: Sequence[np.ndarray], masks: Sequence[np.ndarray], rate: float
+) -> list:
+    """Like `magnitude_mask`, with one threshold over all the given layers.
+
+    Exactly `round(rate * total alive)` weights are pruned, those with the
+    smallest |w| over all layers together.
+    """
+    rate = _check_rate(rate)
+    if len(kernels) != len(masks):
+        raise ValueError(
+            "Expected as many kernels as masks. Received: "
+            f"{len(kernels)} kernels and {len(masks)} masks"
+        )
+    if not kernels:
+        return []
+    pairs = [_as_pair(k, m) for k, m in zip(kernels, masks)]
+    flat_scores = np.concatenate([np.abs(k).ravel() for k, _ in pairs])
+    flat_alive = np.concatenate([(m > 0).ravel() for _, m in pairs])
+    drop = _prune_lowest(flat_scores, flat_alive, prune_count(rate, int(flat_alive.sum())))
+    out, start = [], 0
+    for _, m in pairs:
+        part = drop[start : start + m.size].reshape(m.shape)
+        out.append(np.where(part, 0.0, m).astype(np.float32))
+        start += m.size
+    return out
+
+
+def neuron_norms(kernel: np.ndarray, mask: np.ndarray, norm: str = "l1") -> np.ndarray:
+    """Norm of each neuron's incoming weights (columns of `kernel * mask`)."""
+    check_norm(norm)
+    kernel, mask = _as_pair(kernel, mask)
+    eff = (kernel * mask).reshape(-1, kernel.shape[-1]).astype(np.float64)
+    if norm == "l1":
+        return np.abs(eff).sum(axis=0)
+    return np.sqrt((eff**2).sum(axis=0))
+
+
+def alive_neurons(mask: np.ndarray) -> np.ndarray:
+    """Boolean vector: which neurons (columns) still have an alive weight."""
+    mask = np.asarray(mask)
+    return mask.reshape(-1, mask.shape[-1]).max(axis=0) > 0
+
+
+def neuron_mask(
+    kernel: np.ndarray, mask: np.ndarray, rate: float, norm: str = "l1"
+) -> np.ndarray:
+    """Prunes `round(rate * alive neurons)` whole neurons with the lowest norm.
+
+    Returns the new kernel mask, with the pruned neurons' columns set to 0.
+    The matching bias mask is `neuron_vector(new_mask)`.
+    """
+    rate = _check_rate(rate)
+    kernel, mask = _as_pair(kernel, mask)
+    alive = alive_neurons(mask)
+    drop = _prune_lowest(
+        neuron_norms(kernel, mask, norm), alive, prune_count(rate, int(alive.sum()))
+    )
+    return np.where(drop, 0.0, mask).astype(np.float32)
+
+
+def global_neuron_masks(
+    kernels: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    rate: float,
+    norm: str = "l1",
+) -> list:
+    """Neuron pruning with one threshold over all the given layers.
+
+    Layers have different fan-ins, so a raw norm would favour pruning the
+    narrow ones. Norms are therefore put on a per-weight scale before they are
+    compared: the l1 norm is divided by the fan-in (mean |w|), the l2 norm by
+    its square root (root mean square).
+    """
+    rate = _check_rate(rate)
+    check_norm(norm)
+    pairs = [_as_pair(k, m) for k, m in zip(kernels, masks)]
+    if not pairs:
+        return []
+    scores, alive = [], []
+    for k, m in pairs:
+        fan_in = float(np.prod(k.shape[:-1]))
+        scale = fan_in if norm == "l1" else math.sqrt(fan_in)
+        scores.append(neuron_norms(k, m, norm) / scale)
+        alive.append(alive_neurons(m))
+    flat_alive = np.concatenate(alive)
+    drop = _prune_lowest(
+        np.concatenate(scores), flat_alive, prune_count(rate, int(flat_alive.sum()))
+    )
+    out, start = [], 0
+    for _, m in pairs:
+        units = m.shape[-1]
+        part = drop[start : start + units]
+        out.append(np.where(part, 0.0, m).astype(np.float32))
+        start += units
+    return out
+
+
+def neuron_vector(mask: np.ndarray) -> np.ndarray:
+    """Bias mask matching a kernel mask: 1 where the neuron is alive."""
+    return alive_neurons(mask).astype(np.float32)
+
+
+def random_mask(
+    mask: np.ndarray, rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Prunes `round(rate * alive)` alive weights chosen uniformly at random."""
+    rate = _check_rate(rate)
+    mask = np.asarray(mask, dtype=np.float32)
+    return magnitude_mask(rng.random(mask.shape), mask, rate)
+
+
+def prune(
+    kernels: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    rate: float,
+    layer_rates: Mapping[str, float] | None = None,
+    scope: str = "layer",
+    structure: str = "weight",
+    norm: str = "l1",
+    frozen_neurons: Sequence[str] = (),
+) -> dict:
+    """One pruning round over named layers: the whole strategy in one call.
+
+    Args:
+        kernels: layer name -> trained kernel.
+        masks: layer name -> current kernel mask.
+        rate: share of the alive weights (neurons) pruned per round.
+        layer_rates: per-layer overrides of `rate`. With `scope="global"`,
+            overridden layers are pruned on their own at their rate and the
+            others share one global threshold.
+        scope: `"layer"` (each layer loses `rate` of its own weights) or
+            `"global"` (one magnitude threshold across layers).
+        structure: `"weight"` (unstructured) or `"neuron"` (whole columns).
+        norm: `"l1"` or `"l2"`, the neuron norm when `structure="neuron"`.
+        frozen_neurons: layers whose neurons are never pruned (the output
+            layer); with `structure="neuron"` they are left as they are.
+
+    Returns:
+        layer name -> new kernel mask.
+    """
+    layer_rates = dict(layer_rates or {})
+    unknown = sorted(set(layer_rates) - set(kernels))
+    if unknown:
+        raise ValueError(
+            "Received unknown layer names in `layer_rates`, expected names of "
+            f"masked layers {sorted(kernels)}. Received: {unknown}"
+        )
+    if scope not in ("layer", "global"):
+        raise ValueError(
+            "Received an invalid value for `scope`, expected 'layer' or "
+            f"'global'. Received: scope={scope!r}"
+        )
+    if structure not in ("weight", "neuron"):
+        raise ValueError(
+            "Received an invalid value for `structure`, expected 'weight' or "
+            f"'neuron'. Received: structure={structure!r}"
+        )
+    names = [n for n in kernels if not (structure == "neuron" and n in frozen_neurons)]
+    new = {n: np.asarray(masks[n], dtype=np.float32) for n in kernels}
+
+    def one(name, r):
+        if structure == "neuron":
+            return neuron_mask(kernels[name], masks[name], r, norm)
+        return magnitude_mask(kernels[name], masks[name], r)
+
+    if scope == "layer":
+        for n in names:
+            new[n] = one(n, layer_rates.get(n, rate))
+        return new
+    for n in names:
+        if n in layer_rates:
+            new[n] = one(n, layer_rates[n])
+    shared = [n for n in names if n not in layer_rates]
+    if structure == "neuron":
+        out = global_neuron_masks([kernels[n] for n in shared], [masks[n] for n in shared], rate, norm)
+    else:
+        out = global_magnitude_masks([kernels[n] for n in shared], [masks[n] for n in shared], rate)
+    new.update(zip(shared, out))
+    return new
+
+
+def _as_pair(kernel, mask):
+    kernel = np.asarray(kernel)
+    mask = np.asarray(mask, dtype=np.float32)
+    if kernel.shape != mask.shape:
+        raise ValueError(
+            "Expected a mask of the kernel's shape. Received: kernel shape "
+            f"{kernel.shape} and mask shape {mask.shape}"
+        )
+    return kernel, mask
+
+
+def sparsity_mask(kernel: np.ndarray, mask: np.ndarray, sparsity: float) -> np.ndarray:
+    """Prunes the smallest alive |w| until `round(sparsity * size)` are pruned.
+
+    The absolute-sparsity form used by gradual schedules (tfmot's
+    `ConstantSparsity`, `PolynomialDecay`): `sparsity` is the target share of
+    the whole kernel that is pruned. Already pruned weights stay pruned, so a
+    target below the current sparsity changes nothing.
+    """
+    kernel, mask = _as_pair(kernel, mask)
+    sparsity = float(sparsity)
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(
+            "Received an invalid value for `sparsity`, expected a number in "
+            f"[0, 1). Received: sparsity={sparsity!r}"
+        )
+    alive = mask > 0
+    target = prune_count(sparsity, mask.size)
+    count = max(0, target - int(mask.size - alive.sum()))
+    drop = _prune_lowest(np.abs(kernel), alive, count)
+    return np.where(drop, 0.0, mask).astype(np.float32)
