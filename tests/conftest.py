@@ -1,0 +1,37 @@
+"""Shared test set-up.
+
+- Quiet TensorFlow, fixed seeds.
+- `tf.keras` is resolved (to Keras 3) before any test imports tfmot: importing
+  `tensorflow_model_optimization` sets `TF_USE_LEGACY_KERAS=1`, which would
+  otherwise turn `tf.keras` into legacy tf_keras for the whole session. The
+  `tfmot` fixture also takes that variable back out of `os.environ` so child
+  processes started by later tests are not affected.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_ = tf.keras.layers  # pin tf.keras to Keras 3 before tfmot can be imported
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+    yield
+
+
+@pytest.fixture
+def tfmot():
+    """`tensorflow_model_optimization`, imported without leaking its env var."""
+    before = os.environ.get("TF_USE_LEGACY_KERAS")
+    module = pytest.importorskip("tensorflow_model_optimization")
+    if before is None:
+        os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    else:
+        os.environ["TF_USE_LEGACY_KERAS"] = before
+    return module
