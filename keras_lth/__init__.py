@@ -3,7 +3,7 @@
 The public API is what `__all__` lists; everything else is internal.
 """
 
-from keras_lth import pruning
+from keras_lth import data, models, pruning
 from keras_lth.callbacks import PruningScheduler
 from keras_lth.export import compact, strip
 from keras_lth.layers import MaskedDense, density, masked_layers
@@ -17,8 +17,10 @@ __all__ = [
     "OneShotSchedule",
     "PruningScheduler",
     "compact",
+    "data",
     "density",
     "masked_layers",
+    "models",
     "pruning",
     "strip",
     "__version__",
