@@ -16,7 +16,8 @@ Conventions:
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -50,24 +51,59 @@ def prune_count(rate: float, alive: int) -> int:
     """Number of alive items a round removes: `round(rate * alive)`.
 
     Python's `round` halves to even; we round halves up so that the count is
-    monotone in `rate`.
+    monotone in `rate`. A product that is a half in decimal but falls just
+    below it in binary (`0.29 * 50 == 14.499999999999998`) counts as the half,
+    so `rate=0.29` of 50 alive weights prunes 15, as the rule reads.
     """
-    return int(math.floor(rate * alive + 0.5))
+    x = float(rate) * alive
+    count = math.floor(x + 0.5)
+    # float error on the product is ~1e-16 relative; 1e-12 only snaps
+    # products that are a half up to that error
+    if math.isclose(x + 0.5, count + 1, rel_tol=1e-12, abs_tol=1e-12):
+        count += 1
+    return int(count)
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a {kind} "
+            f"integer. Received: {name}={value!r}"
+        )
+    return int(value)
 
 
 def rate_for_target(target_density: float, rounds: int) -> float:
-    """Per-round rate that reaches `target_density` after `rounds` rounds."""
+    """Per-round rate that reaches `target_density` after `rounds` rounds.
+
+    Args:
+        target_density: share of the weights to keep at the end, in (0, 1).
+        rounds: number of pruning rounds, a positive integer.
+
+    Returns:
+        `1 - target_density ** (1 / rounds)`.
+
+    Example:
+
+    >>> round(rate_for_target(0.107, 10), 3)
+    0.2
+    """
     target_density = _check_rate(target_density, "target_density")
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(
-            "Received an invalid value for `rounds`, expected a positive "
-            f"integer. Received: rounds={rounds!r}"
-        )
+    rounds = _check_int(rounds, "rounds", 1)
     return 1.0 - target_density ** (1.0 / rounds)
 
 
 def density_after(rate: float, rounds: int) -> float:
-    """Density of a layer after `rounds` rounds at `rate` (ignoring rounding)."""
+    """Density of a layer after `rounds` rounds at `rate` (ignoring rounding).
+
+    Example:
+
+    >>> round(density_after(0.2, 10), 3)
+    0.107
+    """
+    rate = _check_rate(rate)
+    rounds = _check_int(rounds, "rounds", 0)
     return (1.0 - rate) ** rounds
 
 
@@ -111,11 +147,7 @@ def global_magnitude_masks(
     smallest |w| over all layers together.
     """
     rate = _check_rate(rate)
-    if len(kernels) != len(masks):
-        raise ValueError(
-            "Expected as many kernels as masks. Received: "
-            f"{len(kernels)} kernels and {len(masks)} masks"
-        )
+    _check_lengths(kernels, masks)
     if not kernels:
         return []
     pairs = [_as_pair(k, m) for k, m in zip(kernels, masks)]
@@ -178,6 +210,7 @@ def global_neuron_masks(
     """
     rate = _check_rate(rate)
     check_norm(norm)
+    _check_lengths(kernels, masks)
     pairs = [_as_pair(k, m) for k, m in zip(kernels, masks)]
     if not pairs:
         return []
@@ -243,13 +276,30 @@ def prune(
     Returns:
         layer name -> new kernel mask.
     """
-    layer_rates = dict(layer_rates or {})
-    unknown = sorted(set(layer_rates) - set(kernels))
-    if unknown:
+    rate = _check_rate(rate)
+    check_norm(norm)
+    if layer_rates is None:
+        layer_rates = {}
+    if not isinstance(layer_rates, Mapping):
         raise ValueError(
-            "Received unknown layer names in `layer_rates`, expected names of "
-            f"masked layers {sorted(kernels)}. Received: {unknown}"
+            "Received an invalid value for `layer_rates`, expected a dict of "
+            f"layer name -> rate. Received: layer_rates={layer_rates!r}"
         )
+    layer_rates = {
+        n: _check_rate(r, f"layer_rates[{n!r}]") for n, r in layer_rates.items()
+    }
+    if set(masks) != set(kernels):
+        raise ValueError(
+            "Received an invalid value for `masks`, expected the layer names "
+            f"of `kernels` {sorted(kernels)}. Received: masks for {sorted(masks)}"
+        )
+    for arg, given in (("layer_rates", layer_rates), ("frozen_neurons", frozen_neurons)):
+        unknown = sorted(set(given) - set(kernels))
+        if unknown:
+            raise ValueError(
+                f"Received unknown layer names in `{arg}`, expected names of "
+                f"masked layers {sorted(kernels)}. Received: {arg} names {unknown}"
+            )
     if scope not in ("layer", "global"):
         raise ValueError(
             "Received an invalid value for `scope`, expected 'layer' or "
@@ -289,10 +339,18 @@ def _as_pair(kernel, mask):
     mask = np.asarray(mask, dtype=np.float32)
     if kernel.shape != mask.shape:
         raise ValueError(
-            "Expected a mask of the kernel's shape. Received: kernel shape "
-            f"{kernel.shape} and mask shape {mask.shape}"
+            "Received an invalid value for `mask`, expected the kernel's shape "
+            f"{kernel.shape}. Received: mask.shape={mask.shape}"
         )
     return kernel, mask
+
+
+def _check_lengths(kernels, masks):
+    if len(kernels) != len(masks):
+        raise ValueError(
+            "Received an invalid value for `masks`, expected one mask per "
+            f"kernel ({len(kernels)}). Received: len(masks)={len(masks)}"
+        )
 
 
 def sparsity_mask(kernel: np.ndarray, mask: np.ndarray, sparsity: float) -> np.ndarray:
@@ -304,12 +362,14 @@ def sparsity_mask(kernel: np.ndarray, mask: np.ndarray, sparsity: float) -> np.n
     target below the current sparsity changes nothing.
     """
     kernel, mask = _as_pair(kernel, mask)
-    sparsity = float(sparsity)
-    if not 0.0 <= sparsity < 1.0:
+    if isinstance(sparsity, (bool, str)) or not (
+        isinstance(sparsity, numbers.Real) and 0.0 <= float(sparsity) < 1.0
+    ):
         raise ValueError(
             "Received an invalid value for `sparsity`, expected a number in "
             f"[0, 1). Received: sparsity={sparsity!r}"
         )
+    sparsity = float(sparsity)
     alive = mask > 0
     target = prune_count(sparsity, mask.size)
     count = max(0, target - int(mask.size - alive.sum()))
