@@ -17,7 +17,12 @@ class MaskedDense(keras.layers.Dense):
     Pruning only ever writes the masks: the raw value of a pruned weight stays
     in `kernel` (it receives no gradient while masked), so algorithms that
     score or re-introduce pruned weights can still read it. `bias_mask` is
-    all ones unless whole neurons are pruned.
+    all ones unless whole neurons are pruned. Kernel and bias regularizers are
+    applied to the effective (masked) weights, so pruned weights add no
+    penalty and no gradient. An optimizer's decoupled weight decay
+    (`weight_decay=...`, `AdamW`) is applied by the optimizer to every raw
+    value, pruned or not: use a regularizer instead when the raw values of
+    pruned weights must be kept.
 
     Masks are written by `keras_lth.PruningScheduler` (or by hand with
     `set_masks`). `keras_lth.strip` turns the layer back into a plain `Dense`
@@ -52,6 +57,11 @@ class MaskedDense(keras.layers.Dense):
     """
 
     def __init__(self, units, activation=None, use_bias=True, **kwargs):
+        if isinstance(units, bool):  # `Dense` accepts `units=True`
+            raise ValueError(
+                "Received an invalid value for `units`, expected a positive "
+                f"integer. Received: units={units!r}"
+            )
         for arg in ("lora_rank", "quantization_config"):
             if kwargs.get(arg) is not None:
                 raise ValueError(
@@ -77,6 +87,15 @@ class MaskedDense(keras.layers.Dense):
             )
         else:
             self.bias_mask = None
+        # A regularizer on the raw kernel would penalise pruned weights and,
+        # through its gradient, change their raw values; it sees the
+        # effective (masked) weights instead.
+        if self.kernel_regularizer is not None:
+            self._kernel.regularizer = _MaskedRegularizer(
+                self.kernel_regularizer, self.kernel_mask
+            )
+        if self.use_bias and self.bias_regularizer is not None:
+            self.bias.regularizer = _MaskedRegularizer(self.bias_regularizer, self.bias_mask)
 
     def call(self, inputs, training=None):
         kernel = ops.multiply(self._kernel, ops.cast(self.kernel_mask, self._kernel.dtype))
@@ -105,26 +124,28 @@ class MaskedDense(keras.layers.Dense):
         keras.layers.Layer.load_own_variables(self, store)
 
     def set_masks(self, kernel_mask, bias_mask=None):
-        """Assigns the kernel mask and (optionally) the bias mask."""
-        kernel_mask = np.asarray(kernel_mask, dtype="float32")
-        if tuple(kernel_mask.shape) != tuple(self.kernel_mask.shape):
+        """Assigns the kernel mask and (optionally) the bias mask.
+
+        Args:
+            kernel_mask: 0/1 array of the kernel's shape `(input_dim, units)`.
+            bias_mask: Optional 0/1 array of shape `(units,)`. Left as it is
+                when `None`.
+        """
+        if not self.built:
             raise ValueError(
-                f"Expected `kernel_mask` of shape {tuple(self.kernel_mask.shape)} "
-                f"for layer '{self.name}'. Received: shape {kernel_mask.shape}"
+                f"Layer '{self.name}' is not built yet, so it has no masks: "
+                "call it on an input (or build the model) before `set_masks`."
             )
-        self.kernel_mask.assign(kernel_mask)
+        kernel_mask = _check_mask(kernel_mask, "kernel_mask", tuple(self.kernel_mask.shape), self.name)
         if bias_mask is not None:
             if self.bias_mask is None:
                 raise ValueError(
                     f"Layer '{self.name}' has no bias (use_bias=False). "
-                    "Received a `bias_mask`."
+                    f"Received: bias_mask={bias_mask!r}"
                 )
-            bias_mask = np.asarray(bias_mask, dtype="float32")
-            if tuple(bias_mask.shape) != (self.units,):
-                raise ValueError(
-                    f"Expected `bias_mask` of shape {(self.units,)} for layer "
-                    f"'{self.name}'. Received: shape {bias_mask.shape}"
-                )
+            bias_mask = _check_mask(bias_mask, "bias_mask", (self.units,), self.name)
+        self.kernel_mask.assign(kernel_mask)
+        if bias_mask is not None:
             self.bias_mask.assign(bias_mask)
 
     def density(self):
@@ -139,15 +160,65 @@ class MaskedDense(keras.layers.Dense):
         return [kernel, ops.convert_to_numpy(self.bias) * ops.convert_to_numpy(self.bias_mask)]
 
 
+class _MaskedRegularizer:
+    """Applies `regularizer` to `value * mask` (pruned weights cost nothing)."""
+
+    def __init__(self, regularizer, mask):
+        self.regularizer = regularizer
+        self.mask = mask
+
+    def __call__(self, value):
+        return self.regularizer(ops.multiply(value, ops.cast(self.mask, value.dtype)))
+
+
+def _check_mask(mask, arg, shape, layer_name):
+    mask = np.asarray(mask, dtype="float32")
+    if tuple(mask.shape) != shape:
+        raise ValueError(
+            f"Received an invalid value for `{arg}` of layer '{layer_name}', "
+            f"expected shape {shape}. Received: {arg}.shape={mask.shape}"
+        )
+    if not np.isin(mask, (0.0, 1.0)).all():
+        bad = np.unique(mask[~np.isin(mask, (0.0, 1.0))])[:5]
+        raise ValueError(
+            f"Received an invalid value for `{arg}` of layer '{layer_name}', "
+            f"expected only 0s and 1s. Received values such as {bad.tolist()}"
+        )
+    return mask
+
+
+def _sublayers(layer) -> list:
+    """All sublayers of `layer`, depth first, in the order they were added.
+
+    `Layer._flatten_layers` visits nested layers in reverse order (it uses
+    `deque.extendleft`), which would put a nested model's layers backwards.
+    """
+    out, seen = [], set()
+
+    def visit(parent):
+        for sub in parent._layers:
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            out.append(sub)
+            visit(sub)
+
+    visit(layer)
+    return out
+
+
 def masked_layers(model) -> list:
-    """All `MaskedDense` layers of `model`, nested models included, in order."""
+    """All `MaskedDense` layers of `model`, nested models included, in order.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), MaskedDense(3), MaskedDense(2)])
+    >>> [l.units for l in masked_layers(model)]
+    [3, 2]
+    """
     if isinstance(model, MaskedDense):
         return [model]
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, MaskedDense)
-    ]
+    return [layer for layer in _sublayers(model) if isinstance(layer, MaskedDense)]
 
 
 def density(model, per_layer: bool = False):
@@ -165,6 +236,12 @@ def density(model, per_layer: bool = False):
         raise ValueError(
             "Expected a model with at least one `MaskedDense` layer. "
             f"Received: model '{getattr(model, 'name', model)}' has none"
+        )
+    unbuilt = [l.name for l in layers if not l.built]
+    if unbuilt:
+        raise ValueError(
+            f"`MaskedDense` layers {unbuilt} are not built yet, so they have "
+            "no masks: build the model (or call it on an input) first."
         )
     kept = {l.name: float(np.sum(ops.convert_to_numpy(l.kernel_mask))) for l in layers}
     sizes = {l.name: int(np.prod(l.kernel_mask.shape)) for l in layers}
