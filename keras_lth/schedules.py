@@ -16,12 +16,7 @@ from keras_lth import pruning
 
 
 def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected a positive "
-            f"integer. Received: {name}={value!r}"
-        )
-    return value
+    return pruning._check_int(value, name, 1)
 
 
 @keras.saving.register_keras_serializable(package="keras_lth")
