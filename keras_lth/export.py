@@ -6,7 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lth.layers import MaskedDense, masked_layers
+from keras_lth.layers import MaskedDense, _sublayers, masked_layers
+
 
 def _dense_config(layer):
     config = layer.get_config()
@@ -49,8 +50,8 @@ def strip(model):
 
 
 def _copy_weights(old, new):
-    old_layers = old._flatten_layers(include_self=False, recursive=True)
-    new_layers = {l.name: l for l in new._flatten_layers(include_self=False, recursive=True)}
+    old_layers = _sublayers(old)
+    new_layers = {l.name: l for l in _sublayers(new)}
     for layer in old_layers:
         target = new_layers.get(layer.name)
         if target is None or isinstance(layer, keras.Model):
@@ -61,27 +62,61 @@ def _copy_weights(old, new):
             target.set_weights(layer.get_weights())
 
 
+# Weightless layers that act unit by unit at inference: the constant output
+# of a removed unit can be pushed through them on its own.
+_UNITWISE = (
+    keras.layers.Activation,
+    keras.layers.ActivityRegularization,
+    keras.layers.AlphaDropout,
+    keras.layers.Dropout,
+    keras.layers.ELU,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.Identity,
+    keras.layers.LeakyReLU,
+    keras.layers.ReLU,
+)
+# Activations that mix units: a removed unit's output is then not a constant.
+_MIXING = ("softmax", "log_softmax")
+
+
 def compact(model):
     """Physically removes neuron-pruned units from a sequential MLP.
 
     Every unit of a `MaskedDense` with no alive incoming weight (a pruned
-    neuron) is dropped from the layer, and the matching input rows from the
-    next dense layer. Such a unit still outputs the constant
-    `activation(effective bias)` (0 for a pruned ReLU neuron, whose bias is
-    masked too); that constant's contribution is folded into the next layer's
-    bias, so predictions are identical. The result is a plain-Keras
-    `Sequential` model of `Dense` and the stateless layers in between.
+    neuron, or a column emptied by weight pruning) is dropped from the layer,
+    and the matching input rows from the next dense layer. Such a unit still
+    outputs the constant `activation(effective bias)`: 0 for a pruned ReLU
+    neuron (whose bias is masked too), but 0.5 for a sigmoid one, or the bias
+    itself for a linear unit whose bias is alive. That constant, passed
+    through any unit-wise layers in between, is folded into the next dense
+    layer's bias, so predictions are identical. The output layer keeps all
+    its units. The result is a plain-Keras `Sequential` model of `Dense` and
+    the weightless layers of the original.
 
     Args:
-        model: A Sequential (or linear functional) model whose layers are
-            `MaskedDense`/`Dense` and shape-preserving layers without weights
-            (activations, dropout, ...).
+        model: A Sequential (or linear functional) model with one input and
+            one output whose layers are `MaskedDense`/`Dense` and layers
+            without weights. Between two dense layers only unit-wise layers
+            (`Activation`, `Dropout`, `ReLU`, ...) may sit; any weightless
+            layer may come before the first or after the last dense layer.
 
     Returns:
         A smaller `keras.Sequential`.
+
+    Example:
+
+    >>> small = compact(model)   # after neuron pruning
+    >>> small.layers[0].units    # fewer units than model.layers[0]
     """
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            "`compact` supports models with one input and one output. Received: "
+            f"model '{model.name}' has {len(model.inputs)} inputs and "
+            f"{len(model.outputs)} outputs"
+        )
     layers = [
-        l for l in model._flatten_layers(include_self=False, recursive=True)
+        l for l in _sublayers(model)
         if not isinstance(l, (keras.Model, keras.layers.InputLayer))
     ]
     if not any(isinstance(l, MaskedDense) for l in layers):
@@ -96,7 +131,13 @@ def compact(model):
                 f"weightless layers between them. Received: layer '{l.name}' "
                 f"({type(l).__name__}) has weights"
             )
-    dense = [l for l in layers if isinstance(l, keras.layers.Dense)]
+        if any(len(node.input_tensors) != 1 for node in l._inbound_nodes):
+            raise ValueError(
+                "`compact` supports a linear stack of layers. Received: layer "
+                f"'{l.name}' ({type(l).__name__}) takes several inputs"
+            )
+    positions = [i for i, l in enumerate(layers) if isinstance(l, keras.layers.Dense)]
+    dense = [layers[i] for i in positions]
     kernels, biases, keep = [], [], []
     for l in dense:
         if isinstance(l, MaskedDense):
@@ -113,12 +154,32 @@ def compact(model):
     keep[-1][:] = True  # the output units are the model's outputs
     for i in range(len(dense) - 1):
         dead = ~keep[i]
-        if dead.any():
-            # a unit with no alive input weight outputs the constant
-            # activation(effective bias): 0 for a pruned ReLU neuron
-            act = dense[i].activation or keras.activations.linear
-            const = ops.convert_to_numpy(act(biases[i][dead][None].astype("float32")))[0]
-            biases[i + 1] = biases[i + 1] + const.astype(np.float64) @ kernels[i + 1][dead]
+        between = layers[positions[i] + 1 : positions[i + 1]]
+        for l in between:
+            if not isinstance(l, _UNITWISE):
+                raise ValueError(
+                    "`compact` can only fold unit-wise layers (activations, "
+                    "dropout, ...) between dense layers. Received: layer "
+                    f"'{l.name}' ({type(l).__name__}) between '{dense[i].name}' "
+                    f"and '{dense[i + 1].name}'"
+                )
+        if not dead.any():
+            continue
+        for l in [dense[i]] + between:
+            name = _activation_name(getattr(l, "activation", None))
+            if name in _MIXING:
+                raise ValueError(
+                    f"`compact` cannot remove units of '{dense[i].name}': "
+                    f"layer '{l.name}' applies `{name}`, which mixes units. "
+                    f"Received: {int(dead.sum())} dead units"
+                )
+        # a dead unit outputs the constant activation(effective bias)
+        act = dense[i].activation or keras.activations.linear
+        const = act(ops.convert_to_tensor(biases[i][dead][None], "float32"))
+        for l in between:
+            const = l(const, training=False)
+        const = ops.convert_to_numpy(const)[0].astype(np.float64)
+        biases[i + 1] = biases[i + 1] + const @ kernels[i + 1][dead]
         kernels[i] = kernels[i][:, keep[i]]
         biases[i] = biases[i][keep[i]]
         kernels[i + 1] = kernels[i + 1][keep[i]]
@@ -138,3 +199,13 @@ def compact(model):
     for l, k, b in zip(dense_new, kernels, biases):
         l.set_weights([k.astype("float32"), b.astype("float32")])
     return new
+
+
+def _activation_name(fn):
+    if fn is None:
+        return None
+    try:
+        name = keras.activations.serialize(fn)
+    except Exception:  # a custom callable
+        return getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else getattr(fn, "__name__", None)
