@@ -9,11 +9,16 @@ Every loader returns `DataSplits(train, validation, test, info)`: batched
 from keras_lth.data.common import DataSplits, DatasetInfo
 from keras_lth.data.idx import read_idx, write_idx
 from keras_lth.data.mnist import mnist
+from keras_lth.data.speech_commands import speech_commands
+from keras_lth.data.wav import read_wav, write_wav
 
 __all__ = [
     "DataSplits",
     "DatasetInfo",
     "mnist",
     "read_idx",
+    "read_wav",
+    "speech_commands",
     "write_idx",
+    "write_wav",
 ]

@@ -21,6 +21,8 @@ class DatasetInfo:
         num_train: Training examples per epoch.
         num_validation: Validation examples (0 when there is no validation set).
         num_test: Test examples.
+        skipped: Paths of the files a loader skipped as unreadable (only
+            with `on_error="skip"`).
     """
 
     num_classes: int
@@ -29,6 +31,7 @@ class DatasetInfo:
     num_train: int
     num_validation: int
     num_test: int
+    skipped: tuple = ()
 
 
 class DataSplits(NamedTuple):
