@@ -7,6 +7,8 @@ the original layout: one folder per word, `_background_noise_/`,
 `validation_list.txt` and `testing_list.txt`. As in the real dataset, the
 splits go by speaker, so validation and test voices are never heard in
 training. It takes a few seconds.
+
+Also a script: `python tests/speech_tree.py DIR` writes the tree to `DIR`.
 """
 
 import os
@@ -95,3 +97,12 @@ def make_speech_tree(root, words=TARGET_WORDS + OTHER_WORDS, speakers=SPEAKERS, 
         with open(os.path.join(root, list_name), "w") as f:
             f.writelines(f"{name}\n" for name, s in sorted(split_of.items()) if s == split)
     return split_of
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/speech_tree.py DIR")
+    split_of = make_speech_tree(sys.argv[1])
+    print(f"Wrote {len(split_of)} clips to {sys.argv[1]}")
