@@ -26,10 +26,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from keras_lth.data import speech_commands, write_wav  # noqa: E402
+from keras_lth.data import speech_commands, write_wav
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "bed", "cat")
 
@@ -55,7 +55,9 @@ def write_synthetic_tree(root, clips, seed=0):
         with open(os.path.join(root, list_name), "w") as f:
             f.writelines(n + "\n" for n in names)
     os.makedirs(os.path.join(root, "_background_noise_"))
-    write_wav(os.path.join(root, "_background_noise_", "white_noise.wav"), rng.normal(0, 0.1, 60 * 16000))
+    write_wav(
+        os.path.join(root, "_background_noise_", "white_noise.wav"), rng.normal(0, 0.1, 60 * 16000)
+    )
 
 
 def warm_page_cache(root):
@@ -98,13 +100,19 @@ def main():
             n, seconds = time_pass(splits.train)
             cached.append(n / seconds)
 
-    print(f"Speech Commands pipeline: {args.features}, batch {args.batch_size}, "
-          f"{splits.info.num_train} training clips (train split: words, unknown and silence), "
-          f"{args.repeats} repeats, TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores")
+    print(
+        f"Speech Commands pipeline: {args.features}, batch {args.batch_size}, "
+        f"{splits.info.num_train} training clips (train split: words, unknown and silence), "
+        f"{args.repeats} repeats, TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores"
+    )
     print(f"{'pass':<34}{'best':>12}{'median':>12}")
-    print(f"{'first (decode + features), clips/s':<34}{max(first):>12,.0f}{statistics.median(first):>12,.0f}")
+    print(
+        f"{'first (decode + features), clips/s':<34}{max(first):>12,.0f}{statistics.median(first):>12,.0f}"
+    )
     print(f"{'cached, clips/s':<34}{max(cached):>12,.0f}{statistics.median(cached):>12,.0f}")
-    print(f"{'set-up (headers + tracing), s':<34}{min(setup):>12.2f}{statistics.median(setup):>12.2f}")
+    print(
+        f"{'set-up (headers + tracing), s':<34}{min(setup):>12.2f}{statistics.median(setup):>12.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -119,9 +119,7 @@ def summarize(records):
 
 
 def table(summary, n_seeds):
-    head = "| round | weights remaining | " + " | ".join(
-        f"test acc, rewind={r!r}" for r in summary
-    )
+    head = "| round | weights remaining | " + " | ".join(f"test acc, rewind={r!r}" for r in summary)
     lines = [head + " |", "|---:|---:|" + "---:|" * len(summary)]
     first = next(iter(summary.values()))
     for i, (dens, _, _) in enumerate(first):
@@ -188,8 +186,10 @@ def main(argv=None):
             )
             if seed == 0 and rewind == REWINDS[0]:
                 info = splits.info
-                print(f"{info.num_train} / {info.num_validation} / {info.num_test} clips; "
-                      f"classes {', '.join(info.class_names)}")
+                print(
+                    f"{info.num_train} / {info.num_validation} / {info.num_test} clips; "
+                    f"classes {', '.join(info.class_names)}"
+                )
             rounds = run(splits, rewind, seed, args.rounds, args.epochs_per_round, args.verbose)
             records[rewind].append(rounds)
             last = rounds[-1]
@@ -208,8 +208,11 @@ def main(argv=None):
         f.write(f"`{command.strip()}`\n\n{text}\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(records, f, indent=1)
-    plot(summary, os.path.join(args.out, "accuracy_vs_density.png"),
-         f"MLP {'-'.join(map(str, HIDDEN))} on Speech Commands: tickets vs. reinit")
+    plot(
+        summary,
+        os.path.join(args.out, "accuracy_vs_density.png"),
+        f"MLP {'-'.join(map(str, HIDDEN))} on Speech Commands: tickets vs. reinit",
+    )
     print(f"\nWrote {args.out}/results.md, results.json and accuracy_vs_density.png")
     return summary
 

@@ -38,7 +38,9 @@ def _mlp(input_shape, hidden, num_classes, dense, name, seed):
     if len(input_shape) > 1:
         layers.append(keras.layers.Flatten(name="flatten"))
     for i, units in enumerate(hidden, start=1):
-        layers.append(layer(units, activation="relu", kernel_initializer=init(i), name=f"hidden_{i}"))
+        layers.append(
+            layer(units, activation="relu", kernel_initializer=init(i), name=f"hidden_{i}")
+        )
     layers.append(layer(num_classes, kernel_initializer=init(0), name="output"))
     return keras.Sequential(layers, name=name)
 
@@ -72,7 +74,9 @@ def lenet_300_100(num_classes=10, input_shape=(784,), dense=False, seed=None) ->
     return _mlp(input_shape, (300, 100), num_classes, dense, "lenet_300_100", seed)
 
 
-def speech_mlp(input_dim, hidden=(256, 256), num_classes=12, dense=False, seed=None) -> keras.Sequential:
+def speech_mlp(
+    input_dim, hidden=(256, 256), num_classes=12, dense=False, seed=None
+) -> keras.Sequential:
     """An MLP for flattened speech features (e.g. `speech_commands` log-mels).
 
     `input_dim -> hidden[0] (ReLU) -> ... -> num_classes (logits)`, with

@@ -23,12 +23,22 @@ TARGET_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop",
 OTHER_WORDS = ("bed", "cat", "dog", "house", "tree")
 # (voice, words per minute, pitch 0-99); the last four are held out.
 SPEAKERS = (
-    ("en-us", 150, 50), ("en-gb", 170, 40), ("en-gb-scotland", 140, 55),
-    ("en-029", 180, 45), ("en-gb-x-rp", 160, 60), ("en-us+f3", 150, 70),
-    ("en-gb+f2", 170, 65), ("en-us+m3", 130, 35), ("en-gb-x-gbclan", 190, 50),
-    ("en-us+f4", 165, 75), ("en-gb+m2", 145, 30), ("en-gb-scotland+f1", 175, 60),
-    ("en-us+m5", 155, 45), ("en-gb-x-rp+f5", 150, 55),
-    ("en-029+m1", 165, 40), ("en-us+f2", 140, 65),
+    ("en-us", 150, 50),
+    ("en-gb", 170, 40),
+    ("en-gb-scotland", 140, 55),
+    ("en-029", 180, 45),
+    ("en-gb-x-rp", 160, 60),
+    ("en-us+f3", 150, 70),
+    ("en-gb+f2", 170, 65),
+    ("en-us+m3", 130, 35),
+    ("en-gb-x-gbclan", 190, 50),
+    ("en-us+f4", 165, 75),
+    ("en-gb+m2", 145, 30),
+    ("en-gb-scotland+f1", 175, 60),
+    ("en-us+m5", 155, 45),
+    ("en-gb-x-rp+f5", 150, 55),
+    ("en-029+m1", 165, 40),
+    ("en-us+f2", 140, 65),
 )
 VALIDATION_SPEAKERS = (12, 13)
 TEST_SPEAKERS = (14, 15)
@@ -43,16 +53,17 @@ def speak(word, voice, speed, pitch, rate=16000):
     """`word` spoken by espeak-ng, as float32 samples at `rate` Hz."""
     raw = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", word],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout
-    data = raw[raw.index(b"data") + 8:]  # streamed header: the size field is bogus
+    data = raw[raw.index(b"data") + 8 :]  # streamed header: the size field is bogus
     wave = np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.float64) / 32768
     return resample(wave, 22050, rate)
 
 
 def resample(wave, rate_in, rate_out):
     """Band-limited resampling: keep the spectrum below the new Nyquist."""
-    n_out = int(round(len(wave) * rate_out / rate_in))
+    n_out = round(len(wave) * rate_out / rate_in)
     spectrum = np.fft.rfft(wave)[: n_out // 2 + 1]
     return (np.fft.irfft(spectrum, n_out) * n_out / len(wave)).astype(np.float32)
 
@@ -67,9 +78,7 @@ def make_speech_tree(root, words=TARGET_WORDS + OTHER_WORDS, speakers=SPEAKERS, 
     split_of = {}
     for i, (voice, speed, pitch) in enumerate(speakers):
         split = (
-            "validation" if i in VALIDATION_SPEAKERS
-            else "test" if i in TEST_SPEAKERS
-            else "train"
+            "validation" if i in VALIDATION_SPEAKERS else "test" if i in TEST_SPEAKERS else "train"
         )
         for word in words:
             wave = speak(word, voice, speed, pitch)
@@ -78,7 +87,7 @@ def make_speech_tree(root, words=TARGET_WORDS + OTHER_WORDS, speakers=SPEAKERS, 
             length = 16000 if rng.random() < 0.8 else int(rng.integers(len(wave), 16000 + 1))
             clip = np.zeros(max(length, len(wave)), np.float32)
             start = int(rng.integers(0, len(clip) - len(wave) + 1))
-            clip[start:start + len(wave)] += wave
+            clip[start : start + len(wave)] += wave
             clip += rng.normal(0, 3e-3, len(clip)).astype(np.float32)
             os.makedirs(os.path.join(root, word), exist_ok=True)
             name = f"{word}/{speaker_id(i)}_nohash_0.wav"

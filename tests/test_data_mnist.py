@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-import keras_lth.data as data
+from keras_lth import data
 from keras_lth.data import read_idx, write_idx
 
 
@@ -114,7 +114,9 @@ def test_idx_directory_loads_exact_values(tmp_path, gz):
     train, val, test, info = data.mnist(str(tmp_path), batch_size=7, validation_size=10, seed=2)
     assert (info.num_train, info.num_validation, info.num_test) == (30, 10, 12)
     x_test, y_test = _collect(test)
-    np.testing.assert_allclose(x_test, arrays["t10k-images-idx3-ubyte"].reshape(12, -1) / 255.0, atol=1e-7)
+    np.testing.assert_allclose(
+        x_test, arrays["t10k-images-idx3-ubyte"].reshape(12, -1) / 255.0, atol=1e-7
+    )
     np.testing.assert_array_equal(y_test, arrays["t10k-labels-idx1-ubyte"])
     x_train, _ = _collect(train)
     x_val, _ = _collect(val)
@@ -137,6 +139,28 @@ def test_idx_dotted_file_names_are_accepted(tmp_path):
     for name in arrays:
         os.rename(tmp_path / name, tmp_path / name.replace("-idx", ".idx"))
     assert data.mnist(tmp_path, validation_size=5).info.num_test == 12
+
+
+def test_idx_directory_on_another_filesystem():
+    """`ram://` stands in for `gs://`: the files are read with tf.io.gfile."""
+    tf = pytest.importorskip("tensorflow")
+    tf.io.gfile.makedirs("ram://mnist_idx")
+    arrays = {
+        name: np.full(shape, i, np.uint8)
+        for i, (name, shape) in enumerate(
+            [
+                ("train-images-idx3-ubyte.gz", (6, 28, 28)),
+                ("train-labels-idx1-ubyte", (6,)),
+                ("t10k-images-idx3-ubyte", (3, 28, 28)),
+                ("t10k-labels-idx1-ubyte.gz", (3,)),
+            ]
+        )
+    }
+    for name, array in arrays.items():
+        write_idx(f"ram://mnist_idx/{name}", array)
+    splits = data.mnist("ram://mnist_idx", batch_size=2, validation_size=2)
+    assert (splits.info.num_train, splits.info.num_test) == (4, 3)
+    np.testing.assert_array_equal(_collect(splits.test)[1], [3, 3, 3])
 
 
 def test_missing_idx_file_is_named(tmp_path):
@@ -206,8 +230,16 @@ def test_idx_round_trip(tmp_path, dtype):
         assert got.dtype == array.dtype
         np.testing.assert_array_equal(got, array)
     with gzip.open(tmp_path / "a.gz") as f:
-        assert f.read()[:4] == bytes([0, 0, {"uint8": 8, "int8": 9, "int16": 11, "int32": 12,
-                                               "float32": 13, "float64": 14}[dtype], 3])
+        assert f.read()[:4] == bytes(
+            [
+                0,
+                0,
+                {"uint8": 8, "int8": 9, "int16": 11, "int32": 12, "float32": 13, "float64": 14}[
+                    dtype
+                ],
+                3,
+            ]
+        )
 
 
 # --- arguments and tfds ------------------------------------------------------------------
@@ -227,7 +259,7 @@ def test_idx_round_trip(tmp_path, dtype):
     ],
 )
 def test_invalid_arguments_name_argument_and_value(kwargs, name):
-    (key, value), = kwargs.items()
+    ((key, value),) = kwargs.items()
     with pytest.raises(ValueError, match=rf"`{name}`.*Received: {key}={value!r}"):
         data.mnist(**kwargs)
 
@@ -239,4 +271,5 @@ def test_tfds_source_with_mock_data():
     assert (info.num_train, info.num_validation, info.num_test) == (24, 6, 30)
     x, y = next(iter(train))
     assert x.shape == (8, 784) and y.dtype.name == "int32"
+    assert len(_collect(val)[1]) == 6 and len(_collect(test)[1]) == 30
     assert 0.0 <= float(np.min(x)) and float(np.max(x)) <= 1.0

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_lth.data as data
-from keras_lth import models
+from keras_lth import data, models
 from keras_lth.data import features as feats
 from keras_lth.data.wav import read_wav, read_wav_header, write_wav
 
 sys.path.insert(0, os.path.dirname(__file__))
-import speech_tree  # noqa: E402
+import speech_tree
 
 speech_module = sys.modules["keras_lth.data.speech_commands"]
 WORDS = speech_tree.TARGET_WORDS
@@ -69,10 +68,15 @@ def test_info_classes_in_wardens_order(splits, tree):
     assert info.class_names == WARDEN_CLASSES and info.num_classes == 12
     assert info.input_shape == (49 * 40,)
     assert info.skipped == ()
-    n_known = {s: sum(1 for n, sp in tree[1].items() if sp == s and n.split("/")[0] in WORDS)
-               for s in ("train", "validation", "test")}
-    for split, count in (("train", info.num_train), ("validation", info.num_validation),
-                         ("test", info.num_test)):
+    n_known = {
+        s: sum(1 for n, sp in tree[1].items() if sp == s and n.split("/")[0] in WORDS)
+        for s in ("train", "validation", "test")
+    }
+    for split, count in (
+        ("train", info.num_train),
+        ("validation", info.num_validation),
+        ("test", info.num_test),
+    ):
         labels = _collect(getattr(splits, split))[1]
         assert len(labels) == count
         assert np.sum(labels >= 2) == n_known[split]
@@ -106,8 +110,11 @@ def test_silence_windows_come_from_their_splits_part_of_each_noise_file(tree):
     root, _ = tree
     index = speech_module._index_directory(root, WORDS, 0.1, 0.1, 0, "raise")
     noise_dir = os.path.join(root, "_background_noise_")
-    lengths = [len(read_wav(os.path.join(noise_dir, n)))
-               for n in sorted(os.listdir(noise_dir)) if n.endswith(".wav")]
+    lengths = [
+        len(read_wav(os.path.join(noise_dir, n)))
+        for n in sorted(os.listdir(noise_dir))
+        if n.endswith(".wav")
+    ]
     starts = np.cumsum([0] + lengths)
     for split, (low, high) in speech_module.NOISE_SPLIT.items():
         _, offsets, labels = index.examples[split]
@@ -127,7 +134,7 @@ def test_val_and_test_features_match_the_decoded_files(tree, splits):
     noise = index.noise
     for i in range(len(paths)):
         if offsets[i] >= 0:
-            wave = noise[offsets[i]:offsets[i] + 16000]
+            wave = noise[offsets[i] : offsets[i] + 16000]
         else:
             wave = read_wav(paths[i])[:16000]
             wave = np.pad(wave, (0, 16000 - len(wave)))
@@ -138,8 +145,9 @@ def test_val_and_test_features_match_the_decoded_files(tree, splits):
 def test_unknown_share_beyond_the_pool_warns_and_uses_all(tree):
     with pytest.warns(UserWarning, match="non-target words"):
         info = data.speech_commands(tree[0], unknown_share=0.5, batch_size=64).info
-    n_other_train = sum(1 for n, s in tree[1].items()
-                        if s == "train" and n.split("/")[0] not in WORDS)
+    n_other_train = sum(
+        1 for n, s in tree[1].items() if s == "train" and n.split("/")[0] not in WORDS
+    )
     n_known_train = sum(1 for n, s in tree[1].items() if s == "train" and n.split("/")[0] in WORDS)
     assert info.num_train == n_known_train + n_other_train + round(n_known_train * 0.1 / 0.4)
 
@@ -149,7 +157,8 @@ def test_custom_words_and_no_silence_or_unknown(tree):
         tree[0], words=("yes", "no"), silence_share=0.0, unknown_share=0.0, batch_size=64
     )
     assert info.class_names == ("_silence_", "_unknown_", "yes", "no")
-    assert set(_collect(train)[1]) == {2, 3}
+    for ds in (train, val, test):
+        assert set(_collect(ds)[1]) == {2, 3}
 
 
 # --- shapes, determinism, cache, augmentation -----------------------------------------------
@@ -178,7 +187,7 @@ def test_train_order_deterministic_per_seed_and_reshuffled(tree, splits):
     again = data.speech_commands(tree[0], batch_size=16, seed=0)
     other = data.speech_commands(tree[0], batch_size=16, seed=1)
     x1, y1 = _collect(first.train)
-    x2, y2 = _collect(first.train)
+    _, y2 = _collect(first.train)
     np.testing.assert_array_equal(x1, _collect(again.train)[0])
     assert not np.array_equal(y1, y2)
     assert sorted(y1) == sorted(y2)
@@ -199,7 +208,10 @@ def test_cache_in_memory_in_files_and_none_agree(tree, splits, tmp_path):
                 got = _collect(getattr(variant, split))
                 if split == "train":  # another epoch: same examples, new order
                     order_w, order_g = np.lexsort(want[0].T), np.lexsort(got[0].T)
-                    got, want_ = (got[0][order_g], got[1][order_g]), (want[0][order_w], want[1][order_w])
+                    got, want_ = (
+                        (got[0][order_g], got[1][order_g]),
+                        (want[0][order_w], want[1][order_w]),
+                    )
                 else:
                     want_ = want
                 np.testing.assert_allclose(got[0], want_[0], rtol=1e-6)
@@ -208,8 +220,14 @@ def test_cache_in_memory_in_files_and_none_agree(tree, splits, tmp_path):
 
 
 def test_augmentation_is_train_only_seeded_and_changes_each_epoch(tree, splits):
-    kwargs = dict(batch_size=16, seed=0, time_shift_ms=100, background_volume=0.1,
-                  freq_mask=8, time_mask=10)
+    kwargs = {
+        "batch_size": 16,
+        "seed": 0,
+        "time_shift_ms": 100,
+        "background_volume": 0.1,
+        "freq_mask": 8,
+        "time_mask": 10,
+    }
     a = data.speech_commands(tree[0], **kwargs)
     b = data.speech_commands(tree[0], **kwargs)
     epoch_a1, epoch_a2, epoch_b1 = _collect(a.train), _collect(a.train), _collect(b.train)
@@ -268,6 +286,22 @@ def test_spec_masks_set_a_band_and_a_span_to_the_mean():
         assert changed.sum() == len(rows) * 10 + len(cols) * 20 - len(rows) * len(cols)
 
 
+def test_tree_on_another_filesystem(tree, tmp_path):
+    """`ram://` stands in for `gs://`: everything goes through tf.io.gfile."""
+    local = _small_tree(tree, tmp_path)
+    remote = "ram://speech_commands_test"
+    for folder, _, names in os.walk(local):
+        relative = os.path.relpath(folder, local).replace(os.sep, "/")
+        target = remote if relative == "." else f"{remote}/{relative}"
+        tf.io.gfile.makedirs(target)
+        for name in names:
+            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}", overwrite=True)
+    a = data.speech_commands(remote, words=SMALL_WORDS, batch_size=8)
+    b = data.speech_commands(local, words=SMALL_WORDS, batch_size=8)
+    assert a.info == b.info
+    np.testing.assert_array_equal(_collect(a.test)[0], _collect(b.test)[0])
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 
@@ -302,24 +336,29 @@ def test_wrong_rate_stereo_and_truncated_wavs_are_named(tree, tmp_path, write, m
 
 def _write_stereo(path):
     write_wav(path, np.zeros(32000))
-    raw = bytearray(open(path, "rb").read())
-    raw[22] = 2  # channels
-    open(path, "wb").write(bytes(raw))
+    with open(path, "r+b") as f:
+        f.seek(22)
+        f.write(bytes([2]))  # channels
 
 
 def _truncate(path):
     write_wav(path, np.zeros(16000))
-    raw = open(path, "rb").read()
-    open(path, "wb").write(raw[:1000])
+    with open(path, "r+b") as f:
+        f.truncate(1000)
 
 
 def test_wav_header_round_trip(tmp_path):
     samples = (np.sin(np.arange(1000) / 7) * 0.5).astype("float32")
     write_wav(tmp_path / "a.wav", samples)
     header = read_wav_header(tmp_path / "a.wav")
-    assert (header.sample_rate, header.channels, header.bits, header.num_samples) == (16000, 1, 16, 1000)
+    assert (header.sample_rate, header.channels, header.bits, header.num_samples) == (
+        16000,
+        1,
+        16,
+        1000,
+    )
     np.testing.assert_allclose(read_wav(tmp_path / "a.wav"), samples, atol=1 / 32768)
-    decoded, rate = tf.audio.decode_wav(tf.io.read_file(str(tmp_path / "a.wav")))
+    decoded, _ = tf.audio.decode_wav(tf.io.read_file(str(tmp_path / "a.wav")))
     np.testing.assert_array_equal(decoded.numpy()[:, 0], read_wav(tmp_path / "a.wav"))
 
 
@@ -379,7 +418,7 @@ def test_invalid_arguments_name_argument_and_value(tree, kwargs, name):
 def test_tfds_source_with_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12):
-        train, val, test, info = data.speech_commands("tfds", batch_size=4)
+        train, _, _, info = data.speech_commands("tfds", batch_size=4)
         x, y = next(iter(train))
     assert info.num_classes == 12 and info.num_train == 12
     assert info.class_names[-2:] == ("_silence_", "_unknown_")  # tfds' order, not Warden's
@@ -390,7 +429,7 @@ def test_tfds_source_with_mock_data():
 
 
 def test_mlp_learns_spoken_words_far_above_chance(tree):
-    train, val, test, info = data.speech_commands(tree[0], batch_size=16, seed=0)
+    train, _, test, info = data.speech_commands(tree[0], batch_size=16, seed=0)
     keras.utils.set_random_seed(0)
     model = models.speech_mlp(info.input_shape[0], hidden=(128, 128), seed=0)
     model.compile(

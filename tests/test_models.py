@@ -44,7 +44,9 @@ def test_glorot_normal_init_distinct_layers_and_seeded():
     assert abs(k.std() - np.sqrt(2 / (784 + 300))) < 0.1 * np.sqrt(2 / (784 + 300))
     assert not np.array_equal(_kernels(a)[0], _kernels(models.lenet_300_100(seed=8))[0])
     # Unseeded builds differ from each other (fresh initializer per layer).
-    assert not np.array_equal(_kernels(models.lenet_300_100())[0], _kernels(models.lenet_300_100())[0])
+    assert not np.array_equal(
+        _kernels(models.lenet_300_100())[0], _kernels(models.lenet_300_100())[0]
+    )
     assert all(np.all(np.asarray(layer.bias) == 0) for layer in a.layers)
 
 
@@ -59,7 +61,9 @@ def test_speech_mlp_defaults_and_custom_hidden():
 def test_layer_rates_by_name_work_with_the_scheduler():
     model = models.lenet_300_100(input_shape=(20,), seed=0)
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    schedule = lth.IterativeSchedule(rounds=1, epochs_per_round=1, rate=0.5, layer_rates={"output": 0.1})
+    schedule = lth.IterativeSchedule(
+        rounds=1, epochs_per_round=1, rate=0.5, layer_rates={"output": 0.1}
+    )
     scheduler = lth.PruningScheduler(schedule=schedule)
     x, y = np.random.default_rng(0).normal(size=(16, 20)).astype("float32"), np.zeros(16, "int32")
     model.fit(x, y, epochs=schedule.total_epochs, callbacks=[scheduler], verbose=0)

@@ -6,7 +6,7 @@ Every loader returns `DataSplits(train, validation, test, info)`: batched
 
 # The functions shadow their modules' names (`keras_lth.data.mnist` is the
 # function); import helpers from `keras_lth.data.idx` and friends.
-from keras_lth.data.common import DataSplits, DatasetInfo
+from keras_lth.data.common import DatasetInfo, DataSplits
 from keras_lth.data.idx import read_idx, write_idx
 from keras_lth.data.mnist import mnist
 from keras_lth.data.speech_commands import speech_commands

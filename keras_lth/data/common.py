@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -42,7 +42,7 @@ class DataSplits(NamedTuple):
     """
 
     train: tf.data.Dataset
-    validation: Optional[tf.data.Dataset]
+    validation: tf.data.Dataset | None
     test: tf.data.Dataset
     info: DatasetInfo
 

@@ -3,7 +3,8 @@
 An IDX file is a 4-byte magic number (two zero bytes, a type code, the number
 of dimensions), one big-endian int32 per dimension, then the values in C
 order. MNIST's images are `(n, 28, 28)` uint8 (magic 2051) and its labels
-`(n,)` uint8 (magic 2049). Files may be gzipped.
+`(n,)` uint8 (magic 2049). Files may be gzipped, and on any filesystem
+TensorFlow reads (`tf.io.gfile`, e.g. `gs://`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import zlib
 
 import numpy as np
+import tensorflow as tf
 
 # IDX type code -> big-endian NumPy dtype.
 _DTYPES = {
@@ -27,7 +29,7 @@ _CODES = {dtype.newbyteorder("="): code for code, dtype in _DTYPES.items()}
 
 
 def _read_bytes(path):
-    with open(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":  # gzip, whatever the file is called
         try:
@@ -60,7 +62,7 @@ def read_idx(path) -> np.ndarray:
     array([3, 1, 4], dtype=uint8)
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
         raise FileNotFoundError(f"IDX file not found: '{path}'")
     raw = _read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES or raw[3] < 1:
@@ -109,5 +111,7 @@ def write_idx(path, array) -> None:
         + array.astype(_DTYPES[code]).tobytes()
     )
     path = os.fspath(path)
-    with (gzip.open if path.endswith(".gz") else open)(path, "wb") as f:
+    if path.endswith(".gz"):
+        raw = gzip.compress(raw)
+    with tf.io.gfile.GFile(path, "wb") as f:
         f.write(raw)

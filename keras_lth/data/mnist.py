@@ -108,19 +108,22 @@ def mnist(
     if isinstance(source, str) and source == "embedded":
         x, y = _load_embedded()
         test_idx = np.random.default_rng(_EMBEDDED_SPLIT_SEED).permutation(len(y))
-        test_idx, rest = np.sort(test_idx[:EMBEDDED_TEST_SIZE]), np.sort(test_idx[EMBEDDED_TEST_SIZE:])
+        test_idx, rest = (
+            np.sort(test_idx[:EMBEDDED_TEST_SIZE]),
+            np.sort(test_idx[EMBEDDED_TEST_SIZE:]),
+        )
         (x_train, y_train), (x_test, y_test) = (x[rest], y[rest]), (x[test_idx], y[test_idx])
         default_validation = 500
     elif isinstance(source, str) and source == "tfds":
         (x_train, y_train), (x_test, y_test) = _load_tfds(data_dir)
         default_validation = 5000
-    elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+    elif isinstance(source, (str, os.PathLike)) and tf.io.gfile.isdir(os.fspath(source)):
         (x_train, y_train), (x_test, y_test) = _load_idx_dir(os.fspath(source))
         default_validation = 5000
     else:
         raise ValueError(
-            "Received an invalid value for `source`, expected \"embedded\", "
-            "\"tfds\" or an existing directory of MNIST IDX files. "
+            'Received an invalid value for `source`, expected "embedded", '
+            '"tfds" or an existing directory of MNIST IDX files. '
             f"Received: source={source!r}"
         )
 
@@ -212,7 +215,7 @@ def _find_idx_file(directory, name):
     for candidate in (name, name.replace("-idx", ".idx")):
         for suffix in ("", ".gz"):
             path = os.path.join(directory, candidate + suffix)
-            if os.path.isfile(path):
+            if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
                 return path
     raise FileNotFoundError(
         f"IDX file not found: '{os.path.join(directory, name)}' (nor with a "

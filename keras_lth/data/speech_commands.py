@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_lth.data import common, features as feats
+from keras_lth.data import common
+from keras_lth.data import features as feats
 from keras_lth.data.wav import check_wav, read_wav
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -150,16 +151,23 @@ def speech_commands(
             "Received an invalid value for `features`, expected one of "
             f"{feats.FEATURES}. Received: features={features!r}"
         )
-    for name, value in (("frame_length_ms", frame_length_ms), ("frame_step_ms", frame_step_ms),
-                        ("num_mel_bins", num_mel_bins), ("num_mfcc", num_mfcc)):
+    for name, value in (
+        ("frame_length_ms", frame_length_ms),
+        ("frame_step_ms", frame_step_ms),
+        ("num_mel_bins", num_mel_bins),
+        ("num_mfcc", num_mfcc),
+    ):
         common.check_positive_int(value, name)
     if num_mfcc > num_mel_bins:
         raise ValueError(
             "Received an invalid value for `num_mfcc`, expected at most "
             f"num_mel_bins={num_mel_bins}. Received: num_mfcc={num_mfcc!r}"
         )
-    for name, value in (("time_shift_ms", time_shift_ms), ("freq_mask", freq_mask),
-                        ("time_mask", time_mask)):
+    for name, value in (
+        ("time_shift_ms", time_shift_ms),
+        ("freq_mask", freq_mask),
+        ("time_mask", time_mask),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(
                 f"Received an invalid value for `{name}`, expected a "
@@ -171,7 +179,11 @@ def speech_commands(
         ("background_volume", background_volume, 0.0, 1.0),
         ("background_frequency", background_frequency, 0.0, 1.0),
     ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not low <= value <= high
+        ):
             raise ValueError(
                 f"Received an invalid value for `{name}`, expected a number in "
                 f"[{low}, {high}]. Received: {name}={value!r}"
@@ -183,8 +195,10 @@ def speech_commands(
             f"silence_share={silence_share!r}, unknown_share={unknown_share!r}"
         )
     words = tuple(words) if not isinstance(words, str) else (words,)
-    if not words or len(set(words)) != len(words) or not all(
-        isinstance(w, str) and w and not w.startswith("_") for w in words
+    if (
+        not words
+        or len(set(words)) != len(words)
+        or not all(isinstance(w, str) and w and not w.startswith("_") for w in words)
     ):
         raise ValueError(
             "Received an invalid value for `words`, expected distinct folder "
@@ -192,8 +206,8 @@ def speech_commands(
         )
     if on_error not in ("raise", "skip"):
         raise ValueError(
-            "Received an invalid value for `on_error`, expected \"raise\" or "
-            f"\"skip\". Received: on_error={on_error!r}"
+            'Received an invalid value for `on_error`, expected "raise" or '
+            f'"skip". Received: on_error={on_error!r}'
         )
     if shuffle_buffer is not None:
         shuffle_buffer = common.check_positive_int(shuffle_buffer, "shuffle_buffer")
@@ -211,8 +225,14 @@ def speech_commands(
 
     def featurize(waves):
         return feats.compute_features(
-            waves, features, SAMPLE_RATE, frame_length, frame_step, fft_length,
-            num_mel_bins, num_mfcc,
+            waves,
+            features,
+            SAMPLE_RATE,
+            frame_length,
+            frame_step,
+            fft_length,
+            num_mel_bins,
+            num_mfcc,
         )
 
     if isinstance(source, str) and source == "tfds":
@@ -231,8 +251,10 @@ def speech_commands(
             )
         waves, class_names, counts = _tfds_waves(data_dir)
         noise, skipped = None, ()
-    elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-        index = _index_directory(os.fspath(source), words, silence_share, unknown_share, seed, on_error)
+    elif isinstance(source, (str, os.PathLike)) and tf.io.gfile.isdir(os.fspath(source)):
+        index = _index_directory(
+            os.fspath(source), words, silence_share, unknown_share, seed, on_error
+        )
         class_names = (SILENCE, UNKNOWN) + words
         counts = {split: len(index.examples[split][0]) for split in SPLITS}
         waves = {split: _directory_waves(index.examples[split], index.noise) for split in SPLITS}
@@ -245,7 +267,7 @@ def speech_commands(
             )
     else:
         raise ValueError(
-            "Received an invalid value for `source`, expected \"tfds\" or an "
+            'Received an invalid value for `source`, expected "tfds" or an '
             f"existing directory in the Speech Commands layout. Received: source={source!r}"
         )
 
@@ -281,7 +303,9 @@ def speech_commands(
             ds = ds.unbatch().apply(tf.data.experimental.assert_cardinality(counts[split]))
         ds = common.apply_cache(ds, cache, split)
         if train:
-            ds = ds.shuffle(shuffle_buffer or max(1, counts[split]), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(
+                shuffle_buffer or max(1, counts[split]), seed=seed, reshuffle_each_iteration=True
+            )
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         if train and (augment_wave or augment_features):
             randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
@@ -307,28 +331,38 @@ class _Index:
     """The examples of each split: (paths, noise offsets, labels)."""
 
     def __init__(self, examples, noise, train_noise, skipped):
-        self.examples, self.noise, self.train_noise, self.skipped = examples, noise, train_noise, skipped
+        self.examples, self.noise, self.train_noise, self.skipped = (
+            examples,
+            noise,
+            train_noise,
+            skipped,
+        )
 
 
 def _read_list(root, name):
     path = os.path.join(root, name)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
             f"Speech Commands list file not found: '{path}'. The directory "
             "source needs validation_list.txt and testing_list.txt."
         )
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         entries = [line.strip().replace("\\", "/") for line in f if line.strip()]
     return path, entries
 
 
+def _listdir(directory):
+    # tf.io.gfile, not os: the tree may be on GCS (as TPU Nodes need).
+    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(directory))
+
+
 def _index_directory(root, words, silence_share, unknown_share, seed, on_error):
     clips = {}  # "word/file.wav" -> word
-    for folder in sorted(os.listdir(root)):
+    for folder in _listdir(root):
         directory = os.path.join(root, folder)
-        if folder.startswith(("_", ".")) or not os.path.isdir(directory):
+        if folder.startswith(("_", ".")) or not tf.io.gfile.isdir(directory):
             continue
-        for name in sorted(os.listdir(directory)):
+        for name in _listdir(directory):
             if name.lower().endswith(".wav"):
                 clips[f"{folder}/{name}"] = folder
     if not clips:
@@ -338,15 +372,15 @@ def _index_directory(root, words, silence_share, unknown_share, seed, on_error):
         )
     missing = [w for w in words if w not in set(clips.values())]
     if missing:
-        warnings.warn(
-            f"No clips of the target word(s) {missing} in '{root}'.", stacklevel=3
-        )
+        warnings.warn(f"No clips of the target word(s) {missing} in '{root}'.", stacklevel=3)
     split_of = dict.fromkeys(clips, "train")
     for split, name in (("validation", "validation_list.txt"), ("test", "testing_list.txt")):
         path, entries = _read_list(root, name)
         for entry in entries:
             if entry not in clips:
-                raise ValueError(f"'{path}' names '{entry}', which is not a WAV file under '{root}'.")
+                raise ValueError(
+                    f"'{path}' names '{entry}', which is not a WAV file under '{root}'."
+                )
             if split_of[entry] != "train":
                 raise ValueError(f"'{entry}' is in both validation_list.txt and testing_list.txt.")
             split_of[entry] = split
@@ -357,7 +391,7 @@ def _index_directory(root, words, silence_share, unknown_share, seed, on_error):
         try:
             check_wav(path, SAMPLE_RATE)
             return True
-        except (ValueError, OSError):
+        except (ValueError, OSError, tf.errors.OpError):
             if on_error == "raise":
                 raise
             skipped.append(path)
@@ -379,8 +413,8 @@ def _index_directory(root, words, silence_share, unknown_share, seed, on_error):
     # it, drawn from each file's part for the split.
     noise_dir = os.path.join(root, NOISE_DIR)
     noise_files = []
-    if os.path.isdir(noise_dir):
-        for name in sorted(os.listdir(noise_dir)):
+    if tf.io.gfile.isdir(noise_dir):
+        for name in _listdir(noise_dir):
             path = os.path.join(noise_dir, name)
             if name.lower().endswith(".wav") and usable(path):
                 noise_files.append(read_wav(path, SAMPLE_RATE))
@@ -447,7 +481,7 @@ def _directory_waves(examples, noise):
             return _fix_length(audio[:, 0])
 
         def window():
-            return noise[offset:offset + CLIP_SAMPLES]
+            return noise[offset : offset + CLIP_SAMPLES]
 
         wave = tf.cond(offset >= 0, window, decode)
         return tf.ensure_shape(wave, [CLIP_SAMPLES]), label

@@ -1,9 +1,11 @@
-"""Checking, reading and writing 16-bit PCM WAV files (NumPy only).
+"""Checking, reading and writing 16-bit PCM WAV files.
 
 The speech pipeline decodes audio with `tf.audio.decode_wav`; this module
 checks each file's header first, so that a corrupt, truncated, stereo or
 wrong-rate file gets an error naming it (or is skipped) before training
 starts, instead of a bare TensorFlow error in the middle of an epoch.
+Files are opened with `tf.io.gfile`, so paths may be on any filesystem
+TensorFlow reads (e.g. `gs://`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 from typing import NamedTuple
 
 import numpy as np
+import tensorflow as tf
 
 
 class WavHeader(NamedTuple):
@@ -30,8 +33,8 @@ def read_wav_header(path) -> WavHeader:
             `fmt ` or `data` chunk, or is shorter than its `data` chunk says.
     """
     path = os.fspath(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        size = f.size()
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             raise ValueError(f"WAV file '{path}' is not a RIFF/WAVE file.")
@@ -85,7 +88,7 @@ def check_wav(path, sample_rate=16000) -> WavHeader:
 def read_wav(path, sample_rate=16000) -> np.ndarray:
     """The samples of a mono 16-bit WAV file as float32 in [-1, 1)."""
     header = check_wav(path, sample_rate)
-    with open(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
         f.seek(header.data_offset)
         raw = f.read(2 * header.num_samples)
     return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
@@ -111,5 +114,5 @@ def write_wav(path, samples, sample_rate=16000) -> None:
         + b"data"
         + len(data).to_bytes(4, "little")
     )
-    with open(path, "wb") as f:
+    with tf.io.gfile.GFile(os.fspath(path), "wb") as f:
         f.write(header + data)
