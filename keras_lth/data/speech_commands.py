@@ -75,7 +75,7 @@ def speech_commands(
       `share / (1 - silence_share - unknown_share)` times the split's
       target-word clips. Every WAV header is checked up front.
     - `"tfds"`: `tfds.load("speech_commands")` (needs `pip install
-      tensorflow-datasets` and a 2.4 GB download into `data_dir` on first
+      tensorflow-datasets` and a download of a few GB into `data_dir` on first
       use). Its classes and their silence/unknown recipe are fixed by tfds,
       and its label order differs from Warden's: read `info.class_names`.
 
@@ -123,8 +123,8 @@ def speech_commands(
         cache: `True` caches the features (or decoded training audio) in
             memory, a path prefix caches them in files `<prefix>-<split>*`,
             `False` recomputes them every epoch. The full dataset's log-mel
-            features take about 0.8 GB; its spectrograms about 20 GB, so use
-            a file prefix or `False` for those. Defaults to `True`.
+            features (about 48,000 clips x 1,960 floats) take about 0.4 GB;
+            its spectrograms about 2.5 GB, so prefer a file prefix for those. Defaults to `True`.
         drop_remainder: Drop the last partial batch, for the static shapes a
             TPU needs. Defaults to `False`.
         shuffle_buffer: Training shuffle buffer. Defaults to the whole
