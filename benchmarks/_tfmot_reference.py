@@ -1,0 +1,224 @@
+"""tfmot reference timings for `overhead.py`, run in its own process.
+
+`overhead.py` starts this script with `TF_USE_LEGACY_KERAS=1`: importing
+`tensorflow_model_optimization` switches `tf.keras` to legacy Keras (tf_keras)
+for the whole process, so it must never happen in the main benchmark.
+Importing this module is harmless; only `main()` imports TensorFlow and tfmot.
+
+Variants, timed interleaved on the same LeNet-300-100 set-up as `overhead.py`:
+
+- `tf_keras`: plain `tf_keras.layers.Dense` (this process's own baseline);
+- `tfmot`: `tfmot.sparsity.keras.prune_low_magnitude` on that network with
+  `ConstantSparsity(0.5, begin_step=0, frequency=100)` and `UpdatePruningStep`;
+- `masked_gradual`: Keras 3 `keras_lth.MaskedDense` + `PruningScheduler`
+  with the same tfmot schedule (gradual pruning through the batch hook);
+- `masked_gradual_fast` (opt-in): the same with a prototype of a cheaper
+  batch hook (see `_fast_gradual_scheduler`).
+
+Usage (normally through `overhead.py`):
+`TF_USE_LEGACY_KERAS=1 python benchmarks/_tfmot_reference.py --out t.json`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _overhead_common import (
+    BATCH_SIZE,
+    LEARNING_RATE,
+    UNITS,
+    StepClock,
+    compare,
+    interleaved,
+    load_data,
+    summarize,
+    timed_fit,
+)
+
+SPARSITY = 0.5
+FREQUENCY = 100
+BASELINE = "tf_keras"
+DEFAULT_VARIANTS = ("tf_keras", "tfmot", "masked_gradual")
+VARIANT_NAMES = DEFAULT_VARIANTS + ("masked_gradual_fast",)
+
+
+def _fast_gradual_scheduler(lth, schedule):
+    """Prototype of a cheaper gradual-pruning batch hook for `PruningScheduler`.
+
+    The current hook reads `optimizer.iterations` (a device sync) and calls the
+    tfmot schedule eagerly (about ten small TF ops) at every batch end. For
+    schedules with tfmot's step semantics (`begin_step`, `end_step`,
+    `frequency`, as `ConstantSparsity` and `PolynomialDecay`), whether a step
+    prunes is plain integer arithmetic; the schedule itself is then called only
+    on pruning steps, and the step is counted in Python from the epoch's first
+    iteration.
+    """
+    from keras import ops
+
+    class FastGradualScheduler(lth.PruningScheduler):
+        def on_epoch_begin(self, epoch, logs=None):
+            super().on_epoch_begin(epoch, logs)
+            self._first_iteration = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._gradual_update(self._first_iteration + batch + 1)
+
+        def _gradual_update(self, upto):
+            s = self.schedule
+            due = [
+                step
+                for step in range(self._next_step, upto + 1)
+                if step >= s.begin_step
+                and (s.end_step < 0 or step <= s.end_step)
+                and (step - s.begin_step) % s.frequency == 0
+            ]
+            if due:  # evaluate the schedule at the last due step only
+                self._next_step = due[-1]
+                super()._gradual_update(due[-1])
+            self._next_step = upto + 1
+
+    return FastGradualScheduler(schedule, verbose=0)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--jit", default="off,on")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is first imported
+    import keras  # Keras 3, for the keras_lth variants only
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    import keras_lth as lth
+
+    class TfKerasClock(StepClock, tf_keras.callbacks.Callback):
+        pass
+
+    class KerasClock(StepClock, keras.callbacks.Callback):
+        pass
+
+    def schedule():
+        return tfmot.sparsity.keras.ConstantSparsity(SPARSITY, begin_step=0, frequency=FREQUENCY)
+
+    def tf_keras_model(jit, prune):
+        tf_keras.utils.set_random_seed(0)
+        model = tf_keras.Sequential(
+            [tf_keras.Input((784,))]
+            + [
+                tf_keras.layers.Dense(u, activation=None if i == 2 else "relu")
+                for i, u in enumerate(UNITS)
+            ]
+        )
+        if prune:
+            model = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule())
+        model.compile(
+            tf_keras.optimizers.Adam(LEARNING_RATE),
+            tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=jit,
+        )
+        return model
+
+    def keras3_model(jit):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((784,))]
+            + [
+                lth.MaskedDense(u, activation=None if i == 2 else "relu")
+                for i, u in enumerate(UNITS)
+            ]
+        )
+        model.compile(
+            keras.optimizers.Adam(LEARNING_RATE),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=jit,
+        )
+        return model
+
+    # name -> (model factory, callbacks factory, clock)
+    table = {
+        "tf_keras": (lambda jit: tf_keras_model(jit, False), list, TfKerasClock()),
+        "tfmot": (
+            lambda jit: tf_keras_model(jit, True),
+            lambda: [tfmot.sparsity.keras.UpdatePruningStep()],
+            TfKerasClock(),
+        ),
+        "masked_gradual": (
+            keras3_model,
+            lambda: [lth.PruningScheduler(schedule(), verbose=0)],
+            KerasClock(),
+        ),
+        "masked_gradual_fast": (
+            keras3_model,
+            lambda: [_fast_gradual_scheduler(lth, schedule())],
+            KerasClock(),
+        ),
+    }
+    wanted = {BASELINE, *args.variants.split(",")}
+    variants = {name: spec for name, spec in table.items() if name in wanted}
+
+    x, y, source = load_data(args.steps)
+    jit_modes = [{"off": False, "on": True}[m.strip()] for m in args.jit.split(",")]
+    runs, errors = {}, {}
+    for jit in jit_modes:
+        for name, (make, callbacks, clock) in variants.items():
+            try:
+                model = make(jit)
+                timed_fit(model, x, y, callbacks(), clock)  # warm-up
+                runs[(jit, name)] = (model, model.get_weights())
+            except Exception as e:  # noqa: BLE001 (e.g. an op XLA cannot compile)
+                errors[(jit, name)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    steps_s = {key: [] for key in runs}
+    fits_s = {key: [] for key in runs}
+    for _, order in interleaved(list(runs), args.repeats):
+        for key in order:
+            model, weights = runs[key]
+            model.set_weights(weights)  # same start (and masks) for every repeat
+            _, callbacks, clock = variants[key[1]]
+            intervals, fit = timed_fit(model, x, y, callbacks(), clock)
+            steps_s[key].append(intervals)
+            fits_s[key].append(fit)
+
+    results = {}
+    for jit in jit_modes:
+        mode = results.setdefault("on" if jit else "off", {})
+        for name in variants:
+            key = (jit, name)
+            if key in errors:
+                mode[name] = {"error": errors[key]}
+            elif key in runs:
+                mode[name] = summarize(steps_s[key], fits_s[key])
+        if "step_ms" in mode.get(BASELINE, {}):
+            for name, entry in mode.items():
+                if name != BASELINE and "step_ms" in entry:
+                    entry["vs_tf_keras"] = compare(entry, mode[BASELINE])
+    out = {
+        "data": source,
+        "batch_size": BATCH_SIZE,
+        "schedule": f"ConstantSparsity({SPARSITY}, begin_step=0, frequency={FREQUENCY})",
+        "versions": {
+            "tfmot": tfmot.__version__,
+            "tf_keras": tf_keras.__version__,
+            "tensorflow": tf.__version__,
+        },
+        "results": results,
+    }
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
