@@ -1,6 +1,7 @@
 """Shared test set-up.
 
-- Quiet TensorFlow, fixed seeds.
+- Quiet TensorFlow, fixed seeds, two logical CPU devices (`"/cpu:0"`,
+  `"/cpu:1"`) for `MirroredStrategy` tests.
 - `tf.keras` is resolved (to Keras 3) before any test imports tfmot: importing
   `tensorflow_model_optimization` sets `TF_USE_LEGACY_KERAS=1`, which would
   otherwise turn `tf.keras` into legacy tf_keras for the whole session. The
@@ -17,6 +18,12 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _ = tf.keras.layers  # pin tf.keras to Keras 3 before tfmot can be imported
+
+# Two logical CPU devices, so `tf.distribute.MirroredStrategy` tests run with
+# two replicas on any machine. This must happen before TensorFlow creates its
+# devices, i.e. before any test runs an op.
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 @pytest.fixture(autouse=True)
