@@ -1,0 +1,115 @@
+"""Smoke tests of `benchmarks/overhead.py` (the timings themselves are not tested).
+
+The benchmark runs in a subprocess, as users run it, with a handful of steps;
+its tfmot reference runs in a grandchild process with `TF_USE_LEGACY_KERAS=1`.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCH)
+
+import _overhead_common as _common
+import overhead
+
+HAS_TFMOT = importlib.util.find_spec("tensorflow_model_optimization") is not None
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "overhead.json"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    cmd = [sys.executable, os.path.join(BENCH, "overhead.py")]
+    cmd += ["--steps", "5", "--repeats", "1", "--out", str(out)]
+    if not HAS_TFMOT:
+        cmd.append("--no-tfmot")
+    proc = subprocess.run(
+        cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        return proc.stdout, json.load(f)
+
+
+def test_overhead_reports_masked_vs_plain(smoke):
+    stdout, result = smoke
+    assert set(result["keras3"]) == {"off", "on"}  # both jit_compile modes
+    for mode, variants in result["keras3"].items():
+        plain, masked = variants["plain"], variants["masked"]
+        # 1 repeat x 2 epochs x (5 steps - the first of each epoch)
+        assert plain["n_steps"] == masked["n_steps"] == 8
+        assert plain["step_ms"] > 0 and masked["step_ms"] > 0
+        assert masked["density_when_timed"] < 1.0  # timed with pruned masks
+        ratio = masked["vs_plain"]["ratio"]
+        assert ratio == pytest.approx(masked["step_ms"] / plain["step_ms"])
+        line = f"jit={mode}: masked/plain = {ratio:.3f}"
+        assert line in stdout
+        assert any(s.startswith(line) for s in result["summary"])
+
+
+@pytest.mark.skipif(not HAS_TFMOT, reason="tensorflow-model-optimization not installed")
+def test_overhead_reports_tfmot_from_a_child_process(smoke):
+    stdout, result = smoke
+    assert result["tfmot_imported_in_main_process"] is False
+    child = result["tfmot"]
+    assert "error" not in child, child.get("error")
+    for mode in ("off", "on"):
+        tfmot = child["results"][mode]["tfmot"]
+        assert tfmot["step_ms"] > 0 and tfmot["n_steps"] == 8
+        masked = result["keras3"][mode]["masked"]["step_ms"]
+        assert f"jit={mode}: masked/tfmot = {masked / tfmot['step_ms']:.3f}" in stdout
+        assert "vs_tf_keras" in tfmot
+
+
+def test_unknown_variant_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exc:
+        overhead.main(["--variants", "no_such_variant"])
+    assert exc.value.code == 2
+    assert "no_such_variant" in capsys.readouterr().err
+
+
+def test_variant_table():
+    names = [v.name for v in overhead.VARIANTS]
+    assert len(set(names)) == len(names)
+    assert {v.name for v in overhead.VARIANTS if v.default} == {"plain", "masked"}
+    assert not set(names) & set(overhead._tfmot_reference.VARIANT_NAMES)
+
+
+def test_step_clock_skips_the_first_batch_of_each_epoch(monkeypatch):
+    times = iter([1.0, 1.5, 2.5, 10.0, 10.25])
+    monkeypatch.setattr(_common.time, "perf_counter", lambda: next(times))
+    clock = _common.StepClock()
+    clock.reset()
+    clock.on_epoch_begin(0)
+    for b in range(3):
+        clock.on_train_batch_end(b)
+    clock.on_epoch_begin(1)
+    for b in range(2):
+        clock.on_train_batch_end(b)
+    assert clock.intervals() == [0.5, 1.0, 0.25]
+
+
+def test_summarize_and_compare_by_hand():
+    a = _common.summarize([[0.001, 0.003], [0.002, 0.002]], walls=[0.010, 0.012])
+    b = _common.summarize([[0.001, 0.001], [0.002, 0.002]], walls=[0.005, 0.005])
+    assert a["step_ms"] == pytest.approx(2.0)  # median of 1, 3, 2, 2 ms
+    assert a["repeat_medians_ms"] == [2.0, 2.0]
+    assert a["n_steps"] == 4
+    assert a["outside_steps_ms_per_fit"] == pytest.approx(7.0)  # median of 6 and 8 ms
+    assert b["step_ms"] == pytest.approx(1.5)
+    c = _common.compare(a, b)
+    assert c["ratio"] == pytest.approx(2.0 / 1.5)
+    assert c["paired_range"] == pytest.approx([1.0, 2.0])  # 2/2 and 2/1
+    assert c["paired_median"] == pytest.approx(1.5)
+
+
+def test_interleaved_alternates_the_order():
+    orders = [order for _, order in _common.interleaved(["a", "b", "c"], 3)]
+    assert orders == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
