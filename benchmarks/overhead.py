@@ -17,7 +17,13 @@ hits all variants alike. A step is the interval between two consecutive
 `on_train_batch_end` calls: the compiled step, fetching its logs and every
 callback's batch hooks. The reported step time is the median over all timed
 steps; the ratio is masked/plain of those medians (acceptance: at most
-`MAX_RATIO`), with the spread of the per-repeat paired ratios.
+`MAX_RATIO`), with the spread of the per-repeat paired ratios. The same
+statistics are computed for the CPU time the whole process spends per step
+(`time.process_time`, all threads): on a machine that other jobs load, the
+wall-clock ratio mostly measures how the load changed between fits, while
+the CPU-time ratio measures the work each variant does. The opt-in
+`plain_again` variant (a second plain model, an A/A control) shows how far
+two identical variants' ratios drift under the current load.
 
 tfmot: a child process started with `TF_USE_LEGACY_KERAS=1` times tfmot's
 `prune_low_magnitude` on the same network in tf_keras, interleaved with plain
@@ -32,6 +38,7 @@ Usage:
 
 ```
 python benchmarks/overhead.py --out overhead.json      # about 2 minutes
+python benchmarks/overhead.py --variants plain_again   # with the A/A control
 python benchmarks/overhead.py --steps 5 --repeats 1    # smoke run
 python benchmarks/overhead.py --variants masked_nobias,plain_hook --no-tfmot
 ```
@@ -132,6 +139,12 @@ VARIANTS = [
     ),
     # Diagnostics (--variants NAME): where the masked overhead comes from.
     Variant(
+        "plain_again",
+        "keras.layers.Dense, no callback, a second model (A/A control of the noise)",
+        keras.layers.Dense,
+        default=False,
+    ),
+    Variant(
         "plain_hook",
         "keras.layers.Dense + a callback overriding on_train_batch_end (no-op)",
         keras.layers.Dense,
@@ -195,17 +208,20 @@ def measure(variants, jit_modes, steps, repeats):
             # warm-up density (one prune) instead of shrinking every repeat.
             runs[(jit, v.name)] = (model, model.get_weights())
     steps_s = {key: [] for key in runs}
+    cpu_s = {key: [] for key in runs}
     fits_s = {key: [] for key in runs}
     for _, order in interleaved(list(runs), repeats):
         for key in order:
             model, weights = runs[key]
             model.set_weights(weights)
-            intervals, fit = timed_fit(model, x, y, by_name[key[1]].callbacks(), clock)
+            intervals, cpu, fit = timed_fit(model, x, y, by_name[key[1]].callbacks(), clock)
             steps_s[key].append(intervals)
+            cpu_s[key].append(cpu)
             fits_s[key].append(fit)
     out = {}
     for (jit, name), (model, weights) in runs.items():
-        entry = summarize(steps_s[(jit, name)], fits_s[(jit, name)])
+        key = (jit, name)
+        entry = summarize(steps_s[key], fits_s[key], cpu_s[key])
         if lth.masked_layers(model):
             model.set_weights(weights)
             entry["density_when_timed"] = round(lth.density(model), 4)
@@ -235,15 +251,19 @@ def run_tfmot_child(steps, repeats, jit_modes, variants):
 
 def _row(mode, name, e, note=""):
     iqr = f"[{e['step_iqr_ms'][0]:.2f}-{e['step_iqr_ms'][1]:.2f}]"
+    cpu = f"{e['cpu_step_ms']:>7.3f}" if "cpu_step_ms" in e else f"{'-':>7}"
     return (
-        f"{mode:<4} {name:<20} {e['step_ms']:>7.3f} {iqr:<14} "
+        f"{mode:<4} {name:<20} {e['step_ms']:>7.3f} {iqr:<14} {cpu} "
         f"{e['outside_steps_ms_per_fit']:>9.1f}   {note}"
     ).rstrip()
 
 
 def _ratio_note(c, what):
     lo, hi = c["paired_iqr"]
-    return f"{c['ratio']:.3f} {what} (per-repeat {c['paired_median']:.3f}, IQR {lo:.3f}-{hi:.3f})"
+    note = f"{c['ratio']:.3f} {what} (per-repeat {c['paired_median']:.3f}, IQR {lo:.3f}-{hi:.3f})"
+    if "cpu_ratio" in c:
+        note += f"; CPU {c['cpu_ratio']:.3f}"
+    return note
 
 
 def print_table(result):
@@ -254,10 +274,11 @@ def print_table(result):
         f"{cfg['steps']} steps)"
     )
     print(f"machine: {cfg['machine']}; load average {cfg['loadavg']}")
-    head = f"{'jit':<4} {'variant':<20} {'step ms':>7} {'(IQR)':<14} {'outside ms/fit':>14}"
+    head = f"{'jit':<4} {'variant':<20} {'step ms':>7} {'(IQR)':<14} {'CPU ms':>7} "
+    head += f"{'outside ms/fit':>14}"
     head += "  step ratio"
     print(head)
-    print("-" * 100)
+    print("-" * 120)
     for mode, variants in result["keras3"].items():
         for name, e in variants.items():
             note = _ratio_note(e["vs_plain"], "vs plain") if "vs_plain" in e else ""
@@ -295,15 +316,26 @@ def summary_lines(result):
             if name in budgeted:
                 verdict = f"{'within' if r <= MAX_RATIO else 'ABOVE'} the {MAX_RATIO:.2f} budget"
             lines.append(f"jit={mode}: {name}/plain = {r:.3f} ({verdict}; same process)")
+            if "cpu_ratio" in e["vs_plain"]:
+                c = e["vs_plain"]["cpu_ratio"]
+                lines.append(f"jit={mode}: {name}/plain CPU time = {c:.3f} (same process)")
             tfmot = child.get(mode, {}).get("tfmot", {})
             if "step_ms" in tfmot and name in budgeted:
                 q = e["step_ms"] / tfmot["step_ms"]
                 lines.append(f"jit={mode}: {name}/tfmot = {q:.3f} (across processes)")
+                if "cpu_step_ms" in e and "cpu_step_ms" in tfmot:
+                    c = e["cpu_step_ms"] / tfmot["cpu_step_ms"]
+                    lines.append(f"jit={mode}: {name}/tfmot CPU time = {c:.3f} (across processes)")
     for mode, variants in child.items():
         for name, e in variants.items():
             if "vs_tf_keras" in e:
                 q = e["vs_tf_keras"]["ratio"]
                 lines.append(f"jit={mode}: {name}/tf_keras = {q:.3f} (same child process)")
+                if "cpu_ratio" in e["vs_tf_keras"]:
+                    c = e["vs_tf_keras"]["cpu_ratio"]
+                    lines.append(
+                        f"jit={mode}: {name}/tf_keras CPU time = {c:.3f} (same child process)"
+                    )
     return lines
 
 

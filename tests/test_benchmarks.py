@@ -52,6 +52,10 @@ def test_overhead_reports_masked_vs_plain(smoke):
         line = f"jit={mode}: masked/plain = {ratio:.3f}"
         assert line in stdout
         assert any(s.startswith(line) for s in result["summary"])
+        cpu_ratio = masked["vs_plain"]["cpu_ratio"]
+        assert plain["cpu_step_ms"] > 0 and masked["cpu_step_ms"] > 0
+        assert cpu_ratio == pytest.approx(masked["cpu_step_ms"] / plain["cpu_step_ms"])
+        assert f"jit={mode}: masked/plain CPU time = {cpu_ratio:.3f}" in stdout
 
 
 @pytest.mark.skipif(not HAS_TFMOT, reason="tensorflow-model-optimization not installed")
@@ -66,6 +70,7 @@ def test_overhead_reports_tfmot_from_a_child_process(smoke):
         masked = result["keras3"][mode]["masked"]["step_ms"]
         assert f"jit={mode}: masked/tfmot = {masked / tfmot['step_ms']:.3f}" in stdout
         assert "vs_tf_keras" in tfmot
+        assert "cpu_ratio" in tfmot["vs_tf_keras"]
 
 
 def test_unknown_variant_is_rejected(capsys):
@@ -79,12 +84,15 @@ def test_variant_table():
     names = [v.name for v in overhead.VARIANTS]
     assert len(set(names)) == len(names)
     assert {v.name for v in overhead.VARIANTS if v.default} == {"plain", "masked"}
+    assert "plain_again" in names  # the A/A control, opt-in
     assert not set(names) & set(overhead._tfmot_reference.VARIANT_NAMES)
 
 
 def test_step_clock_skips_the_first_batch_of_each_epoch(monkeypatch):
     times = iter([1.0, 1.5, 2.5, 10.0, 10.25])
+    cpu = iter([0.0, 1.0, 3.0, 4.0, 4.5])
     monkeypatch.setattr(_common.time, "perf_counter", lambda: next(times))
+    monkeypatch.setattr(_common.time, "process_time", lambda: next(cpu))
     clock = _common.StepClock()
     clock.reset()
     clock.on_epoch_begin(0)
@@ -94,6 +102,7 @@ def test_step_clock_skips_the_first_batch_of_each_epoch(monkeypatch):
     for b in range(2):
         clock.on_train_batch_end(b)
     assert clock.intervals() == [0.5, 1.0, 0.25]
+    assert clock.cpu_intervals() == [1.0, 2.0, 0.5]
 
 
 def test_summarize_and_compare_by_hand():
@@ -108,6 +117,19 @@ def test_summarize_and_compare_by_hand():
     assert c["ratio"] == pytest.approx(2.0 / 1.5)
     assert c["paired_range"] == pytest.approx([1.0, 2.0])  # 2/2 and 2/1
     assert c["paired_median"] == pytest.approx(1.5)
+    assert "cpu_ratio" not in c  # no CPU times given
+
+
+def test_summarize_and_compare_cpu_times_by_hand():
+    a = _common.summarize([[1.0, 1.0]], walls=[3.0], cpu=[[0.004, 0.002], [0.003]])
+    b = _common.summarize([[1.0, 1.0]], walls=[3.0], cpu=[[0.002, 0.002], [0.001]])
+    assert a["cpu_step_ms"] == pytest.approx(3.0)  # median of 4, 2, 3 ms
+    assert a["cpu_repeat_medians_ms"] == [3.0, 3.0]
+    assert b["cpu_step_ms"] == pytest.approx(2.0)
+    c = _common.compare(a, b)
+    assert c["ratio"] == pytest.approx(1.0)  # the wall-clock steps are equal
+    assert c["cpu_ratio"] == pytest.approx(1.5)
+    assert c["cpu_paired_median"] == pytest.approx((1.5 + 3.0) / 2)  # 3/2 and 3/1
 
 
 def test_interleaved_alternates_the_order():
