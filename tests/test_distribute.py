@@ -51,7 +51,7 @@ def _make_model():
     return model
 
 
-def _run(initial, strategy=None, **scheduler_kwargs):
+def _run(initial, strategy=None, schedule=None, epochs=None, **scheduler_kwargs):
     """Trains a fresh model from `initial` weights; returns what the test compares."""
     if strategy is None:
         model = _make_model()
@@ -59,20 +59,17 @@ def _run(initial, strategy=None, **scheduler_kwargs):
         with strategy.scope():
             model = _make_model()
     model.set_weights(initial)
-    scheduler = PruningScheduler(
-        IterativeSchedule(
+    if schedule is None:
+        schedule = IterativeSchedule(
             rounds=ROUNDS, epochs_per_round=EPOCHS_PER_ROUND, rate=0.3, layer_rates={"out": 0.2}
-        ),
-        seed=7,
-        verbose=0,
-        **scheduler_kwargs,
-    )
+        )
+    scheduler = PruningScheduler(schedule, seed=7, verbose=0, **scheduler_kwargs)
     # Spy on the rewind: the trainable values at the first batch of every round.
     starts = []
 
     class Spy(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
-            if batch == 0 and len(starts) < ROUNDS + 1:
+            if batch == 0 and not scheduler.gradual and len(starts) < ROUNDS + 1:
                 e = len(history_epochs)
                 if e == scheduler.round_start(len(starts)):
                     starts.append([np.array(v) for v in self.model.trainable_variables])
@@ -85,7 +82,7 @@ def _run(initial, strategy=None, **scheduler_kwargs):
         X,
         Y,
         batch_size=BATCH,
-        epochs=scheduler.total_epochs,
+        epochs=scheduler.total_epochs or epochs,
         shuffle=False,
         callbacks=[scheduler, Spy()],
         verbose=0,
@@ -132,7 +129,7 @@ def test_strategy_has_two_replicas(strategy):
     ],
     ids=["layer-weight", "global-weight", "layer-neuron", "global-neuron-reinit", "late-rewind"],
 )
-def test_mirrored_run_gives_the_single_device_masks(strategy, initial, kwargs):
+def test_mirrored_run_gives_the_single_device_masks(strategy, initial, kwargs, tmp_path):
     single = _run(initial, **kwargs)
     mirrored = _run(initial, strategy, **kwargs)
 
@@ -162,6 +159,21 @@ def test_mirrored_run_gives_the_single_device_masks(strategy, initial, kwargs):
                 np.testing.assert_array_equal(g, w)
     _assert_replicas_agree(mirrored["model"])
 
+    # A model pruned under the strategy saves and loads (without it) as it is.
+    if kwargs == dict(rewind="init"):
+        path = tmp_path / "mirrored.keras"
+        mirrored["model"].save(path)
+        loaded = keras.saving.load_model(path)
+        for got, want in zip(loaded.get_weights(), mirrored["weights"]):
+            np.testing.assert_array_equal(got, want)
+        # (predict splits the batch over the replicas: float rounding differs)
+        np.testing.assert_allclose(
+            loaded.predict(X[:8], verbose=0),
+            mirrored["model"].predict(X[:8], verbose=0),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
     # The optimizer restarted at the last round; the learning rate is kept.
     steps_per_epoch = len(X) // BATCH
     last_round_epochs = EPOCHS_PER_ROUND - (kwargs["rewind"] if kwargs["rewind"] == 1 else 0)
@@ -178,3 +190,23 @@ def _assert_replicas_agree(model):
         copies = [np.array(v) for v in value.values]
         assert len(copies) == 2, var.path
         np.testing.assert_array_equal(copies[0], copies[1], err_msg=var.path)
+
+
+def test_mirrored_gradual_pruning_gives_the_single_device_masks(strategy, initial, tfmot):
+    """A tfmot schedule: masks shrink at batch ends, from `optimizer.iterations`."""
+
+    def schedule():
+        return tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=0.2, final_sparsity=0.7, begin_step=2, end_step=14, frequency=3
+        )
+
+    single = _run(initial, schedule=schedule(), epochs=2, rewind=None)
+    mirrored = _run(initial, strategy, schedule=schedule(), epochs=2, rewind=None)
+    assert single["iterations"] == mirrored["iterations"] == 2 * len(X) // BATCH
+    assert 0.25 < single["densities"][-1] < 0.35  # reached the final sparsity
+    assert mirrored["densities"] == single["densities"]
+    for name in NAMES:
+        np.testing.assert_array_equal(mirrored["masks"][name], single["masks"][name], err_msg=name)
+    for got, want in zip(mirrored["weights"], single["weights"]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    _assert_replicas_agree(mirrored["model"])
