@@ -135,3 +135,41 @@ def test_summarize_and_compare_cpu_times_by_hand():
 def test_interleaved_alternates_the_order():
     orders = [order for _, order in _common.interleaved(["a", "b", "c"], 3)]
     assert orders == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+
+
+def test_readme_overhead_figures_come_from_the_recorded_run():
+    """Every ratio in the README's Overhead table is the recorded run's, to 3 places."""
+    with open(os.path.join(ROOT, "docs", "results", "overhead.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## Overhead", 1)[1].split("\n## ", 1)[0]
+    assert "python benchmarks/overhead.py --variants plain_again" in section
+    assert set(result["keras3"]["off"]) == {"plain", "masked", "plain_again"}
+    load = result["config"]["loadavg"].split()
+    assert f"load average {load[0]} before, {load[2]} after" in section
+
+    def cell(wall, cpu):
+        return f"{wall:.3f} ({cpu:.3f})"
+
+    k3, child = result["keras3"], result["tfmot"]["results"]
+    rows = {
+        "| masked / plain": lambda m: k3[m]["masked"]["vs_plain"],
+        "| plain_again / plain": lambda m: k3[m]["plain_again"]["vs_plain"],
+        "| tfmot / plain tf_keras": lambda m: child[m]["tfmot"]["vs_tf_keras"],
+        "| keras-lth gradual": lambda m: child[m]["masked_gradual"]["vs_tf_keras"],
+    }
+    lines = section.splitlines()
+    for start, get in rows.items():
+        (line,) = [l for l in lines if l.startswith(start)]
+        cells = [cell(get(m)["ratio"], get(m)["cpu_ratio"]) for m in ("off", "on")]
+        assert line.rstrip(" |").split(" | ")[-2:] == cells, line
+    (line,) = [l for l in lines if l.startswith("| masked / tfmot")]
+    cells = [
+        cell(
+            k3[m]["masked"]["step_ms"] / child[m]["tfmot"]["step_ms"],
+            k3[m]["masked"]["cpu_step_ms"] / child[m]["tfmot"]["cpu_step_ms"],
+        )
+        for m in ("off", "on")
+    ]
+    assert line.rstrip(" |").split(" | ")[-2:] == cells, line
