@@ -93,21 +93,19 @@ def run(rewind, seed, epochs_per_round, verbose):
 
 
 def summarize(records):
-    """{rewind: [(density %, mean test acc %, std)]} from the raw records."""
+    """{key: [(density %, mean test acc %, std)]} from the raw records."""
     out = {}
-    for rewind, runs in records.items():
+    for key, runs in records.items():
         rows = []
         for r in range(len(runs[0])):
             acc = [100 * rounds[r]["test"]["accuracy"] for rounds in runs]
             rows.append((100 * runs[0][r]["density"], float(np.mean(acc)), float(np.std(acc))))
-        out[rewind] = rows
+        out[key] = rows
     return out
 
 
-def table(summary, n_seeds):
-    head = "| round | weights remaining | " + " | ".join(
-        f"test acc, rewind={r!r}" for r in summary
-    )
+def table(summary, n_seeds, label=lambda key: f"test acc, rewind={key!r}"):
+    head = "| round | weights remaining | " + " | ".join(label(r) for r in summary)
     lines = [head + " |", "|---:|---:|" + "---:|" * len(summary)]
     first = next(iter(summary.values()))
     for i, (dens, _, _) in enumerate(first):
@@ -118,17 +116,22 @@ def table(summary, n_seeds):
     return "\n".join(lines)
 
 
-def plot(summary, path):
+def plot(
+    summary,
+    path,
+    label=lambda key: f"rewind={key!r}",
+    title="LeNet-300-100 on MNIST-5k: lottery tickets vs. reinit",
+):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for rewind, rows in summary.items():
+    for key, rows in summary.items():
         d, m, s = (np.array(v) for v in zip(*rows))
-        ax.plot(d, m, marker="o", label=f"rewind={rewind!r}")
+        ax.plot(d, m, marker="o", label=label(key))
         ax.fill_between(d, m - s, m + s, alpha=0.2)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("% of weights remaining (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("LeNet-300-100 on MNIST-5k: lottery tickets vs. reinit")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -88,6 +88,11 @@ def make_train_step(model, layers, strategy, frozen=()):
         position = {id(v): i for i, v in enumerate(variables)}
 
         replica = tf.distribute.get_replica_context()
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        loss_scaled = (
+            getattr(optimizer, "loss_scale_factor", None) is not None
+            or hasattr(optimizer, "dynamic_scale")
+        )
         with tf.GradientTape() as tape:
             with dense_gradient(straight):
                 y_pred = forward(x)
@@ -112,14 +117,15 @@ def make_train_step(model, layers, strategy, frozen=()):
                 continue  # a layer set to trainable=False
             if strategy.scored:
                 g = grads[i]
-                # `g` is the gradient of the scaled loss (mixed precision);
                 # `w` is read before the optimizer updates it.
-                scale = optimizer.scale_loss(ops.ones((), g.dtype))
-                w = ops.convert_to_tensor(layer._kernel)
-                # Sum the replicas' shares explicitly (identity without a
-                # strategy): under MirroredStrategy, Keras's `assign_add` on a
-                # sum-aggregated variable would sum `score + share` instead.
-                share = replica.all_reduce("sum", ops.cast(-w * g / scale, "float32"))
+                share = ops.cast(-ops.convert_to_tensor(layer._kernel) * g, "float32")
+                if loss_scaled:  # `g` is the gradient of the scaled loss
+                    share = share / ops.cast(optimizer.scale_loss(ops.ones((), g.dtype)), "float32")
+                if replicas > 1:
+                    # Sum the replicas' shares explicitly: Keras's
+                    # `assign_add` on a sum-aggregated mirrored variable
+                    # would sum `score + share` instead.
+                    share = replica.all_reduce("sum", share)
                 layer.kernel_score.assign_add(share)
                 # Pruned weights do not train: they keep their raw value.
                 grads[i] = g * ops.cast(layer.kernel_mask, g.dtype)

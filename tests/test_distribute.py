@@ -100,8 +100,10 @@ def _run(initial, strategy=None, schedule=None, epochs=None, **scheduler_kwargs)
 
 
 @pytest.fixture(scope="module")
-def strategy():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def strategy(mirrored_strategy):
+    # the session's one strategy (see conftest: collective keys collide
+    # between strategy objects in one process)
+    return mirrored_strategy
 
 
 @pytest.fixture(scope="module")
