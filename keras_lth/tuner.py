@@ -45,9 +45,19 @@ METHODS = ("lth", "lth-late", "imp-finetune", "double", "scored")
 
 _REINTRODUCING = ("double", "scored")
 
+
+def _available_methods():
+    # double / scored need keras-lth's re-introduction classes; without them
+    # the default space leaves them out rather than failing their trials.
+    import keras_lth
+
+    has = hasattr(keras_lth, "DoublePruning") and hasattr(keras_lth, "ScoredPruning")
+    return [m for m in METHODS if has or m not in _REINTRODUCING]
+
+
 # name -> (kind, arguments, parent condition): the default search space.
 SEARCH_SPACE = {
-    "prune/method": ("Choice", {"values": list(METHODS), "default": "lth"}, None),
+    "prune/method": ("Choice", {"values": _available_methods(), "default": "lth"}, None),
     "prune/rate": (
         "Float",
         {"min_value": 0.1, "max_value": 0.8, "step": 0.05, "default": 0.2},
@@ -135,14 +145,16 @@ class PruningHyperModel(keras_tuner.HyperModel):
     layer (`scope="layer"`) or over all layers (`scope="global"`), counting
     weights, or neurons with `structure="neuron"` (the output layer's neurons
     are never pruned, so a neuron-pruned network keeps more weights). The
-    metrics `fit` returns include the measured `density` (share of prunable
-    weights kept, `keras_lth.density`) and the number of pruning `rounds`. A trial that
-    cannot reach the target within `max_rounds` / `max_epochs`, has a
-    `prune/rewind_epoch` that its round length does not allow, is stopped
-    before its last round (e.g. by `EarlyStopping`) is reported to the tuner
-    as failed
-    (`keras_tuner.errors.FailedTrialError`), with the reason in
-    `trial.message`.
+    declared `prune/rate` range starts at the smallest rate that gets there
+    within `max_rounds`. The metrics `fit` returns include the measured
+    `density` (share of prunable weights kept, `keras_lth.density`) and the
+    number of pruning `rounds`.
+
+    Trials that cannot reach the target within `max_rounds` / `max_epochs`,
+    whose `prune/rewind_epoch` does not fit in their round length, or that
+    stop before their last round (e.g. by `EarlyStopping`) raise
+    `keras_tuner.errors.FailedTrialError`: the tuner marks them failed, with
+    the reason in `trial.message`, and goes on.
 
     With `keras_tuner.Hyperband` the trial's epoch budget (`tuner/epochs`,
     up to `max_epochs` of the Hyperband tuner) is the number of epochs per
@@ -205,8 +217,13 @@ class PruningHyperModel(keras_tuner.HyperModel):
     # keras-tuner hooks
     # ------------------------------------------------------------------ #
     def build(self, hp):
-        declare_search_space(hp)
+        declare_search_space(hp, min_rate=self.min_rate)
         return self.build_model(hp)
+
+    @property
+    def min_rate(self):
+        """Smallest rate that reaches `target_density` within `max_rounds`."""
+        return pruning.rate_for_target(self.target_density, self.max_rounds)
 
     def fit(self, hp, model, *args, **kwargs):
         """Trains all rounds; returns the last round's final metrics (a dict)."""
@@ -227,9 +244,15 @@ class PruningHyperModel(keras_tuner.HyperModel):
                 f"schedule's {scheduler.total_epochs} epochs.",
                 stacklevel=2,
             )
+        user_callbacks = list(kwargs.pop("callbacks", None) or [])
+        if any(isinstance(c, PruningScheduler) for c in user_callbacks):
+            raise keras_tuner.errors.FatalValueError(
+                "`PruningHyperModel` adds the trial's own `PruningScheduler`; "
+                "remove the `PruningScheduler` from the callbacks given to "
+                f"`search`. Received: callbacks={user_callbacks!r}"
+            )
         callbacks = [scheduler] + [
-            _FinalRoundOnly(c, scheduler) if _is_checkpoint(c) else c
-            for c in kwargs.pop("callbacks", None) or []
+            _FinalRoundOnly(c, scheduler) if _is_checkpoint(c) else c for c in user_callbacks
         ]
         model.fit(*args, epochs=scheduler.total_epochs, callbacks=callbacks, **kwargs)
         return self._final_metrics(scheduler)
@@ -265,7 +288,7 @@ class PruningHyperModel(keras_tuner.HyperModel):
                 f"Received an invalid value for `prune/method`, expected one of "
                 f"{METHODS}. Received: prune/method={method!r}"
             )
-        rate = float(get("prune/rate"))
+        rate = round(float(get("prune/rate")), 6)  # 0.30000000000000004 from Float steps
         rounds = rounds_for_target(self.target_density, rate)
         # Hyperband's budget is the round length (see the class docstring).
         epochs_per_round = int(values.get("tuner/epochs", get("prune/epochs_per_round")))
@@ -366,8 +389,13 @@ class PruningHyperModel(keras_tuner.HyperModel):
         return metrics
 
 
-def declare_search_space(hp):
+def declare_search_space(hp, min_rate=None):
     """Declares the schedule's hyperparameters (`SEARCH_SPACE`) in `hp`.
+
+    `min_rate` raises the lower end of `prune/rate` to the first value of its
+    0.05 grid at or above it (the hypermodel passes the smallest rate that
+    reaches its target within `max_rounds`): keras-tuner's Bayesian oracle
+    learns nothing from failed trials and would propose them again.
 
     A name that `hp` already knows (declared by the user, fixed or narrowed)
     keeps the user's declaration: under the same condition as ours, keras-tuner
@@ -380,9 +408,19 @@ def declare_search_space(hp):
             continue
         if condition is not None:
             args = {**args, "parent_name": condition[0], "parent_values": condition[1]}
+        if name == "prune/rate" and min_rate is not None:
+            args = _raise_min(args, min_rate)
         # Declared every time, not only once: keras-tuner finds the
         # conditional hyperparameters by watching which scopes each build opens.
         getattr(hp, kind)(name, **args)
+
+
+def _raise_min(args, min_rate):
+    lo, hi, step = args["min_value"], args["max_value"], args["step"]
+    lo = max(lo, round(math.ceil(round(min_rate / step, 9)) * step, 6))
+    if lo > hi:
+        lo = hi  # only the largest rate is left; larger targets need rounds
+    return {**args, "min_value": lo, "default": max(args["default"], lo)}
 
 
 def _values(hp):
