@@ -51,6 +51,10 @@ class StepClock:
     interval between two batch ends covers everything `fit` does per step:
     the compiled train step, fetching its logs and every callback's batch
     hooks. The first batch of each epoch (iterator start-up) is not counted.
+    Each stamp has the wall clock (`time.perf_counter`) and the CPU time of
+    the whole process, all its threads (`time.process_time`): the work a step
+    costs, which other processes' load on the machine hardly changes, while
+    it stretches the wall-clock intervals.
     """
 
     def reset(self):
@@ -60,14 +64,24 @@ class StepClock:
         self.epochs.append([])
 
     def on_train_batch_end(self, batch, logs=None):
-        self.epochs[-1].append(time.perf_counter())
+        self.epochs[-1].append((time.perf_counter(), time.process_time()))
 
     def intervals(self):
-        return [b - a for stamps in self.epochs for a, b in itertools.pairwise(stamps)]
+        """Wall-clock step intervals, in seconds."""
+        return [b[0] - a[0] for stamps in self.epochs for a, b in itertools.pairwise(stamps)]
+
+    def cpu_intervals(self):
+        """Process CPU time of each step, in seconds."""
+        return [b[1] - a[1] for stamps in self.epochs for a, b in itertools.pairwise(stamps)]
 
 
 def timed_fit(model, x, y, callbacks, clock, **fit_kwargs):
-    """One `fit` call; returns (step intervals, whole `fit` wall time) in seconds."""
+    """One `fit` call.
+
+    Returns:
+        `(wall step intervals, CPU step intervals, whole fit wall time)`, in
+        seconds.
+    """
     clock.reset()
     start = time.perf_counter()
     model.fit(
@@ -79,7 +93,7 @@ def timed_fit(model, x, y, callbacks, clock, **fit_kwargs):
         callbacks=[*callbacks, clock],  # clock last: it sees the others' hook cost
         **fit_kwargs,
     )
-    return clock.intervals(), time.perf_counter() - start
+    return clock.intervals(), clock.cpu_intervals(), time.perf_counter() - start
 
 
 def interleaved(names, repeats):
@@ -93,17 +107,18 @@ def quartiles(values):
     return float(q1), float(median), float(q3)
 
 
-def summarize(steps, walls):
+def summarize(steps, walls, cpu=None):
     """Step-time statistics of one variant (seconds in, milliseconds out).
 
     Args:
         steps: One list of step intervals per repeat.
         walls: Wall time of each repeat's whole `fit` call.
+        cpu: Optional, one list of per-step process CPU times per repeat.
     """
     pooled = [1e3 * s for rep in steps for s in rep]
     per_repeat = [1e3 * statistics.median(rep) for rep in steps]
     q1, median, q3 = quartiles(pooled)
-    return {
+    out = {
         "step_ms": median,  # median over every timed step of every repeat
         "step_iqr_ms": [q1, q3],
         "repeat_medians_ms": [round(v, 4) for v in per_repeat],
@@ -113,15 +128,28 @@ def summarize(steps, walls):
         "outside_steps_ms_per_fit": 1e3
         * statistics.median(w - sum(rep) for w, rep in zip(walls, steps)),
     }
+    if cpu is not None:
+        out["cpu_step_ms"] = 1e3 * statistics.median([s for rep in cpu for s in rep])
+        out["cpu_repeat_medians_ms"] = [round(1e3 * statistics.median(rep), 4) for rep in cpu]
+    return out
 
 
 def compare(num, den):
     """`num` / `den` step time: pooled medians and per-repeat paired ratios."""
     paired = [a / b for a, b in zip(num["repeat_medians_ms"], den["repeat_medians_ms"])]
     q1, median, q3 = quartiles(paired)
-    return {
+    out = {
         "ratio": num["step_ms"] / den["step_ms"],
         "paired_median": median,
         "paired_iqr": [q1, q3],
         "paired_range": [min(paired), max(paired)],
     }
+    if "cpu_step_ms" in num and "cpu_step_ms" in den:
+        paired = [
+            a / b for a, b in zip(num["cpu_repeat_medians_ms"], den["cpu_repeat_medians_ms"])
+        ]
+        q1, median, q3 = quartiles(paired)
+        out["cpu_ratio"] = num["cpu_step_ms"] / den["cpu_step_ms"]
+        out["cpu_paired_median"] = median
+        out["cpu_paired_iqr"] = [q1, q3]
+    return out

@@ -181,14 +181,16 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001 (e.g. an op XLA cannot compile)
                 errors[(jit, name)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     steps_s = {key: [] for key in runs}
+    cpu_s = {key: [] for key in runs}
     fits_s = {key: [] for key in runs}
     for _, order in interleaved(list(runs), args.repeats):
         for key in order:
             model, weights = runs[key]
             model.set_weights(weights)  # same start (and masks) for every repeat
             _, callbacks, clock = variants[key[1]]
-            intervals, fit = timed_fit(model, x, y, callbacks(), clock)
+            intervals, cpu, fit = timed_fit(model, x, y, callbacks(), clock)
             steps_s[key].append(intervals)
+            cpu_s[key].append(cpu)
             fits_s[key].append(fit)
 
     results = {}
@@ -199,7 +201,7 @@ def main(argv=None):
             if key in errors:
                 mode[name] = {"error": errors[key]}
             elif key in runs:
-                mode[name] = summarize(steps_s[key], fits_s[key])
+                mode[name] = summarize(steps_s[key], fits_s[key], cpu_s[key])
         if "step_ms" in mode.get(BASELINE, {}):
             for name, entry in mode.items():
                 if name != BASELINE and "step_ms" in entry:

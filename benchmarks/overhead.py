@@ -1,0 +1,420 @@
+"""Training-step overhead of `MaskedDense` + `PruningScheduler`.
+
+Times LeNet-300-100 (784-300-100-10, relu; Adam 1.2e-3, batch 60,
+`SparseCategoricalCrossentropy(from_logits=True)`) inside `model.fit`, the
+path users run, for every variant in `VARIANTS`:
+
+- `plain`: `keras.layers.Dense`, no callback (the baseline);
+- `masked`: `keras_lth.MaskedDense` with a `PruningScheduler` running an
+  `IterativeSchedule`. The warm-up `fit` already prunes once, every timed
+  `fit` starts from those weights and masks (density 0.8 / 0.8 / 0.9) and
+  prunes, rewinds and resets the optimizer once more at its second epoch.
+
+Method: one warm-up `fit` per variant (tracing and compilation excluded),
+then `--repeats` rounds in which every variant runs one `fit` of 2 epochs x
+`--steps` steps, in alternating order (A B, B A, ...) so background load
+hits all variants alike. A step is the interval between two consecutive
+`on_train_batch_end` calls: the compiled step, fetching its logs and every
+callback's batch hooks. The reported step time is the median over all timed
+steps; the ratio is masked/plain of those medians (acceptance: at most
+`MAX_RATIO`), with the spread of the per-repeat paired ratios. The same
+statistics are computed for the CPU time the whole process spends per step
+(`time.process_time`, all threads): on a machine that other jobs load, the
+wall-clock ratio mostly measures how the load changed between fits, while
+the CPU-time ratio measures the work each variant does. The opt-in
+`plain_again` variant (a second plain model, an A/A control) shows how far
+two identical variants' ratios drift under the current load.
+
+tfmot: a child process started with `TF_USE_LEGACY_KERAS=1` times tfmot's
+`prune_low_magnitude` on the same network in tf_keras, interleaved with plain
+tf_keras (see `_tfmot_reference.py`). Importing tfmot switches `tf.keras` to
+legacy Keras for the whole process, so it never happens in this one; the
+masked/tfmot ratio therefore compares two processes run one after the other.
+
+Adding a variant (e.g. a re-introduction strategy) is one `Variant` entry in
+`VARIANTS`; `default=False` makes it opt-in via `--variants NAME`.
+
+Usage:
+
+```
+python benchmarks/overhead.py --out overhead.json      # about 2 minutes
+python benchmarks/overhead.py --variants plain_again   # with the A/A control
+python benchmarks/overhead.py --steps 5 --repeats 1    # smoke run
+python benchmarks/overhead.py --variants masked_nobias,plain_hook --no-tfmot
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _tfmot_reference  # variant names only; it imports tfmot in its main()
+import keras
+import tensorflow as tf
+from _overhead_common import (
+    BATCH_SIZE,
+    EPOCHS_PER_FIT,
+    LEARNING_RATE,
+    UNITS,
+    StepClock,
+    compare,
+    interleaved,
+    load_data,
+    summarize,
+    timed_fit,
+)
+
+import keras_lth as lth
+
+MAX_RATIO = 1.10  # acceptance: masked/plain step time
+BASELINE = "plain"
+LAYER_NAMES = ("hidden_1", "hidden_2", "output")
+
+
+def _iterative_scheduler():
+    # One round per 2-epoch fit: epoch 0 trains, epoch 1 starts with a prune,
+    # a rewind and an optimizer reset (far more often than a real run, which
+    # prunes once per `epochs_per_round` epochs).
+    schedule = lth.IterativeSchedule(
+        rounds=1, epochs_per_round=EPOCHS_PER_FIT // 2, rate=0.2, layer_rates={"output": 0.1}
+    )
+    return [lth.PruningScheduler(schedule, rewind="init", verbose=0)]
+
+
+class _BatchHook(keras.callbacks.Callback):
+    """Overrides `on_train_batch_end` with a no-op, as `PruningScheduler` does."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+class _NoBiasMaskDense(lth.MaskedDense):
+    """Prototype: `MaskedDense` without the bias-mask multiply (weight pruning only)."""
+
+    def call(self, inputs, training=None):
+        x = keras.ops.matmul(inputs, keras.ops.multiply(self._kernel, self.kernel_mask))
+        if self.bias is not None:
+            x = keras.ops.add(x, self.bias)
+        return self.activation(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One configuration to time.
+
+    Args:
+        name: Short name used in the table, the JSON and for ratios.
+        description: What the variant runs, in words.
+        layer: The Dense-like class used for the three layers.
+        callbacks: Returns fresh callbacks for one `fit` call of
+            `EPOCHS_PER_FIT` epochs.
+        default: Run without `--variants`. Diagnostics are opt-in.
+    """
+
+    name: str
+    description: str
+    layer: type
+    callbacks: Callable[[], list] = list
+    default: bool = True
+
+
+VARIANTS = [
+    Variant(BASELINE, "keras.layers.Dense, no callback", keras.layers.Dense),
+    Variant(
+        "masked",
+        "keras_lth.MaskedDense + PruningScheduler(IterativeSchedule, rewind='init')",
+        lth.MaskedDense,
+        _iterative_scheduler,
+    ),
+    # Diagnostics (--variants NAME): where the masked overhead comes from.
+    Variant(
+        "plain_again",
+        "keras.layers.Dense, no callback, a second model (A/A control of the noise)",
+        keras.layers.Dense,
+        default=False,
+    ),
+    Variant(
+        "plain_hook",
+        "keras.layers.Dense + a callback overriding on_train_batch_end (no-op)",
+        keras.layers.Dense,
+        lambda: [_BatchHook()],
+        default=False,
+    ),
+    Variant(
+        "masked_nobias",
+        "MaskedDense without the bias-mask multiply + PruningScheduler (prototype)",
+        _NoBiasMaskDense,
+        _iterative_scheduler,
+        default=False,
+    ),
+]
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_model(layer, jit_compile, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((784,))]
+        + [
+            layer(units, activation=None if name == "output" else "relu", name=name)
+            for units, name in zip(UNITS, LAYER_NAMES)
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(LEARNING_RATE),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+class _Clock(StepClock, keras.callbacks.Callback):
+    pass
+
+
+def measure(variants, jit_modes, steps, repeats):
+    """Times every (jit mode, variant) pair, interleaved; returns summaries."""
+    x, y, source = load_data(steps)
+    clock = _Clock()
+    by_name = {v.name: v for v in variants}
+    runs = {}
+    for jit in jit_modes:
+        for v in variants:
+            model = build_model(v.layer, jit)
+            timed_fit(model, x, y, v.callbacks(), clock)  # warm-up: traces, prunes once
+            # Every timed fit restarts from here, so the masks stay at the
+            # warm-up density (one prune) instead of shrinking every repeat.
+            runs[(jit, v.name)] = (model, model.get_weights())
+    steps_s = {key: [] for key in runs}
+    cpu_s = {key: [] for key in runs}
+    fits_s = {key: [] for key in runs}
+    for _, order in interleaved(list(runs), repeats):
+        for key in order:
+            model, weights = runs[key]
+            model.set_weights(weights)
+            intervals, cpu, fit = timed_fit(model, x, y, by_name[key[1]].callbacks(), clock)
+            steps_s[key].append(intervals)
+            cpu_s[key].append(cpu)
+            fits_s[key].append(fit)
+    out = {}
+    for (jit, name), (model, weights) in runs.items():
+        key = (jit, name)
+        entry = summarize(steps_s[key], fits_s[key], cpu_s[key])
+        if lth.masked_layers(model):
+            model.set_weights(weights)
+            entry["density_when_timed"] = round(lth.density(model), 4)
+        out.setdefault("on" if jit else "off", {})[name] = entry
+    for mode in out.values():
+        for name, entry in mode.items():
+            if name != BASELINE and BASELINE in mode:
+                entry["vs_plain"] = compare(entry, mode[BASELINE])
+    return out, source
+
+
+def run_tfmot_child(steps, repeats, jit_modes, variants):
+    """Runs `_tfmot_reference.py` in a fresh process with TF_USE_LEGACY_KERAS=1."""
+    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tfmot_reference.py")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tfmot.json")
+        cmd = [sys.executable, child, "--steps", str(steps), "--repeats", str(repeats)]
+        cmd += ["--jit", ",".join("on" if j else "off" for j in jit_modes), "--out", path]
+        cmd += ["--variants", ",".join(variants)]
+        proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.exists(path):
+            return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-20:]}
+        with open(path) as f:
+            return json.load(f)
+
+
+def _row(mode, name, e, note=""):
+    iqr = f"[{e['step_iqr_ms'][0]:.2f}-{e['step_iqr_ms'][1]:.2f}]"
+    cpu = f"{e['cpu_step_ms']:>7.3f}" if "cpu_step_ms" in e else f"{'-':>7}"
+    return (
+        f"{mode:<4} {name:<20} {e['step_ms']:>7.3f} {iqr:<14} {cpu} "
+        f"{e['outside_steps_ms_per_fit']:>9.1f}   {note}"
+    ).rstrip()
+
+
+def _ratio_note(c, what):
+    lo, hi = c["paired_iqr"]
+    note = f"{c['ratio']:.3f} {what} (per-repeat {c['paired_median']:.3f}, IQR {lo:.3f}-{hi:.3f})"
+    if "cpu_ratio" in c:
+        note += f"; CPU {c['cpu_ratio']:.3f}"
+    return note
+
+
+def print_table(result):
+    cfg = result["config"]
+    print(
+        f"LeNet-300-100, batch {BATCH_SIZE}, Adam {LEARNING_RATE}, data={cfg['data']}; "
+        f"{cfg['repeats']} interleaved repeats of fit({EPOCHS_PER_FIT} epochs x "
+        f"{cfg['steps']} steps)"
+    )
+    print(f"machine: {cfg['machine']}; load average {cfg['loadavg']}")
+    head = f"{'jit':<4} {'variant':<20} {'step ms':>7} {'(IQR)':<14} {'CPU ms':>7} "
+    head += f"{'outside ms/fit':>14}"
+    head += "  step ratio"
+    print(head)
+    print("-" * 120)
+    for mode, variants in result["keras3"].items():
+        for name, e in variants.items():
+            note = _ratio_note(e["vs_plain"], "vs plain") if "vs_plain" in e else ""
+            print(_row(mode, name, e, note))
+    child = result.get("tfmot")
+    if child is None:
+        return
+    print()
+    if "error" in child:
+        print("tfmot child process failed:\n  " + "\n  ".join(child["error"]))
+        return
+    print(
+        f"child process, TF_USE_LEGACY_KERAS=1: tfmot {child['versions']['tfmot']}, "
+        f"tf_keras {child['versions']['tf_keras']}, {child['schedule']}"
+    )
+    for mode, variants in child["results"].items():
+        for name, e in variants.items():
+            if "error" in e:
+                print(f"{mode:<4} {name:<20} failed: {e['error']}")
+                continue
+            note = _ratio_note(e["vs_tf_keras"], "vs tf_keras") if "vs_tf_keras" in e else ""
+            print(_row(mode, name, e, note))
+
+
+def summary_lines(result):
+    budgeted = {v.name for v in VARIANTS if v.default}
+    lines = []
+    child = result.get("tfmot", {}).get("results", {})
+    for mode, variants in result["keras3"].items():
+        for name, e in variants.items():
+            if "vs_plain" not in e:
+                continue
+            r = e["vs_plain"]["ratio"]
+            verdict = "diagnostic"
+            if name in budgeted:
+                verdict = f"{'within' if r <= MAX_RATIO else 'ABOVE'} the {MAX_RATIO:.2f} budget"
+            lines.append(f"jit={mode}: {name}/plain = {r:.3f} ({verdict}; same process)")
+            if "cpu_ratio" in e["vs_plain"]:
+                c = e["vs_plain"]["cpu_ratio"]
+                lines.append(f"jit={mode}: {name}/plain CPU time = {c:.3f} (same process)")
+            tfmot = child.get(mode, {}).get("tfmot", {})
+            if "step_ms" in tfmot and name in budgeted:
+                q = e["step_ms"] / tfmot["step_ms"]
+                lines.append(f"jit={mode}: {name}/tfmot = {q:.3f} (across processes)")
+                if "cpu_step_ms" in e and "cpu_step_ms" in tfmot:
+                    c = e["cpu_step_ms"] / tfmot["cpu_step_ms"]
+                    lines.append(f"jit={mode}: {name}/tfmot CPU time = {c:.3f} (across processes)")
+    for mode, variants in child.items():
+        for name, e in variants.items():
+            if "vs_tf_keras" in e:
+                q = e["vs_tf_keras"]["ratio"]
+                lines.append(f"jit={mode}: {name}/tf_keras = {q:.3f} (same child process)")
+                if "cpu_ratio" in e["vs_tf_keras"]:
+                    c = e["vs_tf_keras"]["cpu_ratio"]
+                    lines.append(
+                        f"jit={mode}: {name}/tf_keras CPU time = {c:.3f} (same child process)"
+                    )
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=30, help="steps per epoch (2 epochs per fit)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed fits per variant")
+    parser.add_argument("--jit", default="off,on", help="jit_compile modes: off, on or off,on")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma list of opt-in diagnostic variants to add; known: "
+        + ", ".join([v.name for v in VARIANTS] + list(_tfmot_reference.VARIANT_NAMES)),
+    )
+    parser.add_argument("--no-tfmot", dest="tfmot", action="store_false", help="skip tfmot")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--check", action="store_true", help=f"exit 1 if a ratio vs plain exceeds {MAX_RATIO}"
+    )
+    args = parser.parse_args(argv)
+    if args.steps < 3 or args.repeats < 1:
+        parser.error("expected --steps >= 3 and --repeats >= 1")
+    try:
+        jit_modes = [{"off": False, "on": True}[m.strip()] for m in args.jit.split(",")]
+    except KeyError:
+        parser.error(f"expected --jit off, on or off,on. Received: {args.jit}")
+    child_variants = list(_tfmot_reference.DEFAULT_VARIANTS)
+    if args.variants:
+        wanted = {BASELINE, *args.variants.split(",")}
+        unknown = wanted - {v.name for v in VARIANTS} - set(_tfmot_reference.VARIANT_NAMES)
+        if unknown:
+            parser.error(f"unknown variants {sorted(unknown)}")
+        variants = [v for v in VARIANTS if v.name in wanted or v.default]
+        child_variants += [n for n in _tfmot_reference.VARIANT_NAMES if n in wanted]
+    else:
+        variants = [v for v in VARIANTS if v.default]
+
+    load = [os.getloadavg()[0]]
+    keras3, source = measure(variants, jit_modes, args.steps, args.repeats)
+    result = {
+        "config": {
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "epochs_per_fit": EPOCHS_PER_FIT,
+            "batch_size": BATCH_SIZE,
+            "data": source,
+            "machine": (
+                f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()}, "
+                f"Python {platform.python_version()}, TF {tf.__version__}, "
+                f"Keras {keras.__version__}"
+            ),
+            "variants": {v.name: v.description for v in variants},
+        },
+        "keras3": keras3,
+    }
+    if args.tfmot:
+        result["tfmot"] = run_tfmot_child(args.steps, args.repeats, jit_modes, child_variants)
+    load.append(os.getloadavg()[0])
+    result["config"]["loadavg"] = f"{load[0]:.2f} before, {load[1]:.2f} after"
+    result["summary"] = summary_lines(result)
+    result["tfmot_imported_in_main_process"] = "tensorflow_model_optimization" in sys.modules
+    print_table(result)
+    print()
+    for line in result["summary"]:
+        print(line)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    if args.check:
+        budgeted = {v.name for v in VARIANTS if v.default}
+        ratios = [
+            e["vs_plain"]["ratio"]
+            for m in keras3.values()
+            for name, e in m.items()
+            if "vs_plain" in e and name in budgeted
+        ]
+        return 0 if max(ratios, default=1.0) <= MAX_RATIO else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Smoke tests of `benchmarks/overhead.py` (the timings themselves are not tested).
+
+The benchmark runs in a subprocess, as users run it, with a handful of steps;
+its tfmot reference runs in a grandchild process with `TF_USE_LEGACY_KERAS=1`.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCH)
+
+import _overhead_common as _common
+import overhead
+
+HAS_TFMOT = importlib.util.find_spec("tensorflow_model_optimization") is not None
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "overhead.json"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    cmd = [sys.executable, os.path.join(BENCH, "overhead.py")]
+    cmd += ["--steps", "5", "--repeats", "1", "--out", str(out)]
+    if not HAS_TFMOT:
+        cmd.append("--no-tfmot")
+    proc = subprocess.run(
+        cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        return proc.stdout, json.load(f)
+
+
+def test_overhead_reports_masked_vs_plain(smoke):
+    stdout, result = smoke
+    assert set(result["keras3"]) == {"off", "on"}  # both jit_compile modes
+    for mode, variants in result["keras3"].items():
+        plain, masked = variants["plain"], variants["masked"]
+        # 1 repeat x 2 epochs x (5 steps - the first of each epoch)
+        assert plain["n_steps"] == masked["n_steps"] == 8
+        assert plain["step_ms"] > 0 and masked["step_ms"] > 0
+        assert masked["density_when_timed"] < 1.0  # timed with pruned masks
+        ratio = masked["vs_plain"]["ratio"]
+        assert ratio == pytest.approx(masked["step_ms"] / plain["step_ms"])
+        line = f"jit={mode}: masked/plain = {ratio:.3f}"
+        assert line in stdout
+        assert any(s.startswith(line) for s in result["summary"])
+        cpu_ratio = masked["vs_plain"]["cpu_ratio"]
+        assert plain["cpu_step_ms"] > 0 and masked["cpu_step_ms"] > 0
+        assert cpu_ratio == pytest.approx(masked["cpu_step_ms"] / plain["cpu_step_ms"])
+        assert f"jit={mode}: masked/plain CPU time = {cpu_ratio:.3f}" in stdout
+
+
+@pytest.mark.skipif(not HAS_TFMOT, reason="tensorflow-model-optimization not installed")
+def test_overhead_reports_tfmot_from_a_child_process(smoke):
+    stdout, result = smoke
+    assert result["tfmot_imported_in_main_process"] is False
+    child = result["tfmot"]
+    assert "error" not in child, child.get("error")
+    for mode in ("off", "on"):
+        tfmot = child["results"][mode]["tfmot"]
+        assert tfmot["step_ms"] > 0 and tfmot["n_steps"] == 8
+        masked = result["keras3"][mode]["masked"]["step_ms"]
+        assert f"jit={mode}: masked/tfmot = {masked / tfmot['step_ms']:.3f}" in stdout
+        assert "vs_tf_keras" in tfmot
+        assert "cpu_ratio" in tfmot["vs_tf_keras"]
+
+
+def test_unknown_variant_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exc:
+        overhead.main(["--variants", "no_such_variant"])
+    assert exc.value.code == 2
+    assert "no_such_variant" in capsys.readouterr().err
+
+
+def test_variant_table():
+    names = [v.name for v in overhead.VARIANTS]
+    assert len(set(names)) == len(names)
+    assert {v.name for v in overhead.VARIANTS if v.default} == {"plain", "masked"}
+    assert "plain_again" in names  # the A/A control, opt-in
+    assert not set(names) & set(overhead._tfmot_reference.VARIANT_NAMES)
+
+
+def test_step_clock_skips_the_first_batch_of_each_epoch(monkeypatch):
+    times = iter([1.0, 1.5, 2.5, 10.0, 10.25])
+    cpu = iter([0.0, 1.0, 3.0, 4.0, 4.5])
+    monkeypatch.setattr(_common.time, "perf_counter", lambda: next(times))
+    monkeypatch.setattr(_common.time, "process_time", lambda: next(cpu))
+    clock = _common.StepClock()
+    clock.reset()
+    clock.on_epoch_begin(0)
+    for b in range(3):
+        clock.on_train_batch_end(b)
+    clock.on_epoch_begin(1)
+    for b in range(2):
+        clock.on_train_batch_end(b)
+    assert clock.intervals() == [0.5, 1.0, 0.25]
+    assert clock.cpu_intervals() == [1.0, 2.0, 0.5]
+
+
+def test_summarize_and_compare_by_hand():
+    a = _common.summarize([[0.001, 0.003], [0.002, 0.002]], walls=[0.010, 0.012])
+    b = _common.summarize([[0.001, 0.001], [0.002, 0.002]], walls=[0.005, 0.005])
+    assert a["step_ms"] == pytest.approx(2.0)  # median of 1, 3, 2, 2 ms
+    assert a["repeat_medians_ms"] == [2.0, 2.0]
+    assert a["n_steps"] == 4
+    assert a["outside_steps_ms_per_fit"] == pytest.approx(7.0)  # median of 6 and 8 ms
+    assert b["step_ms"] == pytest.approx(1.5)
+    c = _common.compare(a, b)
+    assert c["ratio"] == pytest.approx(2.0 / 1.5)
+    assert c["paired_range"] == pytest.approx([1.0, 2.0])  # 2/2 and 2/1
+    assert c["paired_median"] == pytest.approx(1.5)
+    assert "cpu_ratio" not in c  # no CPU times given
+
+
+def test_summarize_and_compare_cpu_times_by_hand():
+    a = _common.summarize([[1.0, 1.0]], walls=[3.0], cpu=[[0.004, 0.002], [0.003]])
+    b = _common.summarize([[1.0, 1.0]], walls=[3.0], cpu=[[0.002, 0.002], [0.001]])
+    assert a["cpu_step_ms"] == pytest.approx(3.0)  # median of 4, 2, 3 ms
+    assert a["cpu_repeat_medians_ms"] == [3.0, 3.0]
+    assert b["cpu_step_ms"] == pytest.approx(2.0)
+    c = _common.compare(a, b)
+    assert c["ratio"] == pytest.approx(1.0)  # the wall-clock steps are equal
+    assert c["cpu_ratio"] == pytest.approx(1.5)
+    assert c["cpu_paired_median"] == pytest.approx((1.5 + 3.0) / 2)  # 3/2 and 3/1
+
+
+def test_interleaved_alternates_the_order():
+    orders = [order for _, order in _common.interleaved(["a", "b", "c"], 3)]
+    assert orders == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+
+
+def test_readme_overhead_figures_come_from_the_recorded_run():
+    """Every ratio in the README's Overhead table is the recorded run's, to 3 places."""
+    with open(os.path.join(ROOT, "docs", "results", "overhead.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## Overhead", 1)[1].split("\n## ", 1)[0]
+    assert "python benchmarks/overhead.py --variants plain_again" in section
+    assert set(result["keras3"]["off"]) == {"plain", "masked", "plain_again"}
+    load = result["config"]["loadavg"].split()
+    assert f"load average {load[0]} before, {load[2]} after" in section
+
+    def cell(wall, cpu):
+        return f"{wall:.3f} ({cpu:.3f})"
+
+    k3, child = result["keras3"], result["tfmot"]["results"]
+    rows = {
+        "| masked / plain": lambda m: k3[m]["masked"]["vs_plain"],
+        "| plain_again / plain": lambda m: k3[m]["plain_again"]["vs_plain"],
+        "| tfmot / plain tf_keras": lambda m: child[m]["tfmot"]["vs_tf_keras"],
+        "| keras-lth gradual": lambda m: child[m]["masked_gradual"]["vs_tf_keras"],
+    }
+    lines = section.splitlines()
+    for start, get in rows.items():
+        (line,) = [l for l in lines if l.startswith(start)]
+        cells = [cell(get(m)["ratio"], get(m)["cpu_ratio"]) for m in ("off", "on")]
+        assert line.rstrip(" |").split(" | ")[-2:] == cells, line
+    (line,) = [l for l in lines if l.startswith("| masked / tfmot")]
+    cells = [
+        cell(
+            k3[m]["masked"]["step_ms"] / child[m]["tfmot"]["step_ms"],
+            k3[m]["masked"]["cpu_step_ms"] / child[m]["tfmot"]["cpu_step_ms"],
+        )
+        for m in ("off", "on")
+    ]
+    assert line.rstrip(" |").split(" | ")[-2:] == cells, line

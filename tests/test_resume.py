@@ -1,0 +1,119 @@
+"""A `fit` killed mid-run and resumed with `BackupAndRestore` ends as if never killed.
+
+The runs live in `tests/scripts/resume_fit.py`. Each configuration is
+SIGKILLed twice in separate processes (once inside a round or before the late
+rewinding point, once right at the end of a round, just before the pruning)
+and then resumed to the end in a third process; the result must match an
+uninterrupted run with the same seed made here in the test process: same
+masks, same weights, same round records.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).parent / "scripts" / "resume_fit.py"
+
+# Each step is one process: its jobs run in order and the first kill ends it.
+# "init" (3 epochs a round, rounds at epochs 0-2, 3-5, 6-8): killed inside
+# round 1, then at the end of round 1. "late" (rewind=2: rounds at 0-3, 4-5,
+# 6-7; the rewind point is taken at the end of epoch 1): killed before the
+# rewind point exists, then at the end of round 0.
+CHAIN = (
+    (("init:4",), True),
+    (("init:5",), True),
+    (("init:-", "late:0"), True),
+    (("late:3",), True),
+    (("late:-",), False),
+)
+# epochs the last (resuming) process of each config trains
+RESUMED_EPOCHS = {"init": 3, "late": 4}
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("resume_fit", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """Runs the kill/resume chain; returns the root of the work directories."""
+    root = tmp_path_factory.mktemp("interrupted")
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    for jobs, killed in CHAIN:
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), str(root), *jobs],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        expected = -signal.SIGKILL if killed else 0
+        assert proc.returncode == expected, (jobs, proc.returncode, proc.stderr[-3000:])
+        name = jobs[-1].split(":")[0]
+        scheduler_dir = root / name / "scheduler"
+        if killed:
+            # the scheduler's backup is there for the next process
+            assert (scheduler_dir / "keras_lth_scheduler.json").exists()
+            assert (scheduler_dir / "keras_lth_rewind.npz").exists()
+    return root
+
+
+def _result(root, name):
+    with np.load(root / name / "result.npz") as data:
+        weights = {k: data[k] for k in data.files}
+    with open(root / name / "result.json") as f:
+        out = json.load(f)
+    return weights, out["rounds"], out["history"]
+
+
+def _assert_records_close(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert sorted(g) == sorted(e)
+        assert g["round"] == e["round"]
+        assert g["epochs"] == e["epochs"]
+        assert g["early_stop_epoch"] == e["early_stop_epoch"]
+        assert g["density"] == e["density"]
+        assert g["layer_density"] == e["layer_density"]
+        for part in ("final", "best", "test"):
+            assert sorted(g[part]) == sorted(e[part])
+            for k in e[part]:
+                np.testing.assert_allclose(g[part][k], e[part][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["init", "late"])
+def test_killed_and_resumed_fit_matches_uninterrupted(name, interrupted, script, tmp_path):
+    weights, rounds, history = _result(interrupted, name)
+    ref_weights, ref_rounds, _ = script.train(name, str(tmp_path))
+
+    # the last process really resumed (BackupAndRestore), it did not start over
+    assert len(history["loss"]) == RESUMED_EPOCHS[name]
+    assert len(ref_rounds) == script.ROUNDS + 1
+
+    assert sorted(weights) == sorted(ref_weights)
+    masks = [k for k in ref_weights if k.endswith("_mask")]
+    assert len(masks) == 6
+    for k in masks:
+        np.testing.assert_array_equal(weights[k], ref_weights[k], err_msg=k)
+    for k in ref_weights:
+        np.testing.assert_allclose(weights[k], ref_weights[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    _assert_records_close(rounds, ref_rounds)
+
+    # training end cleans the scheduler's backup, as BackupAndRestore does
+    assert not os.listdir(interrupted / name / "scheduler")
