@@ -42,8 +42,8 @@ import keras_lth as lth
 """
 
 TARGET_DENSITY = 0.05  # keep 5% of the weights
-MAX_TRIALS = 10
-INITIAL_POINTS = 5  # random trials before the Gaussian process takes over
+MAX_TRIALS = 8
+INITIAL_POINTS = 4  # random trials before the Gaussian process takes over
 MAX_ROUNDS = 10  # so prune/rate searches 0.3 to 0.8 (0.3 needs 9 rounds)
 EPOCHS_PER_ROUND = (2, 3)  # the searched range
 BATCH_SIZE = 60
@@ -82,6 +82,9 @@ def search_space():
     methods = [m for m in lth.tuner.METHODS if m not in ("double", "scored") or REINTRODUCTION]
     hp.Choice("prune/method", methods)
     hp.Int("prune/rewind_epoch", 1, 1, parent_name="prune/method", parent_values=["lth-late"])
+    reintroducing = ["double", "scored"]
+    if REINTRODUCTION:  # the first event after a round's first epoch
+        hp.Int("prune/start", 1, 1, parent_name="prune/method", parent_values=reintroducing)
     return hp
 
 

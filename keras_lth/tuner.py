@@ -93,7 +93,7 @@ SEARCH_SPACE = {
     ),
     "prune/start": (
         "Int",
-        {"min_value": 0, "max_value": 3, "default": 1},
+        {"min_value": 1, "max_value": 3, "default": 1},
         ("prune/method", list(_REINTRODUCING)),
     ),
 }
@@ -310,6 +310,14 @@ class PruningHyperModel(keras_tuner.HyperModel):
             }
             if method == "double":
                 reintroduce = {"mode": get("prune/double_mode"), **reintroduce}
+            # Events fall after epochs start, start + every, ... of a round,
+            # before its last epoch ends (keras_lth.reintroduce.event_due).
+            if max(reintroduce["start"], 1) >= epochs_per_round:
+                raise ValueError(
+                    f"prune/start={reintroduce['start']} leaves no re-introduction "
+                    f"event in rounds of {epochs_per_round} epochs. Received: "
+                    f"epochs_per_round={epochs_per_round}"
+                )
         late = rewind if isinstance(rewind, int) else 0
         total_epochs = epochs_per_round + rounds * (epochs_per_round - late)
         plan = {

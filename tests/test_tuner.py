@@ -211,10 +211,10 @@ def test_describe_maps_values_to_schedules():
             "prune/double_mode": "feedback",
             "prune/fraction": 0.3,
             "prune/every": 2,
-            "prune/start": 0,
+            "prune/start": 1,
         }
     )
-    assert double["reintroduce"] == {"mode": "feedback", "fraction": 0.3, "every": 2, "start": 0}
+    assert double["reintroduce"] == {"mode": "feedback", "fraction": 0.3, "every": 2, "start": 1}
     assert double["rewind"] == "init"
     # Hyperband's budget is the round length
     assert hm.describe({**base, "tuner/epochs": 2})["epochs_per_round"] == 2
@@ -227,6 +227,11 @@ def test_describe_maps_values_to_schedules():
         ({"prune/rate": 0.5}, {"max_epochs": 10}, "within max_epochs=10: 5 rounds"),
         ({"prune/method": "lth-late", "prune/rewind_epoch": 4}, {}, "rewind_epoch=4 needs more"),
         ({"prune/method": "magnitude"}, {}, "invalid value for `prune/method`"),
+        (
+            {"prune/method": "scored", "prune/start": 3, "prune/epochs_per_round": 3},
+            {},
+            "prune/start=3 leaves no re-introduction event in rounds of 3 epochs",
+        ),
     ],
 )
 def test_describe_rejects_infeasible_schedules(values, kwargs, match):
