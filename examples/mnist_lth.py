@@ -56,7 +56,7 @@ OUT_DIR = "runs/mnist_lth"
 """
 
 
-def run(rewind, seed, epochs_per_round, verbose):
+def run(rewind, seed, epochs_per_round, verbose, reintroduce=None):
     keras.utils.set_random_seed(seed)
     train_ds, val_ds, test_ds, info = lth.data.mnist(batch_size=BATCH_SIZE, seed=seed)
     model = lth.models.lenet_300_100(num_classes=info.num_classes)
@@ -76,6 +76,7 @@ def run(rewind, seed, epochs_per_round, verbose):
         test_data=test_ds,
         seed=seed,
         verbose=verbose,
+        reintroduce=reintroduce,
     )
     model.fit(
         train_ds,

@@ -33,8 +33,8 @@ import warnings
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
 
-import keras
-from mnist_lth import plot, summarize, table  # the sibling example's report
+import mnist_lth  # the sibling example: one run, the report
+from mnist_lth import plot, summarize, table
 
 import keras_lth as lth
 
@@ -43,12 +43,8 @@ import keras_lth as lth
 """
 
 SEEDS = 3
-ROUNDS = 10  # 10.7% of the hidden weights remain after round 10
 EPOCHS_PER_ROUND = 8
-BATCH_SIZE = 60
-LEARNING_RATE = 1.2e-3
-RATE = 0.2
-OUTPUT_RATE = 0.1
+# Rounds (10), batch 60, Adam 1.2e-3 and the rates 0.2 / 0.2 / 0.1 are mnist_lth.py's.
 # Swap 20% of the kept weights per event, after every epoch from the first
 # on, annealed to 0 over the round (cosine): the strategies' defaults.
 METHODS = {
@@ -65,36 +61,9 @@ OUT_DIR = "runs/mnist_reintroduce"
 
 
 def run(method, seed, epochs_per_round, verbose):
-    keras.utils.set_random_seed(seed)
-    train_ds, val_ds, test_ds, info = lth.data.mnist(batch_size=BATCH_SIZE, seed=seed)
-    model = lth.models.lenet_300_100(num_classes=info.num_classes)
-    model.compile(
-        keras.optimizers.Adam(LEARNING_RATE),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
     make = METHODS[method]
-    scheduler = lth.PruningScheduler(
-        schedule=lth.IterativeSchedule(
-            rounds=ROUNDS,
-            epochs_per_round=epochs_per_round,
-            rate=RATE,
-            layer_rates={"output": OUTPUT_RATE},
-        ),
-        rewind="init",
-        test_data=test_ds,
-        seed=seed,
-        verbose=verbose,
-        reintroduce=None if make is None else make(),
-    )
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=scheduler.total_epochs,
-        callbacks=[scheduler],
-        verbose=0,
-    )
-    return scheduler.rounds
+    return mnist_lth.run("init", seed, epochs_per_round, verbose,
+                         reintroduce=None if make is None else make())
 
 
 """

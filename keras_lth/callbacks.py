@@ -137,16 +137,8 @@ class PruningScheduler(keras.callbacks.Callback):
                     f"index in [0, epochs_per_round={schedule.epochs_per_round}). "
                     f"Received: rewind={rewind!r}"
                 )
-        if scope not in ("layer", "global"):
-            raise ValueError(
-                "Received an invalid value for `scope`, expected 'layer' or "
-                f"'global'. Received: scope={scope!r}"
-            )
-        if structure not in ("weight", "neuron"):
-            raise ValueError(
-                "Received an invalid value for `structure`, expected 'weight' "
-                f"or 'neuron'. Received: structure={structure!r}"
-            )
+        pruning.check_scope(scope)
+        pruning.check_structure(structure)
         pruning.check_norm(norm)
         if self.gradual:
             if scope != "layer" or structure != "weight":

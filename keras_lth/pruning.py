@@ -47,6 +47,24 @@ def check_norm(norm):
     return norm
 
 
+def check_scope(scope):
+    if scope not in ("layer", "global"):
+        raise ValueError(
+            "Received an invalid value for `scope`, expected 'layer' or "
+            f"'global'. Received: scope={scope!r}"
+        )
+    return scope
+
+
+def check_structure(structure):
+    if structure not in ("weight", "neuron"):
+        raise ValueError(
+            "Received an invalid value for `structure`, expected 'weight' or "
+            f"'neuron'. Received: structure={structure!r}"
+        )
+    return structure
+
+
 def prune_count(rate: float, alive: int) -> int:
     """Number of alive items a round removes: `round(rate * alive)`.
 
@@ -300,16 +318,8 @@ def prune(
                 f"Received unknown layer names in `{arg}`, expected names of "
                 f"masked layers {sorted(kernels)}. Received: {arg} names {unknown}"
             )
-    if scope not in ("layer", "global"):
-        raise ValueError(
-            "Received an invalid value for `scope`, expected 'layer' or "
-            f"'global'. Received: scope={scope!r}"
-        )
-    if structure not in ("weight", "neuron"):
-        raise ValueError(
-            "Received an invalid value for `structure`, expected 'weight' or "
-            f"'neuron'. Received: structure={structure!r}"
-        )
+    check_scope(scope)
+    check_structure(structure)
     names = [n for n in kernels if not (structure == "neuron" and n in frozen_neurons)]
     new = {n: np.asarray(masks[n], dtype=np.float32) for n in kernels}
 

@@ -126,16 +126,8 @@ def swap_masks(
         number of kept neurons).
     """
     fraction = check_fraction(fraction)
-    if scope not in ("layer", "global"):
-        raise ValueError(
-            "Received an invalid value for `scope`, expected 'layer' or "
-            f"'global'. Received: scope={scope!r}"
-        )
-    if structure not in ("weight", "neuron"):
-        raise ValueError(
-            "Received an invalid value for `structure`, expected 'weight' or "
-            f"'neuron'. Received: structure={structure!r}"
-        )
+    pruning.check_scope(scope)
+    pruning.check_structure(structure)
     if not (set(grow_scores) == set(drop_scores) == set(masks)):
         raise ValueError(
             "Expected `grow_scores`, `drop_scores` and `masks` for the same "
