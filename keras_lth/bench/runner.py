@@ -197,6 +197,8 @@ def _has_reintroduce(lth, method):
 # ---------------------------------------------------------------------- #
 def load_data(settings: Settings, seed: int):
     """`DataSplits` of the settings' dataset; evaluation in large batches."""
+    import tensorflow as tf
+
     import keras_lth as lth
 
     if settings.dataset == "mnist":
@@ -205,10 +207,15 @@ def load_data(settings: Settings, seed: int):
         splits = lth.data.speech_commands(
             source=settings.source, batch_size=settings.batch_size, seed=seed
         )
-    # One evaluation batch instead of many small ones: evaluating is a large
-    # share of a short epoch's time.
+    # Batches of 1,000 instead of many small ones: evaluating is a large
+    # share of a short epoch's time. `rebatch` loses the cardinality, which
+    # Keras needs to know where an evaluation ends.
+    def big(ds, n):
+        return ds.rebatch(1000).apply(tf.data.experimental.assert_cardinality(-(-n // 1000)))
+
+    info = splits.info
     return splits._replace(
-        validation=splits.validation.rebatch(1000), test=splits.test.rebatch(1000)
+        validation=big(splits.validation, info.num_validation), test=big(splits.test, info.num_test)
     )
 
 
