@@ -1,4 +1,4 @@
-"""Tests of `keras-lth bench` on tiny settings (3 steps per epoch, 1 seed)."""
+"""Tests of `keras-lth bench` on tiny settings (4 steps per epoch, 1 seed)."""
 
 import json
 import os
@@ -28,7 +28,12 @@ HAS_REINTRODUCE = hasattr(lth, "DoublePruning") and hasattr(lth, "ScoredPruning"
 
 def tiny(**overrides):
     values = dict(
-        seeds=1, densities=(0.8,), epochs_per_round=2, steps_per_epoch=3, gradual_frequency=1
+        seeds=1,
+        densities=(0.8,),
+        epochs_per_round=2,
+        steps_per_epoch=4,
+        steps_per_execution=2,
+        gradual_frequency=1,
     )
     values.update(overrides)
     return settings("mnist", "quick", **values)
@@ -159,11 +164,11 @@ def test_each_method_runs_and_records_every_metric(main_run):
     # iterative methods: one record per round, paying for every round before
     lth_records = by_method["lth"]["records"]
     assert [r["round"] for r in lth_records] == [0, 1]
-    assert [r["budget_steps"] for r in lth_records] == [6, 12]
+    assert [r["budget_steps"] for r in lth_records] == [8, 16]
     late = by_method["lth-late"]["records"]
-    assert [r["budget_steps"] for r in late] == [6, 9]  # rewound to epoch 1
-    assert by_method["oneshot"]["records"][0]["budget_steps"] == 12
-    assert by_method["random-mask"]["records"][0]["budget_steps"] == 6
+    assert [r["budget_steps"] for r in late] == [8, 12]  # rewound to epoch 1
+    assert by_method["oneshot"]["records"][0]["budget_steps"] == 16
+    assert by_method["random-mask"]["records"][0]["budget_steps"] == 8
     for name in ("oneshot", "random-mask", "lth"):
         assert by_method[name]["records"][-1]["density"] == pytest.approx(0.8, abs=0.002)
 

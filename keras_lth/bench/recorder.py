@@ -138,7 +138,7 @@ class Recorder(RecorderLogic, keras.callbacks.Callback):
     """`RecorderLogic` on a Keras 3 callback."""
 
 
-def compact_stats(model, dense_model, x, repeats=15) -> dict:
+def compact_stats(model, dense_model, x, repeats=10) -> dict:
     """Parameters and inference latency of `lth.compact(model)` vs the dense net.
 
     Latency is the median of `repeats` `predict_on_batch(x)` calls, the two
@@ -149,7 +149,7 @@ def compact_stats(model, dense_model, x, repeats=15) -> dict:
     small = lth.compact(model)
     times = {"small": [], "dense": []}
     for m in (small, dense_model):
-        for _ in range(3):
+        for _ in range(2):
             m.predict_on_batch(x)  # trace and warm up
     for _ in range(repeats):
         for name, m in (("small", small), ("dense", dense_model)):

@@ -202,7 +202,7 @@ def markdown(plan, summary, command=None) -> str:
             "## Neuron pruning: compacted model (`lth.compact`)",
             "",
             "Parameters of the compacted model, and its inference latency / the dense "
-            "net's (`predict_on_batch` on 1,000 inputs, median of 15, interleaved).",
+            "net's (`predict_on_batch` on 1,000 inputs, median of 10, interleaved).",
             "",
             grid(
                 lambda e: (

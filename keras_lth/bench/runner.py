@@ -108,6 +108,11 @@ class Plan:
     def steps_per_epoch(self) -> int:
         return self.settings.steps_per_epoch or self.steps_per_pass
 
+    def steps_per_execution(self, run: Run) -> int:
+        if run.method.process != "main":
+            return 1  # gradual and tfmot update masks between steps
+        return math.gcd(self.settings.steps_per_execution, self.steps_per_epoch)
+
     def round_densities(self) -> list:
         rates = layer_rates(self.settings, self.sizes)
         return [nominal_density(self.sizes, rates, r) for r in range(self.rounds + 1)]
@@ -272,6 +277,7 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
             keras.optimizers.Adam(s.learning_rate),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
+            steps_per_execution=plan.steps_per_execution(run),
         )
         scheduler, keep = _scheduler(plan, run, model)
         recorder = Recorder(
