@@ -263,3 +263,27 @@ def test_gradual_refuses_to_run_in_this_process():
     (run,) = plan.runs()
     with pytest.raises(RuntimeError, match="child process"):
         runner.run_one(plan, run, verbose=0)
+
+
+def test_speech_commands_runs_on_the_speech_mlp(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    import speech_tree
+
+    if not speech_tree.espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = tmp_path / "speech_commands"
+    speech_tree.make_speech_tree(str(root))
+    s = settings(
+        "speech_commands",
+        source=str(root),
+        seeds=1,
+        densities=(0.8,),
+        epochs_per_round=1,
+        steps_per_epoch=2,
+        batch_size=16,
+    )
+    plan = make_plan(s, ["lth"])
+    assert plan.sizes == {"hidden_1": 1960 * 256, "hidden_2": 256 * 256, "output": 256 * 12}
+    (line,) = run_benchmark(plan, str(tmp_path / "out"), verbose=0)
+    assert [r["level"] for r in line["records"]] == [None, 0.8]
+    assert METRICS <= set(line["records"][-1])

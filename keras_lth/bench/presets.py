@@ -125,6 +125,10 @@ def settings(dataset="mnist", preset="quick", **overrides) -> Settings:
     values = {**PRESETS[preset], **(_SPEECH if dataset == "speech_commands" else {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["dataset"], values["preset"] = dataset, preset
+    if overrides.get("late_rewind") is None and isinstance(values.get("epochs_per_round"), int):
+        # the preset's rewind epoch must stay inside a shorter round
+        late = values.get("late_rewind", Settings.late_rewind)
+        values["late_rewind"] = min(late, values["epochs_per_round"] - 1)
     s = Settings(**values)
     _check(s)
     return s

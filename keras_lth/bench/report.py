@@ -248,7 +248,9 @@ def plot(plan, lines, summary, out_dir) -> list:
     all_rows = rows(lines)
     target = summary["target"]
     methods = summary["methods"]
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    plan_kinds = {m.name: m.kind for m in plan.methods}
+    # the dark half of tab20 first, then the light half: 14 distinguishable lines
+    colors = plt.get_cmap("tab20")([*range(0, 20, 2), *range(1, 20, 2)])
     styles = ["-", "--", "-.", ":"]
     markers = "osD^v<>pP*Xhd8"
 
@@ -293,12 +295,23 @@ def plot(plan, lines, summary, out_dir) -> list:
             pts = curves(m)
             if not len(pts):
                 continue
+            if m == "dense" and xi == 0:
+                # one point at 100%: a reference line across the plot instead
+                y, err = pts[0, yi], pts[0, 3] if yi == 2 else 0.0
+                ax.axhline(y, color="0.3", linestyle="--", linewidth=1, label="dense")
+                if err:
+                    ax.axhspan(y - err, y + err, color="0.5", alpha=0.12)
+                continue
             if xi == 1:
                 pts = pts[np.argsort(pts[:, 1])]
             kw = dict(
                 color=colors[i % 20], linestyle=styles[i % 4], marker=markers[i % len(markers)],
                 markersize=4, label=m,
             )
+            if m == "tfmot":  # drawn over `gradual`: keep both visible where they agree
+                kw.update(linestyle=":", marker="x", markersize=8, linewidth=2)
+            if xi == 1 and plan_kinds.get(m) == "target":
+                kw["linestyle"] = "none"  # one budget, several densities: points only
             ax.plot(pts[:, xi], pts[:, yi], **kw)
             if yi == 2:
                 ax.fill_between(pts[:, xi], pts[:, 2] - pts[:, 3], pts[:, 2] + pts[:, 3],
