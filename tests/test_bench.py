@@ -7,19 +7,36 @@ import sys
 import pytest
 
 import keras_lth as lth
-from keras_lth.bench import METHODS, cli, make_plan, run_benchmark, settings
-from keras_lth.bench import runner
+from keras_lth.bench import METHODS, cli, make_plan, run_benchmark, runner, settings
 from keras_lth.bench.report import agreement, epochs_to_target, summarize
 
 # Every metric a record carries, and those of the neuron methods on top.
 METRICS = {
-    "round", "level", "density", "layer_density", "epochs", "test_accuracy", "test_loss",
-    "early_stop_epoch", "test_accuracy_early_stop", "val_accuracy", "val_loss",
-    "epoch_density", "steps_per_epoch", "budget_steps", "budget_epochs", "wall_s",
+    "round",
+    "level",
+    "density",
+    "layer_density",
+    "epochs",
+    "test_accuracy",
+    "test_loss",
+    "early_stop_epoch",
+    "test_accuracy_early_stop",
+    "val_accuracy",
+    "val_loss",
+    "epoch_density",
+    "steps_per_epoch",
+    "budget_steps",
+    "budget_epochs",
+    "wall_s",
 }
 NEURON_METRICS = {
-    "compact_params", "dense_params", "compact_units", "latency_ms", "dense_latency_ms",
-    "latency_ratio", "latency_batch",
+    "compact_params",
+    "dense_params",
+    "compact_units",
+    "latency_ms",
+    "dense_latency_ms",
+    "latency_ratio",
+    "latency_batch",
 }
 MAIN_METHODS = [m.name for m in METHODS.values() if m.process == "main" and not m.reintroduce]
 REINTRODUCE = [m.name for m in METHODS.values() if m.reintroduce]
@@ -27,16 +44,21 @@ HAS_REINTRODUCE = hasattr(lth, "DoublePruning") and hasattr(lth, "ScoredPruning"
 
 
 def tiny(**overrides):
-    values = dict(
-        seeds=1,
-        densities=(0.8,),
-        epochs_per_round=2,
-        steps_per_epoch=4,
-        steps_per_execution=2,
-        gradual_frequency=1,
-    )
+    values = {
+        "seeds": 1,
+        "densities": (0.8,),
+        "epochs_per_round": 2,
+        "steps_per_epoch": 4,
+        "steps_per_execution": 2,
+        "gradual_frequency": 1,
+    }
     values.update(overrides)
     return settings("mnist", "quick", **values)
+
+
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
 
 
 def without_timing(line):
@@ -66,9 +88,20 @@ def test_every_named_method_is_listed(capsys):
     assert cli.main(["bench", "--list"]) == 0
     text = capsys.readouterr().out
     expected = [
-        "dense", "oneshot", "imp-finetune", "lth", "lth-late", "lth-reinit", "random-mask",
-        "neuron-l1", "neuron-l2", "gradual", "tfmot", "double-complement",
-        "double-feedback", "scored",
+        "dense",
+        "oneshot",
+        "imp-finetune",
+        "lth",
+        "lth-late",
+        "lth-reinit",
+        "random-mask",
+        "neuron-l1",
+        "neuron-l2",
+        "gradual",
+        "tfmot",
+        "double-complement",
+        "double-feedback",
+        "scored",
     ]
     assert list(METHODS) == expected
     for name in expected:
@@ -145,7 +178,7 @@ def test_target_layer_rates_match_the_iterative_split():
 # Runs
 # ---------------------------------------------------------------------- #
 def test_each_method_runs_and_records_every_metric(main_run):
-    plan, lines, out = main_run
+    plan, lines, _ = main_run
     by_method = {line["key"]["method"]: line for line in lines}
     assert set(by_method) == {m.name for m in plan.methods}
     for name, line in by_method.items():
@@ -175,7 +208,7 @@ def test_each_method_runs_and_records_every_metric(main_run):
 
 def test_summary_and_plots_are_written(main_run):
     plan, lines, out = main_run
-    text = open(os.path.join(out, "summary.md")).read()
+    text = read(os.path.join(out, "summary.md"))
     for heading in ("Test accuracy (%) at the end", "early-stop", "Budget", "Verdict", "Passes"):
         assert heading in text
     for name in ("accuracy_vs_density.png", "epochs_to_target.png", "accuracy_vs_budget.png"):
@@ -212,24 +245,24 @@ def test_resume_skips_finished_runs_and_ends_identical(main_run, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(plan, out, verbose=0)
     path = os.path.join(out, runner.RESULTS_FILE)
-    before = open(path).read().splitlines()
+    before = read(path).splitlines()
     assert len(before) == 2
 
     calls.clear()
     monkeypatch.setattr(runner, "run_one", lambda p, r, v=1: calls.append(r.key) or real(p, r, v))
     run_benchmark(plan, out, verbose=0)
     assert calls == [{"method": "random-mask", "seed": 0, "density": 0.8}]
-    after = open(path).read().splitlines()
+    after = read(path).splitlines()
     assert after[:2] == before  # finished lines untouched
     expected = [without_timing(line) for line in reference if line["key"]["method"] in methods]
     assert [without_timing(json.loads(line)) for line in after] == expected
 
     # a rerun of a finished benchmark trains nothing and changes no file
-    files = {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out))}
+    files = {n: read(os.path.join(out, n), "rb") for n in sorted(os.listdir(out))}
     calls.clear()
     run_benchmark(plan, out, verbose=0)
     assert calls == []
-    assert {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out))} == files
+    assert {n: read(os.path.join(out, n), "rb") for n in sorted(os.listdir(out))} == files
 
 
 def test_another_configuration_in_the_same_directory_is_an_error(main_run):

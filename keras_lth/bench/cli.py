@@ -1,9 +1,9 @@
 """`keras-lth bench`: the command line of the unified pruning benchmark.
 
-    keras-lth bench                      # the quick preset (the main job)
-    keras-lth bench --preset paper --source /data/mnist
-    keras-lth bench --list               # the methods
-    python -m keras_lth.bench ...        # the same without the console script
+keras-lth bench                      # the quick preset (the main job)
+keras-lth bench --preset paper --source /data/mnist
+keras-lth bench --list               # the methods
+python -m keras_lth.bench ...        # the same without the console script
 """
 
 from __future__ import annotations
@@ -68,7 +68,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default runs/bench_<dataset>_<preset>)")
     p.add_argument("--list", action="store_true", help="list the methods and exit")
     p.add_argument(
-        "-v", "--verbose", type=int, default=1, choices=(0, 1, 2),
+        "-v",
+        "--verbose",
+        type=int,
+        default=1,
+        choices=(0, 1, 2),
         help="0 quiet, 1 progress over runs (default), 2 also Keras's per-epoch output",
     )
     return top

@@ -146,6 +146,4 @@ def get_methods(names) -> list[Method]:
 def listing() -> str:
     """The text of `keras-lth bench --list`."""
     width = max(len(n) for n in METHODS)
-    return "\n".join(
-        f"{m.name:<{width}}  {m.kind:<9}  {m.description}" for m in METHODS.values()
-    )
+    return "\n".join(f"{m.name:<{width}}  {m.kind:<9}  {m.description}" for m in METHODS.values())

@@ -148,7 +148,11 @@ def _check(s: Settings):
             "directory)"
         )
     for name in (
-        "seeds", "batch_size", "epochs_per_round", "gradual_frequency", "steps_per_execution"
+        "seeds",
+        "batch_size",
+        "epochs_per_round",
+        "gradual_frequency",
+        "steps_per_execution",
     ):
         _positive_int(getattr(s, name), name)
     if s.steps_per_epoch is not None:

@@ -147,14 +147,17 @@ def markdown(plan, summary, command=None) -> str:
     out = ["# keras-lth bench: summary", ""]
     if command:
         out += [f"`{command}`", ""]
+    passes = plan.steps_per_epoch / plan.steps_per_pass
     out += [
-        f"{s.dataset} (source `{s.source}`, {plan.num_train} training examples), preset "
-        f"`{s.preset}`: Adam {s.learning_rate:g}, batch {s.batch_size}, an evaluation every "
-        f"{plan.steps_per_epoch} steps (\"epoch\" below: {plan.steps_per_epoch / plan.steps_per_pass:.2f} "
-        f"passes over the training set), {s.epochs_per_round} epochs per round, rates "
-        f"{s.rate:g} (hidden) / {s.output_rate:g} (output) per round, {plan.rounds} rounds; "
-        f"seeds per cell: {', '.join(map(str, seeds))}. Mean ± std (n − 1) over seeds. Columns: "
-        "% of weights remaining (nominal; iterative methods at the round reaching it).",
+        (
+            f"{s.dataset} (source `{s.source}`, {plan.num_train} training examples), preset "
+            f"`{s.preset}`: Adam {s.learning_rate:g}, batch {s.batch_size}, an evaluation "
+            f'every {plan.steps_per_epoch} steps ("epoch" below: {passes:.2f} passes over the '
+            f"training set), {s.epochs_per_round} epochs per round, rates {s.rate:g} (hidden) "
+            f"/ {s.output_rate:g} (output) per round, {plan.rounds} rounds; seeds per cell: "
+            f"{', '.join(map(str, seeds))}. Mean ± std (n − 1) over seeds. Columns: % of "
+            "weights remaining (nominal; iterative methods at the round reaching it)."
+        ),
         "",
         "## Test accuracy (%) at the end of training",
         "",
@@ -170,10 +173,12 @@ def markdown(plan, summary, command=None) -> str:
         out += [
             f"## Passes over the training set to reach {100 * target:.2f}% validation accuracy",
             "",
-            "Target: the dense net's mean final validation accuracy − 0.5 points. Counted "
-            "from the start of the round that trains at that density (gradual, tfmot: from "
-            "the start of the run, at the final density only); (k/n): seeds that reached "
-            "it; — : none did.",
+            (
+                "Target: the dense net's mean final validation accuracy − 0.5 points. Counted "
+                "from the start of the round that trains at that density (gradual, tfmot: from "
+                "the start of the run, at the final density only); (k/n): seeds that reached "
+                "it; — : none did."
+            ),
             "",
             grid(
                 lambda e: (
@@ -201,14 +206,14 @@ def markdown(plan, summary, command=None) -> str:
         out += [
             "## Neuron pruning: compacted model (`lth.compact`)",
             "",
-            "Parameters of the compacted model, and its inference latency / the dense "
-            "net's (`predict_on_batch` on 1,000 inputs, median of 10, interleaved).",
+            (
+                "Parameters of the compacted model, and its inference latency / the dense "
+                "net's (`predict_on_batch` on 1,000 inputs, median of 10, interleaved)."
+            ),
             "",
             grid(
                 lambda e: (
-                    f"{e['params'][0]:,.0f} params, {e['latency'][0]:.2f}×"
-                    if e["params"]
-                    else ""
+                    f"{e['params'][0]:,.0f} params, {e['latency'][0]:.2f}×" if e["params"] else ""
                 )
             ),
             "",
@@ -217,8 +222,10 @@ def markdown(plan, summary, command=None) -> str:
     out += verdict(summary)
     out += [
         "",
-        f"Within noise: the difference of means is at most {NOISE_Z:g} standard errors "
-        "(sqrt(s1²/n1 + s2²/n2)).",
+        (
+            f"Within noise: the difference of means is at most {NOISE_Z:g} standard errors "
+            "(sqrt(s1²/n1 + s2²/n2))."
+        ),
         "",
     ]
     agree = agreement(summary)
@@ -281,11 +288,27 @@ def plot(plan, lines, summary, out_dir) -> list:
 
     paths = []
     specs = (
-        ("accuracy_vs_density.png", 0, 2, "% of weights remaining (log scale)", "test accuracy (%)"),
-        ("epochs_to_target.png", 0, 4, "% of weights remaining (log scale)",
-         "passes to target validation accuracy"),
-        ("accuracy_vs_budget.png", 1, 2, "cumulative training budget (passes over the training set)",
-         "test accuracy (%)"),
+        (
+            "accuracy_vs_density.png",
+            0,
+            2,
+            "% of weights remaining (log scale)",
+            "test accuracy (%)",
+        ),
+        (
+            "epochs_to_target.png",
+            0,
+            4,
+            "% of weights remaining (log scale)",
+            "passes to target validation accuracy",
+        ),
+        (
+            "accuracy_vs_budget.png",
+            1,
+            2,
+            "cumulative training budget (passes over the training set)",
+            "test accuracy (%)",
+        ),
     )
     for name, xi, yi, xlabel, ylabel in specs:
         if yi == 4 and target is None:
@@ -304,18 +327,26 @@ def plot(plan, lines, summary, out_dir) -> list:
                 continue
             if xi == 1:
                 pts = pts[np.argsort(pts[:, 1])]
-            kw = dict(
-                color=colors[i % 20], linestyle=styles[i % 4], marker=markers[i % len(markers)],
-                markersize=4, label=m,
-            )
+            kw = {
+                "color": colors[i % 20],
+                "linestyle": styles[i % 4],
+                "marker": markers[i % len(markers)],
+                "markersize": 4,
+                "label": m,
+            }
             if m == "tfmot":  # drawn over `gradual`: keep both visible where they agree
                 kw.update(linestyle=":", marker="x", markersize=8, linewidth=2)
             if xi == 1 and plan_kinds.get(m) == "target":
                 kw["linestyle"] = "none"  # one budget, several densities: points only
             ax.plot(pts[:, xi], pts[:, yi], **kw)
             if yi == 2:
-                ax.fill_between(pts[:, xi], pts[:, 2] - pts[:, 3], pts[:, 2] + pts[:, 3],
-                                color=colors[i % 20], alpha=0.12)
+                ax.fill_between(
+                    pts[:, xi],
+                    pts[:, 2] - pts[:, 3],
+                    pts[:, 2] + pts[:, 3],
+                    color=colors[i % 20],
+                    alpha=0.12,
+                )
         if xi == 0:
             ax.set_xscale("log")
             ax.invert_xaxis()

@@ -212,6 +212,7 @@ def load_data(settings: Settings, seed: int):
         splits = lth.data.speech_commands(
             source=settings.source, batch_size=settings.batch_size, seed=seed
         )
+
     # Batches of 1,000 instead of many small ones: evaluating is a large
     # share of a short epoch's time. `rebatch` loses the cardinality, which
     # Keras needs to know where an evaluation ends.
@@ -242,8 +243,8 @@ def gradual_steps(plan: Plan, run: Run) -> dict:
     return {
         "initial_sparsity": 0.0,
         "final_sparsity": 1.0 - run.density,
-        "begin_step": int(round(s.gradual_begin * total)),
-        "end_step": int(round(s.gradual_end * total)),
+        "begin_step": round(s.gradual_begin * total),
+        "end_step": round(s.gradual_end * total),
         "frequency": s.gradual_frequency,
     }
 
@@ -416,8 +417,7 @@ def write_results(path, lines) -> None:
     """Writes all lines at once: a kill leaves the old file or the new one."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        for line in lines:
-            f.write(json.dumps(line, sort_keys=True) + "\n")
+        f.writelines(json.dumps(line, sort_keys=True) + "\n" for line in lines)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -570,5 +570,5 @@ class Progress:
 
 
 def _clock(seconds):
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}"
