@@ -320,3 +320,9 @@ def test_speech_commands_runs_on_the_speech_mlp(tmp_path):
     (line,) = run_benchmark(plan, str(tmp_path / "out"), verbose=0)
     assert [r["level"] for r in line["records"]] == [None, 0.8]
     assert METRICS <= set(line["records"][-1])
+
+
+def test_densities_off_the_iterative_rounds_warn():
+    with pytest.warns(UserWarning, match="No iterative round reaches the densities"):
+        plan = make_plan(tiny(densities=(0.5,)), ["lth"])
+    assert plan.rounds == 4  # 0.8 ** 4 < 0.5 * 1.01

@@ -190,6 +190,15 @@ def make_plan(settings: Settings, methods="all") -> Plan:
     rounds = 1
     while nominal_density(sizes, rates, rounds) > min(densities) * 1.01:
         rounds += 1
+    nominal = [nominal_density(sizes, rates, r) for r in range(rounds + 1)]
+    missed = [d for d in densities if not any(matches(d, n) for n in nominal)]
+    if missed and any(m.kind == "iterative" for m in chosen):
+        warnings.warn(
+            f"No iterative round reaches the densities {missed}, so the iterative "
+            "methods have no cell there (their rounds reach "
+            f"{[round(n, 4) for n in nominal[1:]]}); they still appear in the plots.",
+            stacklevel=2,
+        )
     return Plan(settings, tuple(chosen), densities, rounds, sizes, info.num_train)
 
 
