@@ -157,6 +157,11 @@ def test_cli_missing_data_directory(capsys):
     assert "`source`" in err and "/no/such/mnist" in err
 
 
+def test_cli_target_outside_zero_one(capsys, tmp_path):
+    assert cli.main(["bench", "--target", "1.5", "--methods", "dense", "--out", str(tmp_path)]) == 2
+    assert "`--target`" in capsys.readouterr().err
+
+
 def test_plan_rounds_reach_the_densities():
     plan = make_plan(settings("mnist", "quick"))
     assert plan.rounds == 10

@@ -65,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=tuple(PRESETS), default="quick")
     p.add_argument("--epochs-per-round", type=int, help="override the preset's")
     p.add_argument("--steps-per-epoch", type=int, help="steps between evaluations")
+    p.add_argument(
+        "--target",
+        type=float,
+        help="target validation accuracy in (0, 1) for epochs-to-target "
+        "(default: the dense net's mean - 0.005)",
+    )
     p.add_argument("--out", help="output directory (default runs/bench_<dataset>_<preset>)")
     p.add_argument("--list", action="store_true", help="list the methods and exit")
     p.add_argument(
@@ -99,12 +105,17 @@ def main(argv=None) -> int:
             steps_per_epoch=args.steps_per_epoch,
         )
         plan = make_plan(s, args.methods)
+        if args.target is not None and not 0 < args.target < 1:
+            raise ValueError(
+                "Received an invalid value for `--target`, expected a validation "
+                f"accuracy in (0, 1). Received: target={args.target!r}"
+            )
     except ValueError as e:
         print(f"keras-lth bench: error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join("runs", f"bench_{args.dataset}_{args.preset}")
     command = "keras-lth " + " ".join(shlex.quote(a) for a in argv)
-    run_benchmark(plan, out, verbose=args.verbose, command=command)
+    run_benchmark(plan, out, verbose=args.verbose, command=command, target=args.target)
     if args.verbose:
         print(f"[keras-lth bench] wrote {out}/results.jsonl, summary.md and plots", file=sys.stderr)
         with open(os.path.join(out, "summary.md")) as f:

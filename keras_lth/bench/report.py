@@ -65,7 +65,8 @@ def _cell(s, scale=100.0, digits=2):
 def summarize(plan, lines, target=None) -> dict:
     """Per (method, column) statistics; columns are 1.0 and the plan's densities."""
     all_rows = rows(lines)
-    if target is None:
+    given = target is not None
+    if not given:
         target = target_accuracy(all_rows)
     columns = (1.0,) + tuple(plan.densities)
     methods = [m.name for m in plan.methods]
@@ -92,7 +93,15 @@ def summarize(plan, lines, target=None) -> dict:
                 "params": stats([r.get("compact_params") for r in sel]),
                 "latency": stats([r.get("latency_ratio") for r in sel]),
             }
-    return {"columns": columns, "methods": methods, "table": table, "target": target}
+    return {
+        "columns": columns,
+        "methods": methods,
+        "table": table,
+        "target": target,
+        "target_rule": "given (--target)"
+        if given
+        else ("the dense net's mean final validation accuracy − 0.5 points"),
+    }
 
 
 def verdict(summary) -> list:
@@ -174,7 +183,7 @@ def markdown(plan, summary, command=None) -> str:
             f"## Passes over the training set to reach {100 * target:.2f}% validation accuracy",
             "",
             (
-                "Target: the dense net's mean final validation accuracy − 0.5 points. Counted "
+                f"Target: {summary['target_rule']}. Counted "
                 "from the start of the round that trains at that density (gradual, tfmot: from "
                 "the start of the run, at the final density only); (k/n): seeds that reached "
                 "it; — : none did."

@@ -448,14 +448,17 @@ def _order(plan, lines):
 # ---------------------------------------------------------------------- #
 # The whole benchmark
 # ---------------------------------------------------------------------- #
-def run_benchmark(plan: Plan, out, verbose: int = 1, report: bool = True, command=None) -> list:
+def run_benchmark(
+    plan: Plan, out, verbose: int = 1, report: bool = True, command=None, target=None
+) -> list:
     """Runs every pending run of `plan`, writing `OUT/results.jsonl` as it goes.
 
     Finished runs (a line with the same key and configuration) are skipped;
     a line with the same key but another configuration is an error, so two
     protocols never mix in one directory. With `report`, writes
     `summary.md` (headed by `command`, the line that produced it) and the
-    plots at the end (see `keras_lth.bench.report`).
+    plots at the end (see `keras_lth.bench.report`; `target` overrides the
+    target validation accuracy, by default the dense net's mean - 0.5 points).
 
     Returns:
         The lines of the results file.
@@ -493,7 +496,7 @@ def run_benchmark(plan: Plan, out, verbose: int = 1, report: bool = True, comman
     if report:
         from keras_lth.bench.report import write_report
 
-        write_report(plan, lines, out, command=command)
+        write_report(plan, lines, out, command=command, target=target)
     return lines
 
 
