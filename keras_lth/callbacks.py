@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lth import pruning
+from keras_lth import pruning, reintroduce as reintro, training
 from keras_lth.layers import density, masked_layers
 from keras_lth.schedules import IterativeSchedule, is_tfmot_schedule
 
@@ -81,6 +81,14 @@ class PruningScheduler(keras.callbacks.Callback):
             weights and are restored by `BackupAndRestore` itself. The files
             are deleted when training ends, as `BackupAndRestore` does.
         verbose: `1` prints one line per finished round. Defaults to `1`.
+        reintroduce: Optional `keras_lth.DoublePruning` or
+            `keras_lth.ScoredPruning`: swaps weights between the pruned and
+            the kept sets during every pruning round, at constant density
+            (see `keras_lth.reintroduce`). The callback then trains with the
+            strategy's training step (TensorFlow backend) and restores the
+            model's own step when training ends. Round records gain `swaps`
+            (events and weights or neurons re-introduced). Not with a tfmot
+            schedule. Defaults to `None`.
 
     Example:
 
@@ -105,6 +113,7 @@ class PruningScheduler(keras.callbacks.Callback):
         seed=None,
         backup_dir=None,
         verbose=1,
+        reintroduce=None,
     ):
         super().__init__()
         self.gradual = is_tfmot_schedule(schedule)
@@ -157,6 +166,26 @@ class PruningScheduler(keras.callbacks.Callback):
                 f"Received an invalid value for `seed`, expected an integer or "
                 f"None. Received: seed={seed!r}"
             )
+        if reintroduce is not None:
+            if not isinstance(reintroduce, reintro.Reintroduction):
+                raise ValueError(
+                    "Received an invalid value for `reintroduce`, expected a "
+                    "`keras_lth.DoublePruning`, a `keras_lth.ScoredPruning` or "
+                    f"None. Received: reintroduce={reintroduce!r}"
+                )
+            if self.gradual:
+                raise ValueError(
+                    "`reintroduce` works with an `IterativeSchedule` or "
+                    "`OneShotSchedule`, not with a tfmot schedule. Received: "
+                    f"schedule={schedule!r}"
+                )
+            if reintroduce.value == "rewind" and rewind is None:
+                raise ValueError(
+                    "`reintroduce` with value='rewind' needs a rewind point, "
+                    "expected rewind='init', 'reinit' or an epoch index. "
+                    "Received: rewind=None"
+                )
+        self.reintroduce = reintroduce
         self.schedule = schedule
         self.rewind = rewind
         self.scope = scope
@@ -249,6 +278,9 @@ class PruningScheduler(keras.callbacks.Callback):
         self._loaded = self._load_state()
         self._synced = False
         self._pruned_at = None
+        self._swaps = {}
+        if self.reintroduce is not None:
+            self._install_reintroduction()
         if self.gradual:
             # tfmot counts steps from 1: the next training step is step
             # `iterations + 1`, and its mask must be in place before it runs.
@@ -265,14 +297,35 @@ class PruningScheduler(keras.callbacks.Callback):
         if r >= 1 and epoch == self.round_start(r) and self._pruned_at != epoch:
             self._prune_and_rewind(r)
             self._pruned_at = epoch
+            if self.reintroduce is not None and self.reintroduce.scored:
+                for layer in self._layers:  # scores restart with every round
+                    layer.kernel_score.assign(np.zeros(layer.kernel_score.shape, "float32"))
+        self._epoch = epoch
+        self._steps_seen = self._iterations()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.gradual:
-            self._gradual_update(int(ops.convert_to_numpy(self.model.optimizer.iterations)) + 1)
+            self._gradual_update(self._iterations() + 1)
+        elif self.reintroduce is not None and self.reintroduce.unit == "step":
+            # Optimizer iterations restart with every round: they count the
+            # round's steps. With steps_per_execution > 1, an event due at a
+            # step inside the last execution happens now.
+            r = self.round_of(self._epoch)
+            now = self._iterations()
+            due = reintro.next_event(self._steps_seen, self.reintroduce.start, self.reintroduce.every)
+            self._steps_seen = now
+            horizon = self._round_length(r) * (self.params.get("steps") or 0) or None
+            # Never at the round's end: swapped weights would get no training.
+            if r >= 1 and due <= now and (horizon is None or now < horizon):
+                self._reintroduce_event(r, now, horizon)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         r = self.round_of(epoch)
+        if self.reintroduce is not None and self.reintroduce.unit == "epoch" and r >= 1:
+            t, horizon = epoch - self.round_start(r) + 1, self._round_length(r)
+            if self.reintroduce.is_due(t, horizon):
+                self._reintroduce_event(r, t, horizon)
         logs["density"] = density(self.model)
         logs["round"] = r
         if r == 0 and self._late and epoch == self._late - 1:
@@ -286,6 +339,8 @@ class PruningScheduler(keras.callbacks.Callback):
         self._save_state()
 
     def on_train_end(self, logs=None):
+        if self.reintroduce is not None:
+            self._uninstall_reintroduction()
         last = len(self._epoch_logs) - 1
         if last >= 0:
             r = self.round_of(last)
@@ -384,6 +439,111 @@ class PruningScheduler(keras.callbacks.Callback):
             else:
                 var.assign(value)
 
+    def _iterations(self):
+        return int(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _round_length(self, r):
+        """Nominal epochs of round `r`."""
+        return self.schedule.epochs_per_round - (self._late if r >= 1 else 0)
+
+    # ------------------------------------------------------------------ #
+    # Re-introduction (Double- / Scored-pruning)
+    # ------------------------------------------------------------------ #
+    def _install_reintroduction(self):
+        training.check_backend()
+        if self.reintroduce.scored:
+            with self.model.distribute_strategy.scope():
+                for layer in self._layers:
+                    layer.add_scores()
+        frozen = self._frozen if self.structure == "neuron" else ()
+        model = self.model
+        self._own_train_step = model.__dict__.get("train_step")
+        model.train_step = training.make_train_step(model, self._layers, self.reintroduce, frozen)
+        model.make_train_function(force=True)
+
+    def _uninstall_reintroduction(self):
+        model = self.model
+        if self._own_train_step is None:
+            model.__dict__.pop("train_step", None)
+        else:
+            model.train_step = self._own_train_step
+        model.train_function = None  # the next `fit` builds the model's own step
+
+    def _reintroduce_event(self, r, t, horizon):
+        """Swaps `k` pruned and `k` kept weights (neurons) at constant density."""
+        strategy = self.reintroduce
+        fraction = strategy.fraction_at(t, horizon)
+        kernels = {l.name: ops.convert_to_numpy(l._kernel) for l in self._layers}
+        masks = {l.name: ops.convert_to_numpy(l.kernel_mask) for l in self._layers}
+        scores = None
+        if strategy.scored:
+            scores = {l.name: ops.convert_to_numpy(l.kernel_score) for l in self._layers}
+        grow, drop = strategy.criteria(kernels, masks, scores, self.structure, self.norm)
+        new, grown, dropped = reintro.swap_masks(
+            grow,
+            drop,
+            masks,
+            fraction,
+            self.scope,
+            self.structure,
+            frozen_neurons=self._frozen,
+            own_layers=tuple(self.schedule.layer_rates),
+        )
+        rewound = self._rewind_target(r) if strategy.value == "rewind" else None
+        count = 0
+        for layer in self._layers:
+            g, d = grown[layer.name], dropped[layer.name]
+            bias_mask = None
+            if self.structure == "neuron" and layer.use_bias and layer.name not in self._frozen:
+                bias_mask = pruning.neuron_vector(new[layer.name])
+            if g.any():
+                self._set_reintroduced(layer, g, rewound)
+            layer.set_masks(new[layer.name], bias_mask)
+            changed = g | d
+            if changed.any():
+                self._reset_optimizer_at(layer._kernel, changed)
+                if bias_mask is not None:
+                    self._reset_optimizer_at(layer.bias, changed.any(axis=0))
+            if strategy.scored:
+                layer.kernel_score.assign(scores[layer.name] * strategy.score_decay)
+            count += int(g.any(axis=0).sum() if self.structure == "neuron" else g.sum())
+        swaps = self._swaps.setdefault(r, {"events": 0, "reintroduced": 0})
+        swaps["events"] += 1
+        swaps["reintroduced"] += count
+
+    def _set_reintroduced(self, layer, where, rewound):
+        """Gives re-introduced weights the value that `value` asks for."""
+        value = self.reintroduce.value
+        if value == "current":
+            return
+        variables = [(layer._kernel, where)]
+        if self.structure == "neuron" and layer.bias is not None:
+            variables.append((layer.bias, where.any(axis=0)))
+        for var, at in variables:
+            raw = ops.convert_to_numpy(var)
+            if value == "zero":
+                raw[at] = 0.0
+            else:
+                raw[at] = rewound[id(var)][at]
+            var.assign(raw)
+
+    def _rewind_target(self, r):
+        """`{id(variable): value}`: what the rewinding of round `r` restored."""
+        values = self._reinit_values(r) if self.rewind == "reinit" else self._rewind_values
+        return {id(v): value for v, value in zip(self.model.trainable_variables, values)}
+
+    def _reset_optimizer_at(self, var, where):
+        """Resets the optimizer's slots of `var` to their initial values at `where`."""
+        opt = self.model.optimizer
+        if opt is None:
+            return
+        prefix = var.path.replace("/", "_") + "_"
+        for slot, init in zip(opt.variables, self._optimizer_init):
+            if tuple(slot.shape) == tuple(var.shape) and slot.name.startswith(prefix):
+                value = ops.convert_to_numpy(slot)
+                value[where] = np.broadcast_to(init, value.shape)[where]
+                slot.assign(value)
+
     def _gradual_update(self, upto):
         """Applies the tfmot schedule for every step in [next_step, upto]."""
         target = None
@@ -423,6 +583,8 @@ class PruningScheduler(keras.callbacks.Callback):
             "best": _metrics(logs[best]),
             "early_stop_epoch": best + 1,
         }
+        if self.reintroduce is not None:
+            record["swaps"] = dict(self._swaps.get(r, {"events": 0, "reintroduced": 0}))
         if self.test_data is not None:
             record["test"] = self._evaluate_test()
         self.rounds.append(record)
@@ -525,12 +687,19 @@ class PruningScheduler(keras.callbacks.Callback):
             "seed": self.seed,
             "backup_dir": self.backup_dir,
             "verbose": self.verbose,
+            "reintroduce": (
+                None
+                if self.reintroduce is None
+                else keras.saving.serialize_keras_object(self.reintroduce)
+            ),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["schedule"] = _deserialize_schedule(config["schedule"])
+        if config.get("reintroduce") is not None:
+            config["reintroduce"] = keras.saving.deserialize_keras_object(config["reintroduce"])
         return cls(**config)
 
 

@@ -2,9 +2,55 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 import numpy as np
 from keras import ops
+
+# Per-thread overrides of how `MaskedDense.call` builds its kernel, set by
+# `keras_lth.training` while it traces a training step. Thread-local because
+# `tf.distribute.MirroredStrategy` traces each replica's step in its own
+# thread.
+_local = threading.local()
+
+
+def _overrides():
+    if not hasattr(_local, "masks"):
+        _local.masks, _local.dense_gradient = {}, set()
+    return _local
+
+
+@contextlib.contextmanager
+def masks_overridden(masks):
+    """Within the block, layers call with other masks (traced code only).
+
+    Args:
+        masks: `{layer: (kernel_mask, bias_mask)}` with tensors; a `None`
+            bias mask means no bias mask.
+    """
+    state = _overrides()
+    saved = dict(state.masks)
+    state.masks.update({id(layer): value for layer, value in masks.items()})
+    try:
+        yield
+    finally:
+        state.masks = saved
+
+
+@contextlib.contextmanager
+def dense_gradient(layers):
+    """Within the block, `layers` forward `kernel * mask` but pass the dense
+    gradient to the raw kernel (a straight-through estimator): the gradient
+    of the raw kernel is then `dL/d(kernel * mask)` at every position."""
+    state = _overrides()
+    saved = set(state.dense_gradient)
+    state.dense_gradient.update(id(layer) for layer in layers)
+    try:
+        yield
+    finally:
+        state.dense_gradient = saved
 
 
 @keras.saving.register_keras_serializable(package="keras_lth")
@@ -69,9 +115,11 @@ class MaskedDense(keras.layers.Dense):
                     f"Received: {arg}={kwargs[arg]!r}"
                 )
         super().__init__(units, activation=activation, use_bias=use_bias, **kwargs)
+        self.kernel_score = None
 
     def build(self, input_shape):
         super().build(input_shape)
+        self.kernel_score = None  # added by `add_scores` when needed
         self.kernel_mask = self.add_weight(
             name="kernel_mask",
             shape=self._kernel.shape,
@@ -98,10 +146,25 @@ class MaskedDense(keras.layers.Dense):
             self.bias.regularizer = _MaskedRegularizer(self.bias_regularizer, self.bias_mask)
 
     def call(self, inputs, training=None):
-        kernel = ops.multiply(self._kernel, ops.cast(self.kernel_mask, self._kernel.dtype))
+        kernel_mask, bias_mask = self.kernel_mask, self.bias_mask
+        state = _overrides()
+        if id(self) in state.masks:
+            kernel_mask, bias_mask = state.masks[id(self)]
+        kernel_mask = ops.cast(kernel_mask, self._kernel.dtype)
+        if id(self) in state.dense_gradient:
+            # Same value as `kernel * mask` (exactly: k + (k - k) == k and
+            # k + (0 - k) == 0), but the raw kernel gets the dense gradient.
+            kernel = ops.add(
+                self._kernel,
+                ops.stop_gradient(ops.multiply(self._kernel, kernel_mask) - self._kernel),
+            )
+        else:
+            kernel = ops.multiply(self._kernel, kernel_mask)
         x = ops.matmul(inputs, ops.cast(kernel, inputs.dtype))
         if self.bias is not None:
-            bias = ops.multiply(self.bias, ops.cast(self.bias_mask, self.bias.dtype))
+            bias = self.bias
+            if bias_mask is not None:
+                bias = ops.multiply(bias, ops.cast(bias_mask, self.bias.dtype))
             x = ops.add(x, ops.cast(bias, x.dtype))
         if self.activation is not None:
             x = self.activation(x)
@@ -116,12 +179,48 @@ class MaskedDense(keras.layers.Dense):
             "first and quantize the plain `Dense` layers."
         )
 
-    # Dense stores only kernel and bias; the masks must travel too.
+    # Dense stores only kernel and bias; the masks (and scores) must travel too.
     def save_own_variables(self, store):
         keras.layers.Layer.save_own_variables(self, store)
 
     def load_own_variables(self, store):
+        # A layer saved while `ScoredPruning` trained it has one more
+        # variable, its scores: add them before loading.
+        if self.built and self.kernel_score is None:
+            if len(store.keys()) == len(self.weights) + 1:
+                self.add_scores()
         keras.layers.Layer.load_own_variables(self, store)
+
+    def add_scores(self):
+        """Adds `kernel_score`, a non-trainable per-weight score (float32).
+
+        Used by `keras_lth.ScoredPruning`; a no-op if the layer has scores.
+        Under a distribution strategy, call it inside `strategy.scope()`.
+        """
+        if not self.built:
+            raise ValueError(
+                f"Layer '{self.name}' is not built yet: build the model "
+                "before adding scores."
+            )
+        if self.kernel_score is not None:
+            return self.kernel_score
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            self.kernel_score = self.add_weight(
+                name="kernel_score",
+                shape=self._kernel.shape,
+                initializer="zeros",
+                trainable=False,
+                dtype="float32",
+                # the training step adds increments already summed over
+                # replicas; every replica holds the same scores
+                aggregation="only_first_replica",
+            )
+        finally:
+            if locked:
+                self._tracker.lock()
+        return self.kernel_score
 
     def set_masks(self, kernel_mask, bias_mask=None):
         """Assigns the kernel mask and (optionally) the bias mask.

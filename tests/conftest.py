@@ -42,3 +42,14 @@ def tfmot():
     else:
         os.environ["TF_USE_LEGACY_KERAS"] = before
     return module
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One `MirroredStrategy` over the two logical CPUs for the whole session.
+
+    TensorFlow's collective ops share process-wide instance keys: a second
+    strategy object in the same process can pair its all-reduces with the
+    first one's and fail with "Shape mismatch in the collective instance".
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
