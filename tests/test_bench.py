@@ -195,6 +195,8 @@ def test_each_method_runs_and_records_every_metric(main_run):
             if method.structure == "neuron":
                 assert NEURON_METRICS <= set(rec), name
                 assert rec["compact_params"] <= rec["dense_params"]
+            if method.reintroduce:
+                assert rec["swaps"] is not None, name
             assert 0 < rec["test_accuracy"] <= 1
             assert 1 <= rec["early_stop_epoch"] <= rec["epochs"]
         levels = [rec["level"] for rec in line["records"]]

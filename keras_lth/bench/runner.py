@@ -304,6 +304,10 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
         callbacks = [scheduler, recorder] if scheduler is not None else [recorder]
         _fit(model, plan, train, val, plan.epochs(run), callbacks, verbose)
         records, versions = recorder.records, {}
+        if method.reintroduce:
+            swaps = {rec["round"]: rec.get("swaps") for rec in scheduler.rounds}
+            for rec in records:  # how many pruned weights came back, per round
+                rec["swaps"] = swaps.get(rec["round"])
     return {
         "key": run.key,
         "config": plan.run_config(run),
