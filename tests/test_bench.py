@@ -23,6 +23,7 @@ METRICS = {
     "test_accuracy_early_stop",
     "val_accuracy",
     "val_loss",
+    "test_accuracy_curve",
     "epoch_density",
     "steps_per_epoch",
     "budget_steps",
@@ -199,6 +200,11 @@ def test_each_method_runs_and_records_every_metric(main_run):
                 assert rec["swaps"] is not None, name
             assert 0 < rec["test_accuracy"] <= 1
             assert 1 <= rec["early_stop_epoch"] <= rec["epochs"]
+            best = rec["early_stop_epoch"] - 1
+            assert rec["test_accuracy_early_stop"] == pytest.approx(
+                rec["test_accuracy_curve"][best], abs=1e-6
+            )
+            assert rec["val_loss"][best] == min(rec["val_loss"])
         levels = [rec["level"] for rec in line["records"]]
         assert (1.0 if name == "dense" else 0.8) in levels, name
     # iterative methods: one record per round, paying for every round before

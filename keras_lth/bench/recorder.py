@@ -17,13 +17,13 @@ class RecorderLogic:
     """Records each round's metrics at the round's last epoch.
 
     Put it after the `PruningScheduler` in `callbacks`, so that a round's
-    last epoch is recorded before the next round prunes. The early-stop epoch
-    is the epoch of least `val_loss` among the round's epochs at the round's
-    final density (gradual pruning reaches it only after `end_step`).
+    last epoch is recorded before the next round prunes. The test set is
+    evaluated at every epoch of a recorded round; the early-stop epoch is the
+    epoch of least `val_loss` among the round's epochs at the round's final
+    density (gradual pruning reaches it only after `end_step`).
 
     Args:
-        test_data: Dataset evaluated at each recorded round's end and, when
-            it differs, at its early-stop epoch (weights swapped in and out).
+        test_data: Dataset evaluated at every epoch of a recorded round.
         steps_per_epoch: Training steps per epoch (for the budget).
         steps_per_pass: Steps of one pass over the training set.
         round_of: `epoch -> round` (the scheduler's), or `None` for one round.
@@ -70,40 +70,36 @@ class RecorderLogic:
         r = self.round_of(epoch) if self.round_of else 0
         if r != self._round:
             self._round = r
-            self._curve = {"val_accuracy": [], "val_loss": [], "density": []}
-            self._best = (math.inf, None, None)
+            self._curve = {"val_accuracy": [], "val_loss": [], "density": [], "test": []}
+            self._best = (math.inf, None)
         self._steps += self.steps_per_epoch
-        keep = self.keep_rounds is None or r in self.keep_rounds
+        if self.keep_rounds is not None and r not in self.keep_rounds:
+            return
         last = epoch == self.params["epochs"] - 1 or (
             self.round_of is not None and self.round_of(epoch + 1) != r
         )
-        if not keep:
-            return
         density, per_layer = self.density_fn(self.model)
         curve = self._curve
         if curve["density"] and density != curve["density"][-1]:
-            self._best = (math.inf, None, None)  # only epochs at the final density count
+            self._best = (math.inf, None)  # only epochs at the final density count
         loss = float(logs.get("val_loss", logs.get("loss")))
         curve["val_loss"].append(loss)
         curve["val_accuracy"].append(float(logs.get("val_accuracy", math.nan)))
         curve["density"].append(density)
+        # The test set is evaluated every epoch rather than by swapping the
+        # early-stop epoch's weights back in at the end: re-introduction
+        # strategies change masks and training state within a round, and
+        # weights restored mid-training did not evaluate correctly with them.
+        curve["test"].append(self._evaluate())
         if loss < self._best[0]:
-            weights = None if last else self.model.get_weights()
-            self._best = (loss, len(curve["val_loss"]) - 1, weights)
+            self._best = (loss, len(curve["val_loss"]) - 1)
         if last:
             self.records.append(self._record(r, density, per_layer))
 
     def _record(self, r, density, per_layer):
-        test = self._evaluate()
-        _, best, weights = self._best
-        if weights is None:
-            early = test
-        else:
-            now = self.model.get_weights()
-            self.model.set_weights(weights)
-            early = self._evaluate()
-            self.model.set_weights(now)
         curve = self._curve
+        best = self._best[1]
+        test, early = curve["test"][-1], curve["test"][best]
         record = {
             "round": r,
             "level": self.levels.get(r),
@@ -116,6 +112,7 @@ class RecorderLogic:
             "test_accuracy_early_stop": early["accuracy"],
             "val_accuracy": _rounded(curve["val_accuracy"]),
             "val_loss": _rounded(curve["val_loss"]),
+            "test_accuracy_curve": _rounded([t["accuracy"] for t in curve["test"]]),
             "epoch_density": _rounded(curve["density"]),
             "steps_per_epoch": self.steps_per_epoch,
             "budget_steps": self._steps,
