@@ -16,8 +16,10 @@ import numpy as np
 class RecorderLogic:
     """Records each round's metrics at the round's last epoch.
 
-    Put it after the `PruningScheduler` in `callbacks`, so that a round's
-    last epoch is recorded before the next round prunes. The test set is
+    Put it before the `PruningScheduler` in `callbacks`: the scheduler
+    prunes at the next round's first epoch, after the recorder has seen the
+    round's last one, and its epoch-end re-introduction events change the
+    network after Keras validated it. The test set is
     evaluated at every epoch of a recorded round; the early-stop epoch is the
     epoch of least `val_loss` among the round's epochs at the round's final
     density (gradual pruning reaches it only after `end_step`).
@@ -86,10 +88,8 @@ class RecorderLogic:
         curve["val_loss"].append(loss)
         curve["val_accuracy"].append(float(logs.get("val_accuracy", math.nan)))
         curve["density"].append(density)
-        # The test set is evaluated every epoch rather than by swapping the
-        # early-stop epoch's weights back in at the end: re-introduction
-        # strategies change masks and training state within a round, and
-        # weights restored mid-training did not evaluate correctly with them.
+        # Evaluated every epoch: a round's early-stop network is gone by its
+        # end (re-introduction changes masks within a round).
         curve["test"].append(self._evaluate())
         if loss < self._best[0]:
             self._best = (loss, len(curve["val_loss"]) - 1)

@@ -301,7 +301,10 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
             compact=method.structure == "neuron",
             dense_model=build_model(s, info, dense=True) if method.structure == "neuron" else None,
         )
-        callbacks = [scheduler, recorder] if scheduler is not None else [recorder]
+        # The recorder first: the scheduler's epoch-end re-introduction events
+        # change the network after Keras validated it, and the test set must
+        # see the network that was validated.
+        callbacks = [recorder, scheduler] if scheduler is not None else [recorder]
         _fit(model, plan, train, val, plan.epochs(run), callbacks, verbose)
         records, versions = recorder.records, {}
         if method.reintroduce:
