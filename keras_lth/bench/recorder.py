@@ -1,0 +1,170 @@
+"""`Recorder`: the benchmark's metrics of one run, one record per round.
+
+The logic lives in `RecorderLogic`, a mixin, so the tfmot child process can
+put it on a `tf_keras` callback too (`keras_lth.bench.child`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import numpy as np
+
+
+class RecorderLogic:
+    """Records each round's metrics at the round's last epoch.
+
+    Put it before the `PruningScheduler` in `callbacks`: the scheduler
+    prunes at the next round's first epoch, after the recorder has seen the
+    round's last one, and its epoch-end re-introduction events change the
+    network after Keras validated it. The test set is
+    evaluated at every epoch of a recorded round; the early-stop epoch is the
+    epoch of least `val_loss` among the round's epochs at the round's final
+    density (gradual pruning reaches it only after `end_step`).
+
+    Args:
+        test_data: Dataset evaluated at every epoch of a recorded round.
+        steps_per_epoch: Training steps per epoch (for the budget).
+        steps_per_pass: Steps of one pass over the training set.
+        round_of: `epoch -> round` (the scheduler's), or `None` for one round.
+        keep_rounds: Rounds to record, or `None` for all of them.
+        levels: `round -> summary column (target density)`, where there is one.
+        density_fn: `model -> (density, {layer: density})`.
+        compact: Also record the compacted model's parameters and latency
+            (neuron pruning). Defaults to `False`.
+        dense_model: The dense network, for the latency comparison.
+    """
+
+    def __init__(
+        self,
+        test_data,
+        steps_per_epoch,
+        steps_per_pass,
+        round_of=None,
+        keep_rounds=None,
+        levels=None,
+        density_fn=None,
+        compact=False,
+        dense_model=None,
+    ):
+        super().__init__()
+        self.test_data = test_data
+        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_pass = steps_per_pass
+        self.round_of = round_of
+        self.keep_rounds = keep_rounds
+        self.levels = levels or {}
+        self.density_fn = density_fn
+        self.compact = compact
+        self.dense_model = dense_model
+        self.records = []
+
+    def on_train_begin(self, logs=None):
+        self.records = []
+        self._start = time.perf_counter()
+        self._round = None
+        self._steps = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        r = self.round_of(epoch) if self.round_of else 0
+        if r != self._round:
+            self._round = r
+            self._curve = {"val_accuracy": [], "val_loss": [], "density": [], "test": []}
+            self._best = (math.inf, None)
+        self._steps += self.steps_per_epoch
+        if self.keep_rounds is not None and r not in self.keep_rounds:
+            return
+        last = epoch == self.params["epochs"] - 1 or (
+            self.round_of is not None and self.round_of(epoch + 1) != r
+        )
+        density, per_layer = self.density_fn(self.model)
+        curve = self._curve
+        if curve["density"] and density != curve["density"][-1]:
+            self._best = (math.inf, None)  # only epochs at the final density count
+        loss = float(logs.get("val_loss", logs.get("loss")))
+        curve["val_loss"].append(loss)
+        curve["val_accuracy"].append(float(logs.get("val_accuracy", math.nan)))
+        curve["density"].append(density)
+        # Evaluated every epoch: a round's early-stop network is gone by its
+        # end (re-introduction changes masks within a round).
+        curve["test"].append(self._evaluate())
+        if loss < self._best[0]:
+            self._best = (loss, len(curve["val_loss"]) - 1)
+        if last:
+            self.records.append(self._record(r, density, per_layer))
+
+    def _record(self, r, density, per_layer):
+        curve = self._curve
+        best = self._best[1]
+        test, early = curve["test"][-1], curve["test"][best]
+        record = {
+            "round": r,
+            "level": self.levels.get(r),
+            "density": density,
+            "layer_density": per_layer,
+            "epochs": len(curve["val_loss"]),
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            "early_stop_epoch": best + 1,
+            "test_accuracy_early_stop": early["accuracy"],
+            "val_accuracy": _rounded(curve["val_accuracy"]),
+            "val_loss": _rounded(curve["val_loss"]),
+            "test_accuracy_curve": _rounded([t["accuracy"] for t in curve["test"]]),
+            "epoch_density": _rounded(curve["density"]),
+            "steps_per_epoch": self.steps_per_epoch,
+            "budget_steps": self._steps,
+            "budget_epochs": round(self._steps / self.steps_per_pass, 4),
+            "wall_s": round(time.perf_counter() - self._start, 3),
+        }
+        if self.compact:
+            record.update(compact_stats(self.model, self.dense_model, self._inputs()))
+        return record
+
+    def _evaluate(self):
+        out = self.model.evaluate(self.test_data, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in out.items()}
+
+    def _inputs(self):
+        return next(iter(self.test_data))[0]
+
+
+class Recorder(RecorderLogic, keras.callbacks.Callback):
+    """`RecorderLogic` on a Keras 3 callback."""
+
+
+def compact_stats(model, dense_model, x, repeats=10) -> dict:
+    """Parameters and inference latency of `lth.compact(model)` vs the dense net.
+
+    Latency is the median of `repeats` `predict_on_batch(x)` calls, the two
+    models alternating so that both see the same machine load.
+    """
+    import keras_lth as lth
+
+    small = lth.compact(model)
+    times = {"small": [], "dense": []}
+    for m in (small, dense_model):
+        for _ in range(2):
+            m.predict_on_batch(x)  # trace and warm up
+    for _ in range(repeats):
+        for name, m in (("small", small), ("dense", dense_model)):
+            start = time.perf_counter()
+            m.predict_on_batch(x)
+            times[name].append(time.perf_counter() - start)
+    small_ms = 1e3 * float(np.median(times["small"]))
+    dense_ms = 1e3 * float(np.median(times["dense"]))
+    return {
+        "compact_params": int(small.count_params()),
+        "dense_params": int(dense_model.count_params()),
+        "compact_units": [int(l.units) for l in small.layers if isinstance(l, keras.layers.Dense)],
+        "latency_ms": round(small_ms, 4),
+        "dense_latency_ms": round(dense_ms, 4),
+        "latency_ratio": round(small_ms / dense_ms, 4),
+        "latency_batch": int(x.shape[0]),
+    }
+
+
+def _rounded(values):
+    return [round(float(v), 6) for v in values]

@@ -1,0 +1,385 @@
+"""`summary.md` and the plots, computed from `results.jsonl` alone.
+
+Everything here is a function of the results lines (and the plan that names
+the columns), so the summary can be rebuilt at any time without training.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+NOISE_Z = 2.0  # "within noise": |difference of means| <= 2 standard errors
+
+
+def rows(lines) -> list:
+    """One flat dict per record (method x density x seed)."""
+    out = []
+    for line in lines:
+        for rec in line["records"]:
+            out.append({"method": line["key"]["method"], "seed": line["key"]["seed"], **rec})
+    return out
+
+
+def target_accuracy(rows_, offset=0.005):
+    """The dense net's mean final validation accuracy minus `offset` (or None)."""
+    dense = [r["val_accuracy"][-1] for r in rows_ if r["method"] == "dense"]
+    return float(np.mean(dense)) - offset if dense else None
+
+
+def epochs_to_target(row, target, steps_per_pass):
+    """`(epochs, steps)` from the start of the record's round until the
+    validation accuracy first reaches `target` at the record's density, or
+    `None` when it never does; epochs are passes over the training set."""
+    for i, (acc, dens) in enumerate(zip(row["val_accuracy"], row["epoch_density"])):
+        if acc >= target and math.isclose(dens, row["epoch_density"][-1], abs_tol=1e-9):
+            steps = (i + 1) * row["steps_per_epoch"]
+            return steps / steps_per_pass, steps
+    return None
+
+
+def stats(values):
+    """`(mean, sample std, n)`; std is 0 for a single value."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(np.mean(values)), std, len(values)
+
+
+def within_noise(a, b):
+    """Whether two `stats` differ by at most `NOISE_Z` standard errors."""
+    (ma, sa, na), (mb, sb, nb) = a, b
+    return abs(ma - mb) <= NOISE_Z * math.sqrt(sa**2 / na + sb**2 / nb)
+
+
+def _cell(s, scale=100.0, digits=2):
+    if s is None:
+        return "—"
+    mean, std, _ = s
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def summarize(plan, lines, target=None) -> dict:
+    """Per (method, column) statistics; columns are 1.0 and the plan's densities."""
+    all_rows = rows(lines)
+    given = target is not None
+    if not given:
+        target = target_accuracy(all_rows)
+    columns = (1.0,) + tuple(plan.densities)
+    methods = [m.name for m in plan.methods]
+    table = {}
+    for m in methods:
+        for c in columns:
+            sel = [r for r in all_rows if r["method"] == m and r["level"] == c]
+            if not sel:
+                continue
+            reach = [
+                epochs_to_target(r, target, plan.steps_per_pass) if target is not None else None
+                for r in sel
+            ]
+            table[m, c] = {
+                "n": len(sel),
+                "acc": stats([r["test_accuracy"] for r in sel]),
+                "acc_early": stats([r["test_accuracy_early_stop"] for r in sel]),
+                "density": stats([r["density"] for r in sel]),
+                "reached": sum(x is not None for x in reach),
+                "to_target": stats([x[0] for x in reach if x is not None]),
+                "steps_to_target": stats([x[1] for x in reach if x is not None]),
+                "budget": stats([r["budget_epochs"] for r in sel]),
+                "wall": stats([r["wall_s"] for r in sel]),
+                "params": stats([r.get("compact_params") for r in sel]),
+                "latency": stats([r.get("latency_ratio") for r in sel]),
+            }
+    return {
+        "columns": columns,
+        "methods": methods,
+        "table": table,
+        "target": target,
+        "target_rule": "given (--target)"
+        if given
+        else ("the dense net's mean final validation accuracy − 0.5 points"),
+    }
+
+
+def verdict(summary) -> list:
+    """Best method per density and the methods within noise of it."""
+    out = []
+    table = summary["table"]
+    for c in summary["columns"][1:]:
+        cands = [(m, table[m, c]["acc"]) for m in summary["methods"] if (m, c) in table]
+        if not cands:
+            continue
+        best, bs = max(cands, key=lambda x: x[1][0])
+        tied = [m for m, s in cands if m != best and within_noise(bs, s)]
+        line = f"- **{100 * c:.1f}%**: best `{best}` ({_cell(bs)})"
+        if bs[2] < 2:
+            line += "; one seed, so no noise estimate"
+        elif tied:
+            line += "; within noise of it: " + ", ".join(f"`{m}`" for m in tied)
+        else:
+            line += "; every other method is below it by more than the noise"
+        out.append(line + ".")
+    return out
+
+
+def agreement(summary, a="gradual", b="tfmot") -> list:
+    """`(density, mean a, mean b, difference, noise bound, agree)` per density."""
+    out = []
+    table = summary["table"]
+    for c in summary["columns"][1:]:
+        if (a, c) not in table or (b, c) not in table:
+            continue
+        sa, sb = table[a, c]["acc"], table[b, c]["acc"]
+        bound = NOISE_Z * math.sqrt(sa[1] ** 2 / sa[2] + sb[1] ** 2 / sb[2])
+        out.append((c, sa[0], sb[0], sa[0] - sb[0], bound, abs(sa[0] - sb[0]) <= bound))
+    return out
+
+
+def markdown(plan, summary, command=None) -> str:
+    s = plan.settings
+    cols, table = summary["columns"], summary["table"]
+    head = "| method | " + " | ".join(f"{100 * c:.1f}%" for c in cols) + " |"
+    rule = "|---|" + "---:|" * len(cols)
+
+    def grid(fn):
+        lines = [head, rule]
+        for m in summary["methods"]:
+            cells = [fn(table[m, c]) if (m, c) in table else "" for c in cols]
+            if any(cells):
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    seeds = sorted({n["n"] for n in table.values()})
+    out = ["# keras-lth bench: summary", ""]
+    if command:
+        out += [f"`{command}`", ""]
+    passes = plan.steps_per_epoch / plan.steps_per_pass
+    out += [
+        (
+            f"{s.dataset} (source `{s.source}`, {plan.num_train} training examples), preset "
+            f"`{s.preset}`: Adam {s.learning_rate:g}, batch {s.batch_size}, an evaluation "
+            f'every {plan.steps_per_epoch} steps ("epoch" below: {passes:.2f} passes over the '
+            f"training set), {s.epochs_per_round} epochs per round, rates {s.rate:g} (hidden) "
+            f"/ {s.output_rate:g} (output) per round, {plan.rounds} rounds; seeds per cell: "
+            f"{', '.join(map(str, seeds))}. Mean ± std (n − 1) over seeds. Columns: % of "
+            "weights remaining (nominal; iterative methods at the round reaching it)."
+        ),
+        "",
+        "## Test accuracy (%) at the end of training",
+        "",
+        grid(lambda e: _cell(e["acc"])),
+        "",
+        "## Test accuracy (%) at the early-stop epoch (least validation loss)",
+        "",
+        grid(lambda e: _cell(e["acc_early"])),
+        "",
+    ]
+    target = summary["target"]
+    if target is not None:
+        out += [
+            f"## Passes over the training set to reach {100 * target:.2f}% validation accuracy",
+            "",
+            (
+                f"Target: {summary['target_rule']}. Counted "
+                "from the start of the round that trains at that density (gradual, tfmot: from "
+                "the start of the run, at the final density only); (k/n): seeds that reached "
+                "it; — : none did."
+            ),
+            "",
+            grid(
+                lambda e: (
+                    f"{_cell(e['to_target'], 1)} ({e['reached']}/{e['n']})"
+                    if e["reached"]
+                    else f"— (0/{e['n']})"
+                )
+            ),
+            "",
+        ]
+    out += [
+        "## Budget: cumulative passes over the training set to obtain the density",
+        "",
+        "Iterative methods pay for every round before it.",
+        "",
+        grid(lambda e: f"{e['budget'][0]:.1f}"),
+        "",
+        "## Wall time (s) to obtain the density",
+        "",
+        grid(lambda e: f"{e['wall'][0]:.0f}"),
+        "",
+    ]
+    neuron = [m for m in summary["methods"] if m.startswith("neuron")]
+    if any((m, c) in table and table[m, c]["params"] for m in neuron for c in cols):
+        out += [
+            "## Neuron pruning: compacted model (`lth.compact`)",
+            "",
+            (
+                "Parameters of the compacted model, and its inference latency / the dense "
+                "net's (`predict_on_batch` on 1,000 inputs, median of 10, interleaved)."
+            ),
+            "",
+            grid(
+                lambda e: (
+                    f"{e['params'][0]:,.0f} params, {e['latency'][0]:.2f}×" if e["params"] else ""
+                )
+            ),
+            "",
+        ]
+    out += ["## Verdict", ""]
+    out += verdict(summary)
+    out += [
+        "",
+        (
+            f"Within noise: the difference of means is at most {NOISE_Z:g} standard errors "
+            "(sqrt(s1²/n1 + s2²/n2))."
+        ),
+        "",
+    ]
+    agree = agreement(summary)
+    if agree:
+        out += [
+            "### gradual (keras-lth) vs tfmot (prune_low_magnitude), same schedule",
+            "",
+            "| density | gradual | tfmot | difference | noise bound | agree |",
+            "|---:|---:|---:|---:|---:|:---:|",
+        ]
+        for c, a, b, d, bound, ok in agree:
+            out.append(
+                f"| {100 * c:.1f}% | {100 * a:.2f} | {100 * b:.2f} | {100 * d:+.2f} | "
+                f"{100 * bound:.2f} | {'yes' if ok else 'no'} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(plan, lines, summary, out_dir) -> list:
+    """The three PNG plots; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    all_rows = rows(lines)
+    target = summary["target"]
+    methods = summary["methods"]
+    plan_kinds = {m.name: m.kind for m in plan.methods}
+    # the dark half of tab20 first, then the light half: 14 distinguishable lines
+    colors = plt.get_cmap("tab20")([*range(0, 20, 2), *range(1, 20, 2)])
+    styles = ["-", "--", "-.", ":"]
+    markers = "osD^v<>pP*Xhd8"
+
+    def curves(m):
+        """(x density %, budget, acc mean, acc std, to_target) per point of m."""
+        groups = {}
+        for r in all_rows:
+            if r["method"] == m:
+                groups.setdefault((r["round"], r["level"]), []).append(r)
+        pts = []
+        for group in groups.values():
+            acc = [r["test_accuracy"] for r in group]
+            reach = [
+                epochs_to_target(r, target, plan.steps_per_pass) if target is not None else None
+                for r in group
+            ]
+            reach = [x[0] for x in reach if x is not None]
+            pts.append(
+                (
+                    100 * np.mean([r["density"] for r in group]),
+                    np.mean([r["budget_epochs"] for r in group]),
+                    100 * np.mean(acc),
+                    100 * (np.std(acc, ddof=1) if len(acc) > 1 else 0.0),
+                    np.mean(reach) if reach else np.nan,
+                )
+            )
+        return np.array(sorted(pts, reverse=True))
+
+    paths = []
+    specs = (
+        (
+            "accuracy_vs_density.png",
+            0,
+            2,
+            "% of weights remaining (log scale)",
+            "test accuracy (%)",
+        ),
+        (
+            "epochs_to_target.png",
+            0,
+            4,
+            "% of weights remaining (log scale)",
+            "passes to target validation accuracy",
+        ),
+        (
+            "accuracy_vs_budget.png",
+            1,
+            2,
+            "cumulative training budget (passes over the training set)",
+            "test accuracy (%)",
+        ),
+    )
+    for name, xi, yi, xlabel, ylabel in specs:
+        if yi == 4 and target is None:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        for i, m in enumerate(methods):
+            pts = curves(m)
+            if not len(pts):
+                continue
+            if m == "dense" and xi == 0:
+                # one point at 100%: a reference line across the plot instead
+                y, err = pts[0, yi], pts[0, 3] if yi == 2 else 0.0
+                ax.axhline(y, color="0.3", linestyle="--", linewidth=1, label="dense")
+                if err:
+                    ax.axhspan(y - err, y + err, color="0.5", alpha=0.12)
+                continue
+            if xi == 1:
+                pts = pts[np.argsort(pts[:, 1])]
+            kw = {
+                "color": colors[i % 20],
+                "linestyle": styles[i % 4],
+                "marker": markers[i % len(markers)],
+                "markersize": 4,
+                "label": m,
+            }
+            if m == "tfmot":  # drawn over `gradual`: keep both visible where they agree
+                kw.update(linestyle=":", marker="x", markersize=8, linewidth=2)
+            if xi == 1 and plan_kinds.get(m) == "target":
+                kw["linestyle"] = "none"  # one budget, several densities: points only
+            ax.plot(pts[:, xi], pts[:, yi], **kw)
+            if yi == 2:
+                ax.fill_between(
+                    pts[:, xi],
+                    pts[:, 2] - pts[:, 3],
+                    pts[:, 2] + pts[:, 3],
+                    color=colors[i % 20],
+                    alpha=0.12,
+                )
+        if xi == 0:
+            ax.set_xscale("log")
+            ax.invert_xaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        title = f"{plan.settings.dataset}, preset {plan.settings.preset}"
+        if yi == 4:
+            title += f": target {100 * target:.2f}% (seeds that reached it)"
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(plan, lines, out_dir, command=None, target=None) -> str:
+    """Writes `summary.md` and the plots into `out_dir`; returns the markdown."""
+    summary = summarize(plan, lines, target)
+    text = markdown(plan, summary, command)
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(text)
+    plot(plan, lines, summary, out_dir)
+    return text

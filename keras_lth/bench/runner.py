@@ -1,0 +1,593 @@
+"""Runs the benchmark: one run per method x seed (x density), resumable.
+
+A run trains one fresh network with one method and writes one line to
+`OUT/results.jsonl` when it ends: its key (method, seed, target density), the
+full configuration, the library versions, and one record per density it
+reached (an iterative run passes through every round's density). The file is
+rewritten through a temporary file and `os.replace`, so a kill never leaves
+half a line; a rerun skips every run whose line is there with the same
+configuration.
+
+The `process="tfmot"` methods (`gradual`, `tfmot`) run in a child process
+(`keras_lth.bench.child`) started with `TF_USE_LEGACY_KERAS=1`: this process
+never imports tensorflow-model-optimization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from keras_lth.bench.methods import Method, get_methods
+from keras_lth.bench.presets import Settings
+
+RESULTS_FILE = "results.jsonl"
+CHILD_PREFIX = "@@keras-lth-bench "
+_LEGACY_ENV = "TF_USE_LEGACY_KERAS"
+# Fields of a record that measure time rather than the training's outcome.
+TIMING_FIELDS = ("wall_s", "run_wall_s", "latency_ms", "dense_latency_ms", "latency_ratio")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run: a method, a seed and, for `kind="target"`, a density."""
+
+    method: Method
+    seed: int
+    density: float | None = None
+
+    @property
+    def key(self) -> dict:
+        return {"method": self.method.name, "seed": self.seed, "density": self.density}
+
+    def label(self) -> str:
+        at = "" if self.density is None else f" at {100 * self.density:.1f}%"
+        return f"{self.method.name} seed {self.seed}{at}"
+
+
+# ---------------------------------------------------------------------- #
+# Densities: the iterative rounds and the target-density runs must agree
+# ---------------------------------------------------------------------- #
+def layer_rates(settings: Settings, names) -> dict:
+    """Per-round pruning rate of each masked layer (the output layer's apart)."""
+    return {n: settings.output_rate if n == "output" else settings.rate for n in names}
+
+
+def nominal_density(sizes: dict, rates: dict, rounds: float) -> float:
+    """Share of the weights kept after `rounds` rounds (ignoring rounding)."""
+    kept = sum(n * (1 - rates[name]) ** rounds for name, n in sizes.items())
+    return kept / sum(sizes.values())
+
+
+def target_layer_rates(sizes: dict, rates: dict, density: float) -> dict:
+    """One-shot per-layer rates reaching `density` with the iterative layer split.
+
+    Finds the (fractional) number of rounds `r` whose nominal density is
+    `density`; each layer then loses `1 - (1 - rate) ** r` of its weights, so
+    a one-shot or random mask has the layer densities of the iterative run.
+    """
+    lo, hi = 0.0, 1.0
+    while nominal_density(sizes, rates, hi) > density:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if nominal_density(sizes, rates, mid) > density else (lo, mid)
+    return {name: 1 - (1 - rates[name]) ** hi for name in sizes}
+
+
+def matches(a: float, b: float) -> bool:
+    """Whether two densities name the same column (1% relative tolerance)."""
+    return abs(a - b) <= 0.01 * max(a, b)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything the runs of one benchmark share, resolved from `Settings`."""
+
+    settings: Settings
+    methods: tuple
+    densities: tuple  # target densities (summary columns), decreasing
+    rounds: int  # pruning rounds of the iterative methods
+    sizes: dict  # masked layer name -> kernel size
+    num_train: int
+
+    @property
+    def steps_per_pass(self) -> int:
+        return math.ceil(self.num_train / self.settings.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.settings.steps_per_epoch or self.steps_per_pass
+
+    def steps_per_execution(self, run: Run) -> int:
+        if run.method.process != "main":
+            return 1  # gradual and tfmot update masks between steps
+        return math.gcd(self.settings.steps_per_execution, self.steps_per_epoch)
+
+    def round_densities(self) -> list:
+        rates = layer_rates(self.settings, self.sizes)
+        return [nominal_density(self.sizes, rates, r) for r in range(self.rounds + 1)]
+
+    def runs(self) -> list:
+        out = []
+        for seed in range(self.settings.seeds):
+            for m in self.methods:
+                if m.kind == "target":
+                    out.extend(Run(m, seed, d) for d in self.densities)
+                else:
+                    out.append(Run(m, seed))
+        return out
+
+    def run_config(self, run: Run) -> dict:
+        """Everything that shapes one run's outcome."""
+        config = {
+            "settings": self.settings.config(),
+            "method": run.method.config(),
+            "seed": run.seed,
+            "density": run.density,
+            "num_train": self.num_train,
+        }
+        if run.method.kind == "iterative":
+            config["rounds"] = self.rounds
+        return config
+
+    def epochs(self, run: Run) -> int:
+        """Training epochs of one run (for the progress display and budgets)."""
+        s = self.settings
+        e = s.epochs_per_round
+        if run.method.kind == "iterative":
+            late = s.late_rewind if run.method.rewind == "late" else 0
+            return e + self.rounds * (e - late)
+        if run.method.name == "random-mask" or run.method.kind == "dense":
+            return e
+        return 2 * e
+
+
+def make_plan(settings: Settings, methods="all") -> Plan:
+    """Resolves densities and rounds; checks that every method can run.
+
+    Raises:
+        ValueError: for unknown methods, or re-introduction methods named
+            explicitly when this keras_lth has no `DoublePruning` /
+            `ScoredPruning`.
+    """
+    import keras_lth as lth
+
+    chosen = get_methods(methods)
+    missing = [m for m in chosen if m.reintroduce and not _has_reintroduce(lth, m)]
+    if missing:
+        names = [m.name for m in missing]
+        if methods is None or methods == "all" or list(methods) == ["all"]:
+            warnings.warn(
+                f"Skipping {names}: this keras_lth has no DoublePruning / "
+                "ScoredPruning (the re-introduction methods).",
+                stacklevel=2,
+            )
+            chosen = [m for m in chosen if m not in missing]
+        else:
+            raise ValueError(
+                f"Received methods {names}, which need keras_lth.DoublePruning / "
+                "ScoredPruning; this keras_lth does not have them."
+            )
+    _, _, _, info = load_data(settings, seed=0)
+    model = build_model(settings, info)
+    sizes = {l.name: int(np.prod(l.kernel_mask.shape)) for l in lth.masked_layers(model)}
+    rates = layer_rates(settings, sizes)
+    if settings.densities is not None:
+        densities = tuple(sorted({float(d) for d in settings.densities}, reverse=True))
+    else:
+        densities = tuple(round(nominal_density(sizes, rates, r), 4) for r in settings.levels)
+    # Enough rounds for the iterative methods to reach the smallest density.
+    rounds = 1
+    while nominal_density(sizes, rates, rounds) > min(densities) * 1.01:
+        rounds += 1
+    nominal = [nominal_density(sizes, rates, r) for r in range(rounds + 1)]
+    missed = [d for d in densities if not any(matches(d, n) for n in nominal)]
+    if missed and any(m.kind == "iterative" for m in chosen):
+        warnings.warn(
+            f"No iterative round reaches the densities {missed}, so the iterative "
+            "methods have no cell there (their rounds reach "
+            f"{[round(n, 4) for n in nominal[1:]]}); they still appear in the plots.",
+            stacklevel=2,
+        )
+    return Plan(settings, tuple(chosen), densities, rounds, sizes, info.num_train)
+
+
+def _has_reintroduce(lth, method):
+    return hasattr(lth, "ScoredPruning" if method.reintroduce == "scored" else "DoublePruning")
+
+
+# ---------------------------------------------------------------------- #
+# Data and model
+# ---------------------------------------------------------------------- #
+def load_data(settings: Settings, seed: int):
+    """`DataSplits` of the settings' dataset; evaluation in large batches."""
+    import tensorflow as tf
+
+    import keras_lth as lth
+
+    if settings.dataset == "mnist":
+        splits = lth.data.mnist(source=settings.source, batch_size=settings.batch_size, seed=seed)
+    else:
+        splits = lth.data.speech_commands(
+            source=settings.source, batch_size=settings.batch_size, seed=seed
+        )
+
+    # Batches of 1,000 instead of many small ones: evaluating is a large
+    # share of a short epoch's time. `rebatch` loses the cardinality, which
+    # Keras needs to know where an evaluation ends.
+    def big(ds, n):
+        return ds.rebatch(1000).apply(tf.data.experimental.assert_cardinality(-(-n // 1000)))
+
+    info = splits.info
+    return splits._replace(
+        validation=big(splits.validation, info.num_validation), test=big(splits.test, info.num_test)
+    )
+
+
+def build_model(settings: Settings, info, dense=False):
+    """The benchmark's network for the dataset, uncompiled (`MaskedDense`)."""
+    import keras_lth as lth
+
+    if settings.dataset == "mnist":
+        return lth.models.lenet_300_100(
+            num_classes=info.num_classes, input_shape=info.input_shape, dense=dense
+        )
+    return lth.models.speech_mlp(info.input_shape[0], num_classes=info.num_classes, dense=dense)
+
+
+def gradual_steps(plan: Plan, run: Run) -> dict:
+    """`PolynomialDecay` arguments of a gradual / tfmot run."""
+    s = plan.settings
+    total = plan.epochs(run) * plan.steps_per_epoch
+    return {
+        "initial_sparsity": 0.0,
+        "final_sparsity": 1.0 - run.density,
+        "begin_step": round(s.gradual_begin * total),
+        "end_step": round(s.gradual_end * total),
+        "frequency": s.gradual_frequency,
+    }
+
+
+# ---------------------------------------------------------------------- #
+# One run
+# ---------------------------------------------------------------------- #
+def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
+    """Trains one run and returns its results line (a JSON-able dict)."""
+    import keras
+
+    import keras_lth as lth
+    from keras_lth.bench.recorder import Recorder
+
+    method, s = run.method, plan.settings
+    if method.process == "tfmot" and os.environ.get(_LEGACY_ENV) != "1":
+        raise RuntimeError(
+            f"Method '{method.name}' imports tensorflow-model-optimization and runs "
+            "in a child process (keras_lth.bench.child), not in this one."
+        )
+    start = time.perf_counter()
+    if method.name == "tfmot":
+        from keras_lth.bench.child import train_tfmot
+
+        records, versions = train_tfmot(plan, run, verbose)
+    else:
+        keras.utils.set_random_seed(run.seed)
+        train, val, test, info = load_data(s, run.seed)
+        model = build_model(s, info)
+        model.compile(
+            keras.optimizers.Adam(s.learning_rate),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            steps_per_execution=plan.steps_per_execution(run),
+        )
+        scheduler, keep = _scheduler(plan, run, model)
+        recorder = Recorder(
+            test_data=test,
+            steps_per_epoch=plan.steps_per_epoch,
+            steps_per_pass=plan.steps_per_pass,
+            round_of=scheduler.round_of if scheduler is not None else None,
+            keep_rounds=keep,
+            levels=_levels(plan, run),
+            density_fn=lambda m: lth.density(m, per_layer=True),
+            compact=method.structure == "neuron",
+            dense_model=build_model(s, info, dense=True) if method.structure == "neuron" else None,
+        )
+        # The recorder first: the scheduler's epoch-end re-introduction events
+        # change the network after Keras validated it, and the test set must
+        # see the network that was validated.
+        callbacks = [recorder, scheduler] if scheduler is not None else [recorder]
+        _fit(model, plan, train, val, plan.epochs(run), callbacks, verbose)
+        records, versions = recorder.records, {}
+        if method.reintroduce:
+            swaps = {rec["round"]: rec.get("swaps") for rec in scheduler.rounds}
+            for rec in records:  # how many pruned weights came back, per round
+                rec["swaps"] = swaps.get(rec["round"])
+    return {
+        "key": run.key,
+        "config": plan.run_config(run),
+        "versions": {**library_versions(), **versions},
+        "run_wall_s": round(time.perf_counter() - start, 3),
+        "records": records,
+    }
+
+
+def _fit(model, plan, train, val, epochs, callbacks, verbose):
+    steps = plan.settings.steps_per_epoch
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+        model.fit(
+            train.repeat() if steps else train,
+            steps_per_epoch=steps,
+            validation_data=val,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=2 if verbose >= 2 else 0,
+        )
+
+
+def _levels(plan, run):
+    """Round -> the summary column (target density) it belongs to, if any."""
+    if run.method.kind == "dense":
+        return {0: 1.0}
+    if run.method.kind == "target":
+        return {0: run.density, 1: run.density}
+    out = {}
+    for r, nominal in enumerate(plan.round_densities()):
+        if r == 0:
+            continue  # the dense round: the `dense` method's column
+        hit = [d for d in plan.densities if matches(d, nominal)]
+        if hit:
+            out[r] = hit[0]
+    return out
+
+
+def _scheduler(plan, run, model):
+    """The `PruningScheduler` of a run (or None) and the rounds to record."""
+    import keras_lth as lth
+
+    m, s = run.method, plan.settings
+    names = [l.name for l in lth.masked_layers(model)]
+    rates = layer_rates(s, names)
+    verbose = 0
+    if m.kind == "dense":
+        return None, None
+    if m.name == "random-mask":
+        rng = np.random.default_rng(run.seed)
+        target = target_layer_rates(plan.sizes, rates, run.density)
+        for layer in lth.masked_layers(model):
+            ones = np.ones(layer.kernel_mask.shape, "float32")
+            layer.set_masks(lth.pruning.random_mask(ones, target[layer.name], rng))
+        return None, None
+    if m.name == "gradual":
+        import tensorflow_model_optimization as tfmot  # in the child process only
+
+        schedule = tfmot.sparsity.keras.PolynomialDecay(**gradual_steps(plan, run))
+        return lth.PruningScheduler(schedule, rewind=None, verbose=verbose), None
+    if m.kind == "target":  # oneshot
+        target = target_layer_rates(plan.sizes, rates, run.density)
+        schedule = lth.OneShotSchedule(
+            s.epochs_per_round,
+            rate=target[names[0]],
+            layer_rates={n: target[n] for n in names[1:]},
+        )
+        return lth.PruningScheduler(schedule, rewind=m.rewind, seed=run.seed, verbose=verbose), {1}
+    schedule = lth.IterativeSchedule(
+        rounds=plan.rounds,
+        epochs_per_round=s.epochs_per_round,
+        rate=s.rate,
+        layer_rates={n: r for n, r in rates.items() if r != s.rate},
+    )
+    kwargs = {}
+    if m.reintroduce in ("complement", "feedback"):
+        kwargs["reintroduce"] = lth.DoublePruning(mode=m.reintroduce)
+    elif m.reintroduce == "scored":
+        kwargs["reintroduce"] = lth.ScoredPruning()
+    scheduler = lth.PruningScheduler(
+        schedule,
+        rewind=s.late_rewind if m.rewind == "late" else m.rewind,
+        structure=m.structure,
+        norm=m.norm,
+        seed=run.seed,
+        verbose=verbose,
+        **kwargs,
+    )
+    return scheduler, None
+
+
+def library_versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    import keras_lth
+
+    return {
+        "python": platform.python_version(),
+        "keras_lth": keras_lth.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# ---------------------------------------------------------------------- #
+# results.jsonl
+# ---------------------------------------------------------------------- #
+def read_results(path) -> list:
+    """The lines of a results file (an empty list when there is none)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_results(path, lines) -> None:
+    """Writes all lines at once: a kill leaves the old file or the new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(line, sort_keys=True) + "\n" for line in lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _key(line_or_run):
+    k = line_or_run["key"] if isinstance(line_or_run, dict) else line_or_run.key
+    return (k["method"], k["seed"], k["density"])
+
+
+def _order(plan, lines):
+    """Lines in plan order (so an interrupted and resumed benchmark writes the
+    same file as an uninterrupted one); lines of other plans keep theirs at
+    the end."""
+    index = {_key(r): i for i, r in enumerate(plan.runs())}
+    return sorted(lines, key=lambda line: index.get(_key(line), len(index)))
+
+
+# ---------------------------------------------------------------------- #
+# The whole benchmark
+# ---------------------------------------------------------------------- #
+def run_benchmark(
+    plan: Plan, out, verbose: int = 1, report: bool = True, command=None, target=None
+) -> list:
+    """Runs every pending run of `plan`, writing `OUT/results.jsonl` as it goes.
+
+    Finished runs (a line with the same key and configuration) are skipped;
+    a line with the same key but another configuration is an error, so two
+    protocols never mix in one directory. With `report`, writes
+    `summary.md` (headed by `command`, the line that produced it) and the
+    plots at the end (see `keras_lth.bench.report`; `target` overrides the
+    target validation accuracy, by default the dense net's mean - 0.5 points).
+
+    Returns:
+        The lines of the results file.
+    """
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, RESULTS_FILE)
+    lines = read_results(path)
+    done = {_key(line): line for line in lines}
+    pending = []
+    for run in plan.runs():
+        line = done.get(_key(run))
+        if line is None:
+            pending.append(run)
+        elif line["config"] != plan.run_config(run):
+            raise ValueError(
+                f"'{path}' already holds {run.label()} with another configuration "
+                f"(received {plan.run_config(run)}, found {line['config']}): use "
+                "another `--out` directory for another protocol."
+            )
+    progress = Progress(plan, pending, len(plan.runs()) - len(pending), verbose)
+
+    def save(line):
+        lines.append(line)
+        lines[:] = _order(plan, lines)
+        write_results(path, lines)
+        progress.finished(line)
+
+    main_runs = [r for r in pending if r.method.process == "main"]
+    child_runs = [r for r in pending if r.method.process != "main"]
+    for run in main_runs:
+        progress.started(run)
+        save(run_one(plan, run, verbose))
+    if child_runs:
+        run_in_child(plan, child_runs, verbose, save, progress)
+    if report:
+        from keras_lth.bench.report import write_report
+
+        write_report(plan, lines, out, command=command, target=target)
+    return lines
+
+
+def child_env() -> dict:
+    """The environment of the tfmot child: legacy Keras for tfmot's sake."""
+    env = dict(os.environ)
+    env[_LEGACY_ENV] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
+
+
+def run_in_child(plan, runs, verbose, save, progress):
+    """Runs `runs` in one child process, saving each line as it arrives."""
+    request = {
+        "settings": dataclasses.asdict(plan.settings),
+        "methods": [m.name for m in plan.methods],
+        "runs": [r.key for r in runs],
+        "verbose": verbose,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keras_lth.bench.child"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=child_env(),
+        text=True,
+    )
+    proc.stdin.write(json.dumps(request))
+    proc.stdin.close()
+    remaining = list(runs)
+    if remaining:
+        progress.started(remaining[0])
+    for text in proc.stdout:
+        if not text.startswith(CHILD_PREFIX):
+            sys.stdout.write(text)  # Keras's own output at -v 2
+            continue
+        save(json.loads(text[len(CHILD_PREFIX) :]))
+        remaining.pop(0)
+        if remaining:
+            progress.started(remaining[0])
+    if proc.wait() != 0:
+        raise RuntimeError(
+            f"The tfmot child process (keras_lth.bench.child) failed with exit "
+            f"status {proc.returncode} before finishing {[r.label() for r in remaining]}."
+        )
+
+
+class Progress:
+    """One line per run start and end, with an ETA, on stderr."""
+
+    def __init__(self, plan, pending, skipped, verbose):
+        self.plan = plan
+        self.total = skipped + len(pending)
+        self.index = skipped
+        self.left = sum(plan.epochs(r) for r in pending)
+        self.epochs_done = 0
+        self.start = time.perf_counter()
+        self.verbose = verbose
+        if verbose and skipped:
+            self._print(f"{skipped} of {self.total} runs already in the results: skipped")
+
+    def started(self, run):
+        self.index += 1
+        self.current = run
+        self._print(f"[{self.index}/{self.total}] {run.label()} ...")
+
+    def finished(self, line):
+        epochs = self.plan.epochs(self.current)
+        self.left -= epochs
+        self.epochs_done += epochs
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.epochs_done * self.left
+        last = line["records"][-1] if line["records"] else {}
+        acc = last.get("test_accuracy")
+        at = f", test acc {100 * acc:.2f}% at {100 * last['density']:.1f}%" if acc else ""
+        self._print(
+            f"[{self.index}/{self.total}] {self.current.label()}: {line['run_wall_s']:.0f} s"
+            f"{at} | elapsed {_clock(elapsed)}, ETA {_clock(eta)}"
+        )
+
+    def _print(self, text):
+        if self.verbose:
+            print(f"[keras-lth bench] {text}", file=sys.stderr, flush=True)
+
+
+def _clock(seconds):
+    seconds = round(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"

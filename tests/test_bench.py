@@ -1,0 +1,341 @@
+"""Tests of `keras-lth bench` on tiny settings (4 steps per epoch, 1 seed)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+import keras_lth as lth
+from keras_lth.bench import METHODS, cli, make_plan, run_benchmark, runner, settings
+from keras_lth.bench.report import agreement, epochs_to_target, summarize
+
+# Every metric a record carries, and those of the neuron methods on top.
+METRICS = {
+    "round",
+    "level",
+    "density",
+    "layer_density",
+    "epochs",
+    "test_accuracy",
+    "test_loss",
+    "early_stop_epoch",
+    "test_accuracy_early_stop",
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy_curve",
+    "epoch_density",
+    "steps_per_epoch",
+    "budget_steps",
+    "budget_epochs",
+    "wall_s",
+}
+NEURON_METRICS = {
+    "compact_params",
+    "dense_params",
+    "compact_units",
+    "latency_ms",
+    "dense_latency_ms",
+    "latency_ratio",
+    "latency_batch",
+}
+MAIN_METHODS = [m.name for m in METHODS.values() if m.process == "main" and not m.reintroduce]
+REINTRODUCE = [m.name for m in METHODS.values() if m.reintroduce]
+HAS_REINTRODUCE = hasattr(lth, "DoublePruning") and hasattr(lth, "ScoredPruning")
+
+
+def tiny(**overrides):
+    values = {
+        "seeds": 1,
+        "densities": (0.8,),
+        "epochs_per_round": 2,
+        "steps_per_epoch": 4,
+        "steps_per_execution": 2,
+        "gradual_frequency": 1,
+    }
+    values.update(overrides)
+    return settings("mnist", "quick", **values)
+
+
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def without_timing(line):
+    """A results line without the fields that measure time."""
+    line = json.loads(json.dumps(line))
+    line.pop("run_wall_s")
+    for rec in line["records"]:
+        for name in runner.TIMING_FIELDS:
+            rec.pop(name, None)
+    return line
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    """Every main-process method once, uninterrupted (the reference run)."""
+    out = str(tmp_path_factory.mktemp("bench_all"))
+    methods = MAIN_METHODS + (REINTRODUCE if HAS_REINTRODUCE else [])
+    plan = make_plan(tiny(), methods)
+    lines = run_benchmark(plan, out, verbose=0)
+    return plan, lines, out
+
+
+# ---------------------------------------------------------------------- #
+# Methods, settings and the command line
+# ---------------------------------------------------------------------- #
+def test_every_named_method_is_listed(capsys):
+    assert cli.main(["bench", "--list"]) == 0
+    text = capsys.readouterr().out
+    expected = [
+        "dense",
+        "oneshot",
+        "imp-finetune",
+        "lth",
+        "lth-late",
+        "lth-reinit",
+        "random-mask",
+        "neuron-l1",
+        "neuron-l2",
+        "gradual",
+        "tfmot",
+        "double-complement",
+        "double-feedback",
+        "scored",
+    ]
+    assert list(METHODS) == expected
+    for name in expected:
+        assert name in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"dataset": "cifar"}, ["`dataset`", "cifar", "mnist"]),
+        ({"preset": "huge"}, ["`preset`", "huge", "quick"]),
+        ({"densities": (0.5, 1.0)}, ["`densities`", "(0, 1)", "1.0"]),
+        ({"densities": (0.0,)}, ["`densities`", "(0, 1)", "0.0"]),
+        ({"source": "/no/such/dir"}, ["`source`", "/no/such/dir", "directory"]),
+        ({"dataset": "speech_commands"}, ["`source`", "None"]),
+        ({"dataset": "speech_commands", "source": "/no/such"}, ["`source`", "/no/such"]),
+        ({"seeds": 0}, ["`seeds`", "positive integer", "seeds=0"]),
+        ({"late_rewind": 9}, ["`late_rewind`", "late_rewind=9"]),
+    ],
+)
+def test_bad_settings_name_argument_expected_and_received(kwargs, words):
+    with pytest.raises(ValueError) as info:
+        settings(**kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_unknown_method_is_a_value_error():
+    with pytest.raises(ValueError, match=r"`methods`.*'lth'.*Received: methods=\['nope'\]"):
+        make_plan(tiny(), ["nope"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--methods", "nope"],
+        ["--dataset", "cifar"],
+        ["--densities", "0.5,1.5"],
+        ["--densities", "half"],
+        ["--preset", "huge"],
+    ],
+)
+def test_cli_rejects_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", *argv])
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_missing_data_directory(capsys):
+    assert cli.main(["bench", "--source", "/no/such/mnist", "--out", "/tmp/unused"]) == 2
+    err = capsys.readouterr().err
+    assert "`source`" in err and "/no/such/mnist" in err
+
+
+def test_cli_target_outside_zero_one(capsys, tmp_path):
+    assert cli.main(["bench", "--target", "1.5", "--methods", "dense", "--out", str(tmp_path)]) == 2
+    assert "`--target`" in capsys.readouterr().err
+
+
+def test_plan_rounds_reach_the_densities():
+    plan = make_plan(settings("mnist", "quick"))
+    assert plan.rounds == 10
+    assert [round(100 * d, 1) for d in plan.densities] == [51.3, 26.3, 10.8]
+    hit = [round(100 * d, 1) for d in plan.round_densities()]
+    assert hit[3] == 51.3 and hit[6] == 26.3 and hit[10] == 10.8
+
+
+def test_target_layer_rates_match_the_iterative_split():
+    sizes = {"hidden_1": 235200, "hidden_2": 30000, "output": 1000}
+    rates = {"hidden_1": 0.2, "hidden_2": 0.2, "output": 0.1}
+    d = runner.nominal_density(sizes, rates, 4)
+    got = runner.target_layer_rates(sizes, rates, d)
+    assert got["hidden_1"] == pytest.approx(1 - 0.8**4)
+    assert got["output"] == pytest.approx(1 - 0.9**4)
+
+
+# ---------------------------------------------------------------------- #
+# Runs
+# ---------------------------------------------------------------------- #
+def test_each_method_runs_and_records_every_metric(main_run):
+    plan, lines, _ = main_run
+    by_method = {line["key"]["method"]: line for line in lines}
+    assert set(by_method) == {m.name for m in plan.methods}
+    for name, line in by_method.items():
+        method = METHODS[name]
+        assert line["versions"]["tensorflow"] and line["config"]["method"]["name"] == name
+        assert line["records"], name
+        for rec in line["records"]:
+            assert METRICS <= set(rec), (name, METRICS - set(rec))
+            if method.structure == "neuron":
+                assert NEURON_METRICS <= set(rec), name
+                assert rec["compact_params"] <= rec["dense_params"]
+            if method.reintroduce:
+                assert rec["swaps"] is not None, name
+            assert 0 < rec["test_accuracy"] <= 1
+            assert 1 <= rec["early_stop_epoch"] <= rec["epochs"]
+            best = rec["early_stop_epoch"] - 1
+            assert rec["test_accuracy_early_stop"] == pytest.approx(
+                rec["test_accuracy_curve"][best], abs=1e-6
+            )
+            assert rec["val_loss"][best] == min(rec["val_loss"])
+        levels = [rec["level"] for rec in line["records"]]
+        assert (1.0 if name == "dense" else 0.8) in levels, name
+    # iterative methods: one record per round, paying for every round before
+    lth_records = by_method["lth"]["records"]
+    assert [r["round"] for r in lth_records] == [0, 1]
+    assert [r["budget_steps"] for r in lth_records] == [8, 16]
+    late = by_method["lth-late"]["records"]
+    assert [r["budget_steps"] for r in late] == [8, 12]  # rewound to epoch 1
+    assert by_method["oneshot"]["records"][0]["budget_steps"] == 16
+    assert by_method["random-mask"]["records"][0]["budget_steps"] == 8
+    for name in ("oneshot", "random-mask", "lth"):
+        assert by_method[name]["records"][-1]["density"] == pytest.approx(0.8, abs=0.002)
+
+
+def test_summary_and_plots_are_written(main_run):
+    plan, lines, out = main_run
+    text = read(os.path.join(out, "summary.md"))
+    for heading in ("Test accuracy (%) at the end", "early-stop", "Budget", "Verdict", "Passes"):
+        assert heading in text
+    for name in ("accuracy_vs_density.png", "epochs_to_target.png", "accuracy_vs_budget.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000
+    summary = summarize(plan, lines)
+    assert summary["target"] == pytest.approx(lines[0]["records"][0]["val_accuracy"][-1] - 0.005)
+
+
+def test_epochs_to_target_counts_only_the_final_density():
+    row = {
+        "val_accuracy": [0.95, 0.5, 0.92, 0.97],
+        "epoch_density": [1.0, 0.5, 0.5, 0.5],
+        "steps_per_epoch": 10,
+    }
+    assert epochs_to_target(row, 0.9, steps_per_pass=20) == (1.5, 30)
+    assert epochs_to_target(row, 0.99, steps_per_pass=20) is None
+
+
+def test_resume_skips_finished_runs_and_ends_identical(main_run, tmp_path, monkeypatch):
+    _, reference, _ = main_run
+    methods = ["dense", "lth", "random-mask"]
+    plan = make_plan(tiny(), methods)
+    out = str(tmp_path)
+    real = runner.run_one
+    calls = []
+
+    def killed_after_two(plan_, run, verbose=1):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the kill
+        calls.append(run.key)
+        return real(plan_, run, verbose)
+
+    monkeypatch.setattr(runner, "run_one", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(plan, out, verbose=0)
+    path = os.path.join(out, runner.RESULTS_FILE)
+    before = read(path).splitlines()
+    assert len(before) == 2
+
+    calls.clear()
+    monkeypatch.setattr(runner, "run_one", lambda p, r, v=1: calls.append(r.key) or real(p, r, v))
+    run_benchmark(plan, out, verbose=0)
+    assert calls == [{"method": "random-mask", "seed": 0, "density": 0.8}]
+    after = read(path).splitlines()
+    assert after[:2] == before  # finished lines untouched
+    expected = [without_timing(line) for line in reference if line["key"]["method"] in methods]
+    assert [without_timing(json.loads(line)) for line in after] == expected
+
+    # a rerun of a finished benchmark trains nothing and changes no file
+    files = {n: read(os.path.join(out, n), "rb") for n in sorted(os.listdir(out))}
+    calls.clear()
+    run_benchmark(plan, out, verbose=0)
+    assert calls == []
+    assert {n: read(os.path.join(out, n), "rb") for n in sorted(os.listdir(out))} == files
+
+
+def test_another_configuration_in_the_same_directory_is_an_error(main_run):
+    _, _, out = main_run
+    plan = make_plan(tiny(epochs_per_round=3), ["dense"])
+    with pytest.raises(ValueError, match="another configuration"):
+        run_benchmark(plan, out, verbose=0)
+
+
+def test_tfmot_methods_run_in_a_child_and_leave_this_process_alone(tmp_path):
+    had_tfmot = "tensorflow_model_optimization" in sys.modules
+    env_before = os.environ.get("TF_USE_LEGACY_KERAS")
+    plan = make_plan(tiny(), ["gradual", "tfmot"])
+    lines = run_benchmark(plan, str(tmp_path), verbose=0)
+    assert os.environ.get("TF_USE_LEGACY_KERAS") == env_before
+    if not had_tfmot:
+        assert "tensorflow_model_optimization" not in sys.modules
+    by_method = {line["key"]["method"]: line for line in lines}
+    assert set(by_method) == {"gradual", "tfmot"}
+    assert by_method["tfmot"]["versions"]["tfmot"]
+    for line in lines:
+        (rec,) = line["records"]
+        assert METRICS <= set(rec)
+        assert rec["density"] == pytest.approx(0.8, abs=0.002)
+    (row,) = agreement(summarize(plan, lines))
+    assert abs(row[3]) < 0.02  # same init, data order and schedule
+
+
+def test_gradual_refuses_to_run_in_this_process():
+    plan = make_plan(tiny(), ["gradual"])
+    (run,) = plan.runs()
+    with pytest.raises(RuntimeError, match="child process"):
+        runner.run_one(plan, run, verbose=0)
+
+
+def test_speech_commands_runs_on_the_speech_mlp(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    import speech_tree
+
+    if not speech_tree.espeak_available():
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = tmp_path / "speech_commands"
+    speech_tree.make_speech_tree(str(root))
+    s = settings(
+        "speech_commands",
+        source=str(root),
+        seeds=1,
+        densities=(0.8,),
+        epochs_per_round=1,
+        steps_per_epoch=2,
+        batch_size=16,
+    )
+    plan = make_plan(s, ["lth"])
+    assert plan.sizes == {"hidden_1": 1960 * 256, "hidden_2": 256 * 256, "output": 256 * 12}
+    (line,) = run_benchmark(plan, str(tmp_path / "out"), verbose=0)
+    assert [r["level"] for r in line["records"]] == [None, 0.8]
+    assert METRICS <= set(line["records"][-1])
+
+
+def test_densities_off_the_iterative_rounds_warn():
+    with pytest.warns(UserWarning, match="No iterative round reaches the densities"):
+        plan = make_plan(tiny(densities=(0.5,)), ["lth"])
+    assert plan.rounds == 4  # 0.8 ** 4 < 0.5 * 1.01
