@@ -63,6 +63,13 @@ def scheduler(reintroduce, rounds=2, epochs=3, layer_rates=None, **kwargs):
     return lth.PruningScheduler(schedule, reintroduce=reintroduce, **kwargs)
 
 
+def begin(s, model):
+    """Starts `s` on `model` as `fit` would, without training."""
+    s.set_model(model)
+    s.set_params({"epochs": s.total_epochs, "steps": 1, "verbose": 0})
+    s.on_train_begin()
+
+
 class Watch(keras.callbacks.Callback):
     """Records masks, raw kernels and per-layer densities after every epoch."""
 
@@ -120,9 +127,7 @@ def _dense_grad(w, mask, b):
 def test_scores_accumulate_minus_w_times_dense_gradient_by_hand():
     model, layer, w = _one_layer(keras.optimizers.SGD(0.0))  # lr 0: w stays
     s = scheduler(lth.ScoredPruning(), rounds=1, epochs=2, layer_rates={})
-    s.set_model(model)
-    s.set_params({"epochs": s.total_epochs, "steps": 1, "verbose": 0})
-    s.on_train_begin()
+    begin(s, model)
     mask = np.array(layer.kernel_mask)
     for _ in range(2):
         model.train_function(iter([(XH, YH)]))
@@ -136,9 +141,7 @@ def test_scores_accumulate_minus_w_times_dense_gradient_by_hand():
 def test_scored_step_trains_only_kept_weights():
     model, layer, w = _one_layer(keras.optimizers.SGD(0.1))
     s = scheduler(lth.ScoredPruning(), rounds=1, epochs=2, layer_rates={})
-    s.set_model(model)
-    s.set_params({"epochs": s.total_epochs, "steps": 1, "verbose": 0})
-    s.on_train_begin()
+    begin(s, model)
     mask = np.array(layer.kernel_mask)
     model.train_function(iter([(XH, YH)]))
     g = _dense_grad(w, mask, np.array([0.1, -0.2]))
@@ -148,9 +151,7 @@ def test_scored_step_trains_only_kept_weights():
 def test_feedback_step_trains_pruned_raw_weights_with_the_dense_gradient():
     model, layer, w = _one_layer(keras.optimizers.SGD(0.1))
     s = scheduler(lth.DoublePruning("feedback"), rounds=1, epochs=2, layer_rates={})
-    s.set_model(model)
-    s.set_params({"epochs": s.total_epochs, "steps": 1, "verbose": 0})
-    s.on_train_begin()
+    begin(s, model)
     mask = np.array(layer.kernel_mask)
     model.train_function(iter([(XH, YH)]))
     g = _dense_grad(w, mask, np.array([0.1, -0.2]))
@@ -160,9 +161,7 @@ def test_feedback_step_trains_pruned_raw_weights_with_the_dense_gradient():
 def test_complement_step_trains_pruned_weights_as_their_own_network():
     model, layer, w = _one_layer(keras.optimizers.SGD(0.1))
     s = scheduler(lth.DoublePruning("complement"), rounds=1, epochs=2, layer_rates={})
-    s.set_model(model)
-    s.set_params({"epochs": s.total_epochs, "steps": 1, "verbose": 0})
-    s.on_train_begin()
+    begin(s, model)
     mask = np.array(layer.kernel_mask)
     b = np.array([0.1, -0.2])
     model.train_function(iter([(XH, YH)]))
@@ -202,9 +201,7 @@ def test_event_reintroduces_top_k_and_prunes_bottom_k_with_hand_set_weights():
     model = make_model(keras.optimizers.SGD(0.0))
     s = scheduler(lth.DoublePruning("feedback", fraction=0.25, decay="constant", value="zero"),
                   rounds=1, epochs=3)
-    s.set_model(model)
-    s.set_params({"epochs": s.total_epochs, "steps": 1, "verbose": 0})
-    s.on_train_begin()
+    begin(s, model)
     rng = np.random.default_rng(0)
     h1 = masked_layers(model)[0]
     k = rng.permutation(160).reshape(10, 16).astype("float32") + 1.0  # distinct |w|
@@ -229,9 +226,7 @@ def test_event_resets_optimizer_slots_of_swapped_weights_only():
     model = make_model(keras.optimizers.Adam(1e-2))
     model.fit(X, Y, epochs=1, verbose=0)  # nonzero slots
     s = scheduler(lth.DoublePruning("feedback", fraction=0.5, decay="constant"), rounds=1, epochs=3)
-    s.set_model(model)
-    s.set_params({"epochs": s.total_epochs, "steps": 1, "verbose": 0})
-    s.on_train_begin()
+    begin(s, model)
     h1 = masked_layers(model)[0]
     rng = np.random.default_rng(1)
     h1.set_masks((rng.random((10, 16)) < 0.5).astype("float32"))
