@@ -145,9 +145,7 @@ def compare(num, den):
         "paired_range": [min(paired), max(paired)],
     }
     if "cpu_step_ms" in num and "cpu_step_ms" in den:
-        paired = [
-            a / b for a, b in zip(num["cpu_repeat_medians_ms"], den["cpu_repeat_medians_ms"])
-        ]
+        paired = [a / b for a, b in zip(num["cpu_repeat_medians_ms"], den["cpu_repeat_medians_ms"])]
         q1, median, q3 = quartiles(paired)
         out["cpu_ratio"] = num["cpu_step_ms"] / den["cpu_step_ms"]
         out["cpu_paired_median"] = median

@@ -172,8 +172,10 @@ def main(argv=None):
     text = table(summary, args.seeds)
     print("\n" + text)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(f"`python examples/mnist_lth.py --seeds {args.seeds} "
-                f"--epochs-per-round {args.epochs_per_round}`\n\n{text}\n")
+        f.write(
+            f"`python examples/mnist_lth.py --seeds {args.seeds} "
+            f"--epochs-per-round {args.epochs_per_round}`\n\n{text}\n"
+        )
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(records, f, indent=1)
     plot(summary, os.path.join(args.out, "accuracy_vs_density.png"))

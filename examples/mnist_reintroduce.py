@@ -62,8 +62,9 @@ OUT_DIR = "runs/mnist_reintroduce"
 
 def run(method, seed, epochs_per_round, verbose):
     make = METHODS[method]
-    return mnist_lth.run("init", seed, epochs_per_round, verbose,
-                         reintroduce=None if make is None else make())
+    return mnist_lth.run(
+        "init", seed, epochs_per_round, verbose, reintroduce=None if make is None else make()
+    )
 
 
 """
@@ -75,8 +76,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--epochs-per-round", type=int, default=EPOCHS_PER_ROUND)
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated subset of {', '.join(METHODS)}")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated subset of {', '.join(METHODS)}",
+    )
     parser.add_argument("--out", default=OUT_DIR)
     parser.add_argument("-v", "--verbose", type=int, default=0)
     args = parser.parse_args(argv)

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lth import pruning, reintroduce as reintro, training
+from keras_lth import pruning, training
+from keras_lth import reintroduce as reintro
 from keras_lth.layers import density, masked_layers
 from keras_lth.schedules import IterativeSchedule, is_tfmot_schedule
 
@@ -123,9 +124,7 @@ class PruningScheduler(keras.callbacks.Callback):
                 "`IterativeSchedule`, `OneShotSchedule` or a tfmot "
                 f"`PruningSchedule`. Received: schedule={schedule!r}"
             )
-        if isinstance(rewind, bool) or not (
-            rewind in REWIND_MODES or isinstance(rewind, int)
-        ):
+        if isinstance(rewind, bool) or not (rewind in REWIND_MODES or isinstance(rewind, int)):
             raise ValueError(
                 "Received an invalid value for `rewind`, expected 'init', "
                 f"'reinit', None or an epoch index. Received: rewind={rewind!r}"
@@ -237,8 +236,7 @@ class PruningScheduler(keras.callbacks.Callback):
         names = [l.name for l in self._layers]
         if len(set(names)) != len(names):
             raise ValueError(
-                "`PruningScheduler` needs unique `MaskedDense` names. Received: "
-                f"{names}"
+                f"`PruningScheduler` needs unique `MaskedDense` names. Received: {names}"
             )
         unknown = sorted(set(getattr(self.schedule, "layer_rates", {})) - set(names))
         if unknown:
@@ -262,8 +260,10 @@ class PruningScheduler(keras.callbacks.Callback):
         # State of one run; reset here so the callback can be reused.
         self.rounds = []
         self._epoch_logs = []
-        self._run_seed = self.seed if self.seed is not None else int(
-            np.random.SeedSequence().generate_state(1)[0]
+        self._run_seed = (
+            self.seed
+            if self.seed is not None
+            else int(np.random.SeedSequence().generate_state(1)[0])
         )
         self._rewind_values = self._snapshot()
         self._optimizer_init = self._optimizer_snapshot()
@@ -304,7 +304,9 @@ class PruningScheduler(keras.callbacks.Callback):
             # step inside the last execution happens now.
             r = self.round_of(self._epoch)
             now = self._iterations()
-            due = reintro.next_event(self._steps_seen, self.reintroduce.start, self.reintroduce.every)
+            due = reintro.next_event(
+                self._steps_seen, self.reintroduce.start, self.reintroduce.every
+            )
             self._steps_seen = now
             horizon = self._round_length(r) * (self.params.get("steps") or 0) or None
             # Never at the round's end: swapped weights would get no training.
@@ -415,8 +417,7 @@ class PruningScheduler(keras.callbacks.Callback):
             opt.build(self.model.trainable_variables)
         fresh = int(ops.convert_to_numpy(opt.iterations)) == 0
         return [
-            ops.convert_to_numpy(v) if fresh else np.zeros(v.shape, v.dtype)
-            for v in opt.variables
+            ops.convert_to_numpy(v) if fresh else np.zeros(v.shape, v.dtype) for v in opt.variables
         ]
 
     def _reset_optimizer(self):
@@ -625,7 +626,8 @@ class PruningScheduler(keras.callbacks.Callback):
             logs = logs + [None] * (epoch - len(logs))
         self._epoch_logs = logs
         self.rounds = [
-            rec for rec in state["rounds"]
+            rec
+            for rec in state["rounds"]
             if self._round_end(rec["round"]) is not None and self._round_end(rec["round"]) < epoch
         ]
         # Pruning happens at the first epoch of a round, after the backup of

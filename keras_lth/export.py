@@ -116,8 +116,7 @@ def compact(model):
             f"{len(model.outputs)} outputs"
         )
     layers = [
-        l for l in _sublayers(model)
-        if not isinstance(l, (keras.Model, keras.layers.InputLayer))
+        l for l in _sublayers(model) if not isinstance(l, (keras.Model, keras.layers.InputLayer))
     ]
     if not any(isinstance(l, MaskedDense) for l in layers):
         raise ValueError(
@@ -147,9 +146,7 @@ def compact(model):
             weights = [ops.convert_to_numpy(w) for w in l.get_weights()]
             alive = np.ones(l.units, bool)
         kernels.append(weights[0].astype(np.float64))
-        biases.append(
-            (weights[1] if l.use_bias else np.zeros(l.units)).astype(np.float64)
-        )
+        biases.append((weights[1] if l.use_bias else np.zeros(l.units)).astype(np.float64))
         keep.append(alive)
     keep[-1][:] = True  # the output units are the model's outputs
     for i in range(len(dense) - 1):

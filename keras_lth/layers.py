@@ -111,8 +111,7 @@ class MaskedDense(keras.layers.Dense):
         for arg in ("lora_rank", "quantization_config"):
             if kwargs.get(arg) is not None:
                 raise ValueError(
-                    f"`MaskedDense` does not support `{arg}`. "
-                    f"Received: {arg}={kwargs[arg]!r}"
+                    f"`MaskedDense` does not support `{arg}`. Received: {arg}={kwargs[arg]!r}"
                 )
         super().__init__(units, activation=activation, use_bias=use_bias, **kwargs)
         self.kernel_score = None
@@ -139,9 +138,7 @@ class MaskedDense(keras.layers.Dense):
         # through its gradient, change their raw values; it sees the
         # effective (masked) weights instead.
         if self.kernel_regularizer is not None:
-            self._kernel.regularizer = _MaskedRegularizer(
-                self.kernel_regularizer, self.kernel_mask
-            )
+            self._kernel.regularizer = _MaskedRegularizer(self.kernel_regularizer, self.kernel_mask)
         if self.use_bias and self.bias_regularizer is not None:
             self.bias.regularizer = _MaskedRegularizer(self.bias_regularizer, self.bias_mask)
 
@@ -199,8 +196,7 @@ class MaskedDense(keras.layers.Dense):
         """
         if not self.built:
             raise ValueError(
-                f"Layer '{self.name}' is not built yet: build the model "
-                "before adding scores."
+                f"Layer '{self.name}' is not built yet: build the model before adding scores."
             )
         if self.kernel_score is not None:
             return self.kernel_score
@@ -235,7 +231,9 @@ class MaskedDense(keras.layers.Dense):
                 f"Layer '{self.name}' is not built yet, so it has no masks: "
                 "call it on an input (or build the model) before `set_masks`."
             )
-        kernel_mask = _check_mask(kernel_mask, "kernel_mask", tuple(self.kernel_mask.shape), self.name)
+        kernel_mask = _check_mask(
+            kernel_mask, "kernel_mask", tuple(self.kernel_mask.shape), self.name
+        )
         if bias_mask is not None:
             if self.bias_mask is None:
                 raise ValueError(

@@ -196,9 +196,7 @@ def alive_neurons(mask: np.ndarray) -> np.ndarray:
     return mask.reshape(-1, mask.shape[-1]).max(axis=0) > 0
 
 
-def neuron_mask(
-    kernel: np.ndarray, mask: np.ndarray, rate: float, norm: str = "l1"
-) -> np.ndarray:
+def neuron_mask(kernel: np.ndarray, mask: np.ndarray, rate: float, norm: str = "l1") -> np.ndarray:
     """Prunes `round(rate * alive neurons)` whole neurons with the lowest norm.
 
     Returns the new kernel mask, with the pruned neurons' columns set to 0.
@@ -256,9 +254,7 @@ def neuron_vector(mask: np.ndarray) -> np.ndarray:
     return alive_neurons(mask).astype(np.float32)
 
 
-def random_mask(
-    mask: np.ndarray, rate: float, rng: np.random.Generator
-) -> np.ndarray:
+def random_mask(mask: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
     """Prunes `round(rate * alive)` alive weights chosen uniformly at random."""
     rate = _check_rate(rate)
     mask = np.asarray(mask, dtype=np.float32)
@@ -303,9 +299,7 @@ def prune(
             "Received an invalid value for `layer_rates`, expected a dict of "
             f"layer name -> rate. Received: layer_rates={layer_rates!r}"
         )
-    layer_rates = {
-        n: _check_rate(r, f"layer_rates[{n!r}]") for n, r in layer_rates.items()
-    }
+    layer_rates = {n: _check_rate(r, f"layer_rates[{n!r}]") for n, r in layer_rates.items()}
     if set(masks) != set(kernels):
         raise ValueError(
             "Received an invalid value for `masks`, expected the layer names "
@@ -337,7 +331,9 @@ def prune(
             new[n] = one(n, layer_rates[n])
     shared = [n for n in names if n not in layer_rates]
     if structure == "neuron":
-        out = global_neuron_masks([kernels[n] for n in shared], [masks[n] for n in shared], rate, norm)
+        out = global_neuron_masks(
+            [kernels[n] for n in shared], [masks[n] for n in shared], rate, norm
+        )
     else:
         out = global_magnitude_masks([kernels[n] for n in shared], [masks[n] for n in shared], rate)
     new.update(zip(shared, out))

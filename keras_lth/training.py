@@ -89,9 +89,8 @@ def make_train_step(model, layers, strategy, frozen=()):
 
         replica = tf.distribute.get_replica_context()
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        loss_scaled = (
-            getattr(optimizer, "loss_scale_factor", None) is not None
-            or hasattr(optimizer, "dynamic_scale")
+        loss_scaled = getattr(optimizer, "loss_scale_factor", None) is not None or hasattr(
+            optimizer, "dynamic_scale"
         )
         with tf.GradientTape() as tape:
             with dense_gradient(straight):

@@ -102,7 +102,9 @@ def set_kernels(model, rng):
 
 def assert_pruned_by_magnitude(kernels, before, after):
     """Newly pruned |w| <= every kept |w| over the given layers together."""
-    pruned = np.concatenate([np.abs(k)[(b > 0) & (a == 0)] for k, b, a in zip(kernels, before, after)])
+    pruned = np.concatenate(
+        [np.abs(k)[(b > 0) & (a == 0)] for k, b, a in zip(kernels, before, after)]
+    )
     kept_ = np.concatenate([np.abs(k)[a > 0] for k, a in zip(kernels, after)])
     assert all(np.all(a <= b) for b, a in zip(before, after))  # subset
     if pruned.size and kept_.size:
@@ -163,7 +165,9 @@ def test_rewind_init_restores_train_begin_values_of_all_variables():
 @pytest.mark.parametrize("k", [1, 2])
 def test_rewind_epoch_k_restores_values_after_epoch_k_of_round_0(k):
     model = make_model(extra=True)
-    s = PruningScheduler(IterativeSchedule(rounds=2, epochs_per_round=3, rate=0.5), rewind=k, verbose=0)
+    s = PruningScheduler(
+        IterativeSchedule(rounds=2, epochs_per_round=3, rate=0.5), rewind=k, verbose=0
+    )
     rng = np.random.default_rng(0)
     begin(s, model)
     theta0 = values(model)
@@ -187,7 +191,12 @@ def test_rewind_epoch_k_restores_values_after_epoch_k_of_round_0(k):
 def _reinit_run(seed, model_seed=1234):
     keras.utils.set_random_seed(model_seed)
     model = make_model(extra=True)
-    s = PruningScheduler(IterativeSchedule(rounds=2, epochs_per_round=1, rate=0.5), rewind="reinit", seed=seed, verbose=0)
+    s = PruningScheduler(
+        IterativeSchedule(rounds=2, epochs_per_round=1, rate=0.5),
+        rewind="reinit",
+        seed=seed,
+        verbose=0,
+    )
     rng = np.random.default_rng(0)
     begin(s, model)
     theta0 = values(model)
@@ -273,7 +282,9 @@ def test_reset_optimizer_keeps_learning_rate(make_optimizer, rewind):
     else:
         opt.learning_rate = 3e-3  # as ReduceLROnPlateau would
         lr_after = float(np.float32(3e-3))
-    slots = [v for v in opt.variables if v is not opt.iterations and not v.path.endswith("learning_rate")]
+    slots = [
+        v for v in opt.variables if v is not opt.iterations and not v.path.endswith("learning_rate")
+    ]
     assert len(slots) >= 6  # the slot variables exist (built before the first step)
     assert any(np.abs(np.array(v)).sum() > 0 for v in slots)
     assert int(opt.iterations) == 2
@@ -340,7 +351,9 @@ def test_global_scope_one_threshold_over_layers(layer_rates):
         )
         for name in layer_rates:
             alive_l = int(before[name].sum())
-            assert int(after[name].sum()) == alive_l - pruning.prune_count(layer_rates[name], alive_l)
+            assert int(after[name].sum()) == alive_l - pruning.prune_count(
+                layer_rates[name], alive_l
+            )
         lost = {n: 1 - after[n].sum() / before[n].sum() for n in shared}
         per_layer_differs |= abs(lost["h1"] - lost["h2"]) > 0.1
         s.on_epoch_end(r, {"loss": 1.0})
@@ -363,7 +376,11 @@ def test_neuron_structure_prunes_lowest_norm_neurons(norm, pruned_h1):
     model = make_model()
     # 1/16 of 16 neurons is 1; of 8 neurons 0.5, rounded up to 1
     s = PruningScheduler(
-        IterativeSchedule(rounds=1, epochs_per_round=1, rate=1 / 16), structure="neuron", norm=norm, rewind=None, verbose=0
+        IterativeSchedule(rounds=1, epochs_per_round=1, rate=1 / 16),
+        structure="neuron",
+        norm=norm,
+        rewind=None,
+        verbose=0,
     )
     begin(s, model)
     _neuron_kernels(model)
@@ -385,7 +402,12 @@ def test_neuron_structure_prunes_lowest_norm_neurons(norm, pruned_h1):
 def test_neuron_structure_counts_and_bias_masks_over_rounds(scope):
     model = make_model()
     s = PruningScheduler(
-        IterativeSchedule(rounds=3, epochs_per_round=1, rate=0.25), structure="neuron", norm="l2", scope=scope, rewind=None, verbose=0
+        IterativeSchedule(rounds=3, epochs_per_round=1, rate=0.25),
+        structure="neuron",
+        norm="l2",
+        scope=scope,
+        rewind=None,
+        verbose=0,
     )
     rng = np.random.default_rng(3)
     begin(s, model)
@@ -397,7 +419,9 @@ def test_neuron_structure_counts_and_bias_masks_over_rounds(scope):
         now = {n: pruning.alive_neurons(np.array(model.get_layer(n).kernel_mask)) for n in NAMES}
         if scope == "layer":
             for n in ("h1", "h2"):
-                assert now[n].sum() == alive[n].sum() - pruning.prune_count(0.25, int(alive[n].sum()))
+                assert now[n].sum() == alive[n].sum() - pruning.prune_count(
+                    0.25, int(alive[n].sum())
+                )
         else:
             total = int(alive["h1"].sum() + alive["h2"].sum())
             assert now["h1"].sum() + now["h2"].sum() == total - pruning.prune_count(0.25, total)
@@ -430,8 +454,14 @@ def test_fit_masks_monotone_records_history_and_frozen_pruned_weights():
 
     spy = Spy()
     history = model.fit(
-        X, Y, validation_data=VAL, batch_size=32, epochs=s.total_epochs, shuffle=False,
-        callbacks=[s, spy], verbose=0,
+        X,
+        Y,
+        validation_data=VAL,
+        batch_size=32,
+        epochs=s.total_epochs,
+        shuffle=False,
+        callbacks=[s, spy],
+        verbose=0,
     )
     h = history.history
     total = s.total_epochs
@@ -452,7 +482,9 @@ def test_fit_masks_monotone_records_history_and_frozen_pruned_weights():
     for layer in masked_layers(model):
         pruned = np.array(layer.kernel_mask) == 0
         assert pruned.any()
-        np.testing.assert_array_equal(np.array(layer._kernel)[pruned], spy.theta0[layer.name][pruned])
+        np.testing.assert_array_equal(
+            np.array(layer._kernel)[pruned], spy.theta0[layer.name][pruned]
+        )
     a = X[:5]
     for layer in masked_layers(model):
         kernel, bias = layer.effective_weights()
@@ -465,7 +497,16 @@ def test_fit_masks_monotone_records_history_and_frozen_pruned_weights():
     assert [r["round"] for r in s.rounds] == [0, 1, 2]
     for rec in s.rounds:
         r = rec["round"]
-        assert set(rec) == {"round", "density", "layer_density", "epochs", "final", "best", "early_stop_epoch", "test"}
+        assert set(rec) == {
+            "round",
+            "density",
+            "layer_density",
+            "epochs",
+            "final",
+            "best",
+            "early_stop_epoch",
+            "test",
+        }
         first, last = s.round_start(r), s.round_start(r) + 1
         assert rec["epochs"] == 2
         assert rec["density"] == pytest.approx(h["density"][last])
@@ -491,7 +532,14 @@ def test_early_stop_epoch_and_best_from_val_loss():
     begin(s, model)
     val_loss = [3.0, 1.0, 2.0, 0.5, 0.7, 0.4]
     for e, v in enumerate(val_loss):
-        epoch(s, model, e, None, {"loss": 10.0 - e, "val_loss": v, "val_accuracy": e / 10}, train=False)
+        epoch(
+            s,
+            model,
+            e,
+            None,
+            {"loss": 10.0 - e, "val_loss": v, "val_accuracy": e / 10},
+            train=False,
+        )
     s.on_train_end({})
     r0, r1 = s.rounds
     assert r0["early_stop_epoch"] == 2 and r1["early_stop_epoch"] == 3  # 1-based, within the round
@@ -511,7 +559,11 @@ def test_early_stop_epoch_and_best_from_val_loss():
 def test_verbose_prints_one_line_per_round(capsys):
     for verbose in (1, 0):
         model = make_model()
-        s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=1, rate=0.5), test_data=TEST, verbose=verbose)
+        s = PruningScheduler(
+            IterativeSchedule(rounds=1, epochs_per_round=1, rate=0.5),
+            test_data=TEST,
+            verbose=verbose,
+        )
         begin(s, model)
         epoch(s, model, 0, None, {"loss": 1.0, "val_loss": 0.75}, train=False)
         epoch(s, model, 1, None, {"loss": 1.0, "val_loss": 0.5}, train=False)
@@ -526,7 +578,9 @@ def test_verbose_prints_one_line_per_round(capsys):
                 f"test_accuracy={test['accuracy']:.4f} test_loss={test['loss']:.4f}"
             )
             d = s.rounds[1]["density"]
-            assert lines[1].startswith(f"[keras-lth] round 1: density={d:.4f} epochs=1 val_loss=0.5000")
+            assert lines[1].startswith(
+                f"[keras-lth] round 1: density={d:.4f} epochs=1 val_loss=0.5000"
+            )
         else:
             assert out == ""
 
@@ -580,7 +634,11 @@ def test_model_without_masked_dense_raises_with_model_name():
     with pytest.raises(ValueError, match="model 'plain_net' has none"):
         begin(s, plain)
     nested = keras.Sequential(
-        [keras.Input((10,)), keras.Sequential([keras.layers.Dense(4)], name="inner"), keras.layers.Dense(3)],
+        [
+            keras.Input((10,)),
+            keras.Sequential([keras.layers.Dense(4)], name="inner"),
+            keras.layers.Dense(3),
+        ],
         name="outer_net",
     )
     with pytest.raises(ValueError, match="model 'outer_net' has none"):
@@ -588,7 +646,9 @@ def test_model_without_masked_dense_raises_with_model_name():
 
 
 def test_masked_dense_in_nested_model_is_found_and_pruned():
-    inner = keras.Sequential([MaskedDense(16, activation="relu", name="h1"), MaskedDense(8, name="h2")], name="inner")
+    inner = keras.Sequential(
+        [MaskedDense(16, activation="relu", name="h1"), MaskedDense(8, name="h2")], name="inner"
+    )
     model = keras.Sequential([keras.Input((10,)), inner, MaskedDense(3, name="out")])
     model.compile("adam", "mse")
     s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=1, rate=0.5), verbose=0)
@@ -607,19 +667,26 @@ def test_duplicate_masked_layer_names_raise():
         ]
     )
     s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=1), verbose=0)
-    with pytest.raises(ValueError, match=re.escape("unique `MaskedDense` names. Received: ['d', 'd']")):
+    with pytest.raises(
+        ValueError, match=re.escape("unique `MaskedDense` names. Received: ['d', 'd']")
+    ):
         begin(s, model)
 
 
 def test_unknown_layer_rates_names_raise():
-    s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=1, layer_rates={"output": 0.1}), verbose=0)
+    s = PruningScheduler(
+        IterativeSchedule(rounds=1, epochs_per_round=1, layer_rates={"output": 0.1}), verbose=0
+    )
     with pytest.raises(ValueError, match=re.escape("Received: ['output']")):
         begin(s, make_model())
 
 
 def test_warns_when_fit_epochs_differ_from_total_epochs():
     s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=2), verbose=0)
-    with pytest.warns(UserWarning, match=re.escape("`fit(epochs=3)` does not match the schedule's `total_epochs=4`")):
+    with pytest.warns(
+        UserWarning,
+        match=re.escape("`fit(epochs=3)` does not match the schedule's `total_epochs=4`"),
+    ):
         make_model().fit(X, Y, epochs=3, batch_size=128, callbacks=[s], verbose=0)
     assert [r["epochs"] for r in s.rounds] == [2, 1]  # the last round was cut short
     with pytest.warns(UserWarning, match="the last round will train longer"):
@@ -646,10 +713,29 @@ def test_one_instance_reused_on_two_models_gives_fresh_records():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(schedule=IterativeSchedule(rounds=3, epochs_per_round=4, rate=0.25, layer_rates={"out": 0.1})),
-        dict(schedule=IterativeSchedule(rounds=2, epochs_per_round=4, target_density=0.3), rewind=2, scope="global"),
-        dict(schedule=OneShotSchedule(epochs_per_round=2), rewind="reinit", seed=5, structure="neuron", norm="l2", verbose=0),
-        dict(schedule=IterativeSchedule(rounds=1, epochs_per_round=1), rewind=None, backup_dir="/tmp/lth"),
+        dict(
+            schedule=IterativeSchedule(
+                rounds=3, epochs_per_round=4, rate=0.25, layer_rates={"out": 0.1}
+            )
+        ),
+        dict(
+            schedule=IterativeSchedule(rounds=2, epochs_per_round=4, target_density=0.3),
+            rewind=2,
+            scope="global",
+        ),
+        dict(
+            schedule=OneShotSchedule(epochs_per_round=2),
+            rewind="reinit",
+            seed=5,
+            structure="neuron",
+            norm="l2",
+            verbose=0,
+        ),
+        dict(
+            schedule=IterativeSchedule(rounds=1, epochs_per_round=1),
+            rewind=None,
+            backup_dir="/tmp/lth",
+        ),
     ],
 )
 def test_config_round_trip(kwargs):
@@ -789,6 +875,8 @@ def test_import_keras_lth_never_imports_tfmot():
         "assert 'TF_USE_LEGACY_KERAS' not in os.environ\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"

@@ -42,7 +42,9 @@ def _assert_stripped(model, plain, x):
     layers = _all_layers(plain)
     assert not any(isinstance(l, MaskedDense) for l in layers)
     dense_before = [l for l in _all_layers(model) if isinstance(l, keras.layers.Dense)]
-    assert [l.name for l in layers if type(l) is keras.layers.Dense] == [l.name for l in dense_before]
+    assert [l.name for l in layers if type(l) is keras.layers.Dense] == [
+        l.name for l in dense_before
+    ]
     np.testing.assert_allclose(
         plain.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6
     )
@@ -52,7 +54,9 @@ def _assert_stripped(model, plain, x):
         kmask = keras.ops.convert_to_numpy(layer.kernel_mask)
         bmask = keras.ops.convert_to_numpy(layer.bias_mask)
         assert np.all(kernel[kmask == 0] == 0)
-        np.testing.assert_array_equal(kernel[kmask == 1], keras.ops.convert_to_numpy(layer.kernel)[kmask == 1])
+        np.testing.assert_array_equal(
+            kernel[kmask == 1], keras.ops.convert_to_numpy(layer.kernel)[kmask == 1]
+        )
         assert np.all(bias[bmask == 0] == 0)
         assert dense[layer.name].get_config()["activation"] == layer.get_config()["activation"]
 
@@ -72,8 +76,12 @@ def _sequential(seed=0):
 
 def _nested(seed=0):
     inner = keras.Sequential(
-        [keras.Input((8,)), MaskedDense(7, activation="relu", **_init(seed + 1)),
-         keras.layers.BatchNormalization(), MaskedDense(5, activation="relu", **_init(seed + 2))],
+        [
+            keras.Input((8,)),
+            MaskedDense(7, activation="relu", **_init(seed + 1)),
+            keras.layers.BatchNormalization(),
+            MaskedDense(5, activation="relu", **_init(seed + 2)),
+        ],
         name="inner",
     )
     inp = keras.Input((6,))
@@ -147,8 +155,12 @@ def test_stripped_models_load_without_keras_lth(tmp_path):
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env["KERAS_BACKEND"] = "tensorflow"
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LOADED-OK" in result.stdout
@@ -240,8 +252,11 @@ def test_compact_folds_constants_through_layers_in_between():
 
 def test_compact_linear_model_with_nested_sequential():
     inner = keras.Sequential(
-        [keras.Input((8,)), MaskedDense(7, activation="relu", name="in_a", **_init(1)),
-         MaskedDense(5, activation="sigmoid", name="in_b", **_init(2))],
+        [
+            keras.Input((8,)),
+            MaskedDense(7, activation="relu", name="in_a", **_init(1)),
+            MaskedDense(5, activation="sigmoid", name="in_b", **_init(2)),
+        ],
         name="inner",
     )
     inp = keras.Input((6,))
@@ -261,8 +276,11 @@ def test_compact_linear_model_with_nested_sequential():
 
 def test_compact_with_plain_dense_and_nothing_dead():
     model = keras.Sequential(
-        [keras.Input((6,)), MaskedDense(4, activation="relu", **_init(0)),
-         keras.layers.Dense(3, use_bias=False, **_init(1))]
+        [
+            keras.Input((6,)),
+            MaskedDense(4, activation="relu", **_init(0)),
+            keras.layers.Dense(3, use_bias=False, **_init(1)),
+        ]
     )
     _mask_weights(model, 5)
     small = compact(model)
@@ -275,8 +293,12 @@ def test_compact_with_plain_dense_and_nothing_dead():
 
 def test_compact_rejects_layers_with_weights():
     model = keras.Sequential(
-        [keras.Input((6,)), MaskedDense(4, name="a"), keras.layers.BatchNormalization(name="bn"),
-         MaskedDense(2, name="b")]
+        [
+            keras.Input((6,)),
+            MaskedDense(4, name="a"),
+            keras.layers.BatchNormalization(name="bn"),
+            MaskedDense(2, name="b"),
+        ]
     )
     with pytest.raises(ValueError, match=r"'bn' \(BatchNormalization\) has weights"):
         compact(model)
@@ -293,8 +315,12 @@ def test_compact_rejects_branches():
 
 def test_compact_rejects_mixing_layers_between_dense_layers():
     model = keras.Sequential(
-        [keras.Input((6,)), MaskedDense(4, name="a"), keras.layers.Softmax(name="sm"),
-         MaskedDense(2, name="b")]
+        [
+            keras.Input((6,)),
+            MaskedDense(4, name="a"),
+            keras.layers.Softmax(name="sm"),
+            MaskedDense(2, name="b"),
+        ]
     )
     with pytest.raises(ValueError, match=r"'sm' \(Softmax\)"):
         compact(model)
@@ -302,7 +328,11 @@ def test_compact_rejects_mixing_layers_between_dense_layers():
 
 def test_compact_rejects_softmax_hidden_units_that_died():
     model = keras.Sequential(
-        [keras.Input((6,)), MaskedDense(4, activation="softmax", name="a"), MaskedDense(2, name="b")]
+        [
+            keras.Input((6,)),
+            MaskedDense(4, activation="softmax", name="a"),
+            MaskedDense(2, name="b"),
+        ]
     )
     compact(model)  # nothing dead: fine
     _kill(model.layers[0], [2])

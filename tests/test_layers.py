@@ -162,7 +162,9 @@ def test_regularizer_sees_effective_weights_only():
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(layer.kernel)[KMASK == 0], KERNEL[KMASK == 0]
     )
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.bias)[BMASK == 0], BIAS[BMASK == 0])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer.bias)[BMASK == 0], BIAS[BMASK == 0]
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -305,8 +307,13 @@ def test_density_hand_computed():
 
 def test_masked_layers_finds_nested_models_in_order():
     inner = keras.Sequential(
-        [keras.Input((4,)), MaskedDense(3, name="in_a"), MaskedDense(5, name="in_b"),
-         keras.layers.Dropout(0.1), MaskedDense(6, name="in_c")],
+        [
+            keras.Input((4,)),
+            MaskedDense(3, name="in_a"),
+            MaskedDense(5, name="in_b"),
+            keras.layers.Dropout(0.1),
+            MaskedDense(6, name="in_c"),
+        ],
         name="inner",
     )
     inp = keras.Input((2,))

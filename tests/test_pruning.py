@@ -339,7 +339,7 @@ def test_global_neuron_mask_compares_normalised_norms_across_layers():
     kernels = [rng.normal(size=(7, 5)).astype("float32"), rng.normal(size=(5, 6)).astype("float32")]
     masks = [np.ones_like(k) for k in kernels]
     new = pruning.global_neuron_masks(kernels, masks, 0.4, "l2")
-    scores, gone, kept = [], [], []
+    gone, kept = [], []
     for k, m, n in zip(kernels, masks, new):
         s = pruning.neuron_norms(k, m, "l2") / math.sqrt(k.shape[0])
         alive = pruning.alive_neurons(n)
@@ -504,7 +504,16 @@ def _named(name, value):
         lambda r: pruning.prune({"a": K}, {"a": M}, r, layer_rates={"a": 0.2}),
         lambda r: pruning.density_after(r, 2),
     ],
-    ids=["magnitude", "global", "neuron", "global_neuron", "random", "prune", "prune_overridden", "density_after"],
+    ids=[
+        "magnitude",
+        "global",
+        "neuron",
+        "global_neuron",
+        "random",
+        "prune",
+        "prune_overridden",
+        "density_after",
+    ],
 )
 def test_bad_rate(call, rate):
     with _raises_naming("rate", rate):

@@ -53,10 +53,21 @@ def test_swap_masks_global_scope_moves_weights_between_layers():
 
 
 def test_swap_masks_global_scope_keeps_own_rate_layers_apart():
-    masks = {"a": np.array([1, 1, 0, 0], "float32"), "b": np.array([1, 1, 0, 0], "float32"),
-             "c": np.array([1, 0, 0, 0], "float32")}
-    grow = {"a": np.array([0, 0, 1, 2.0]), "b": np.array([0, 0, 3, 4.0]), "c": np.array([0, 9, 9, 9.0])}
-    drop = {"a": np.array([1, 2, 0, 0.0]), "b": np.array([5, 6, 0, 0.0]), "c": np.array([0.0, 0, 0, 0])}
+    masks = {
+        "a": np.array([1, 1, 0, 0], "float32"),
+        "b": np.array([1, 1, 0, 0], "float32"),
+        "c": np.array([1, 0, 0, 0], "float32"),
+    }
+    grow = {
+        "a": np.array([0, 0, 1, 2.0]),
+        "b": np.array([0, 0, 3, 4.0]),
+        "c": np.array([0, 9, 9, 9.0]),
+    }
+    drop = {
+        "a": np.array([1, 2, 0, 0.0]),
+        "b": np.array([5, 6, 0, 0.0]),
+        "c": np.array([0.0, 0, 0, 0]),
+    }
     new, _, _ = ri.swap_masks(grow, drop, masks, fraction=0.5, scope="global", own_layers=("b",))
     assert new["b"].tolist() == [0, 1, 0, 1]  # swapped within b only (k = 1 of 2)
     # a and c share one swap: k = round(0.5 * 3) = 2, the best pruned are in
@@ -70,7 +81,11 @@ def test_swap_masks_neurons_swaps_whole_columns_and_skips_frozen_layers():
     grow = {"h": np.array([0.0, 5.0, 0.0]), "out": np.zeros(2)}
     drop = {"h": np.array([3.0, 0.0, 1.0]), "out": np.zeros(2)}
     new, grown, dropped = ri.swap_masks(
-        grow, drop, {"h": mask, "out": out}, fraction=0.5, structure="neuron",
+        grow,
+        drop,
+        {"h": mask, "out": out},
+        fraction=0.5,
+        structure="neuron",
         frozen_neurons=("out",),
     )
     np.testing.assert_array_equal(new["h"], [[1, 1, 0], [1, 1, 0]])
@@ -81,7 +96,9 @@ def test_swap_masks_neurons_swaps_whole_columns_and_skips_frozen_layers():
 
 def test_swap_masks_fraction_zero_changes_nothing():
     mask = np.array([1, 0, 1, 0], "float32")
-    new, grown, dropped = ri.swap_masks({"a": np.arange(4.0)}, {"a": np.arange(4.0)}, {"a": mask}, 0.0)
+    new, grown, dropped = ri.swap_masks(
+        {"a": np.arange(4.0)}, {"a": np.arange(4.0)}, {"a": mask}, 0.0
+    )
     np.testing.assert_array_equal(new["a"], mask)
     assert not grown["a"].any() and not dropped["a"].any()
 
@@ -119,7 +136,10 @@ def layers_case(draw):
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     names = [f"l{i}" for i in range(n_layers)]
-    masks = {n: (rng.random(s) < draw(st.floats(0.1, 0.9))).astype("float32") for n, s in zip(names, shapes)}
+    masks = {
+        n: (rng.random(s) < draw(st.floats(0.1, 0.9))).astype("float32")
+        for n, s in zip(names, shapes)
+    }
     # integer-valued scores make ties common
     grow = {n: rng.integers(-3, 4, size=s).astype("float64") for n, s in zip(names, shapes)}
     drop = {n: rng.integers(-3, 4, size=s).astype("float64") for n, s in zip(names, shapes)}
@@ -226,8 +246,15 @@ def test_bad_arguments_raise_naming_argument_and_value(cls, kwargs, received):
     "strategy",
     [
         lth.DoublePruning(),
-        lth.DoublePruning("feedback", fraction=0.1, every=50, unit="step", start=10,
-                          decay="constant", value="zero"),
+        lth.DoublePruning(
+            "feedback",
+            fraction=0.1,
+            every=50,
+            unit="step",
+            start=10,
+            decay="constant",
+            value="zero",
+        ),
         lth.ScoredPruning(),
         lth.ScoredPruning(fraction=0.3, prune_by="magnitude", score_decay=0.5, value="rewind"),
     ],

@@ -115,7 +115,9 @@ def test_bad_target_density(cls, target):
 @pytest.mark.parametrize("cls", [IterativeSchedule, OneShotSchedule])
 def test_rate_and_target_density_together(cls):
     kwargs = {"rounds": 2} if cls is IterativeSchedule else {}
-    with pytest.raises(ValueError, match=r"`rate`(.|\n)*`target_density`(.|\n)*rate=0.2, target_density=0.1"):
+    with pytest.raises(
+        ValueError, match=r"`rate`(.|\n)*`target_density`(.|\n)*rate=0.2, target_density=0.1"
+    ):
         cls(epochs_per_round=2, rate=0.2, target_density=0.1, **kwargs)
 
 
@@ -145,7 +147,14 @@ SCHEDULES = [
 def _same(a, b):
     assert type(a) is type(b)
     assert a.get_config() == b.get_config()
-    for attr in ("rounds", "epochs_per_round", "rate", "layer_rates", "target_density", "total_epochs"):
+    for attr in (
+        "rounds",
+        "epochs_per_round",
+        "rate",
+        "layer_rates",
+        "target_density",
+        "total_epochs",
+    ):
         assert getattr(a, attr) == getattr(b, attr)
 
 

@@ -30,8 +30,18 @@ X, Y = _data()
 def make_model(optimizer=None, seed=7, **compile_kwargs):
     layers = [
         keras.Input((10,)),
-        MaskedDense(16, activation="relu", name="h1", kernel_initializer=keras.initializers.GlorotNormal(seed)),
-        MaskedDense(8, activation="relu", name="h2", kernel_initializer=keras.initializers.GlorotNormal(seed + 1)),
+        MaskedDense(
+            16,
+            activation="relu",
+            name="h1",
+            kernel_initializer=keras.initializers.GlorotNormal(seed),
+        ),
+        MaskedDense(
+            8,
+            activation="relu",
+            name="h2",
+            kernel_initializer=keras.initializers.GlorotNormal(seed + 1),
+        ),
         MaskedDense(3, name="out", kernel_initializer=keras.initializers.GlorotNormal(seed + 2)),
     ]
     model = keras.Sequential(layers)
@@ -58,8 +68,12 @@ def raw(model):
 
 def scheduler(reintroduce, rounds=2, epochs=3, layer_rates=None, **kwargs):
     kwargs.setdefault("verbose", 0)
-    schedule = lth.IterativeSchedule(rounds=rounds, epochs_per_round=epochs, rate=0.3,
-                                     layer_rates={"out": 0.1} if layer_rates is None else layer_rates)
+    schedule = lth.IterativeSchedule(
+        rounds=rounds,
+        epochs_per_round=epochs,
+        rate=0.3,
+        layer_rates={"out": 0.1} if layer_rates is None else layer_rates,
+    )
     return lth.PruningScheduler(schedule, reintroduce=reintroduce, **kwargs)
 
 
@@ -88,8 +102,16 @@ def run(reintroduce, model=None, batch_size=32, fit_kwargs=None, **kwargs):
     model = make_model() if model is None else model
     s = scheduler(reintroduce, **kwargs)
     watch = Watch()
-    model.fit(X, Y, batch_size=batch_size, epochs=s.total_epochs, callbacks=[s, watch],
-              verbose=0, shuffle=False, **(fit_kwargs or {}))
+    model.fit(
+        X,
+        Y,
+        batch_size=batch_size,
+        epochs=s.total_epochs,
+        callbacks=[s, watch],
+        verbose=0,
+        shuffle=False,
+        **(fit_kwargs or {}),
+    )
     return model, s, watch
 
 
@@ -108,8 +130,11 @@ def _one_layer(optimizer, bias=True):
     model = keras.Sequential([keras.Input((3,)), layer])
     model.compile(optimizer, "mse")
     w = np.array([[0.5, -1.0], [2.0, 0.25], [-0.75, 1.5]], "float32")
-    layer.set_weights([w, np.array([0.1, -0.2], "float32")] + [np.ones((3, 2)), np.ones(2)]
-                      if bias else [w, np.ones((3, 2))])
+    layer.set_weights(
+        [w, np.array([0.1, -0.2], "float32")] + [np.ones((3, 2)), np.ones(2)]
+        if bias
+        else [w, np.ones((3, 2))]
+    )
     layer.set_masks(np.array([[1, 0], [1, 1], [0, 1]], "float32"))
     return model, layer, w
 
@@ -167,7 +192,9 @@ def test_complement_step_trains_pruned_weights_as_their_own_network():
     model.train_function(iter([(XH, YH)]))
     g_kept = _dense_grad(w, mask, b) * mask
     g_comp = _dense_grad(w, 1 - mask, b) * (1 - mask)  # complement net: W * (1 - M), shared bias
-    np.testing.assert_allclose(np.array(layer._kernel), w - 0.1 * (g_kept + g_comp), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.array(layer._kernel), w - 0.1 * (g_kept + g_comp), rtol=1e-5, atol=1e-7
+    )
     # the bias belongs to the kept network: only its gradient moves it
     pred = XH @ (w * mask) + b
     gb = (2.0 * (pred - YH) / pred.size).sum(axis=0)
@@ -178,10 +205,13 @@ def test_complement_step_trains_pruned_weights_as_their_own_network():
 # Events inside fit
 # --------------------------------------------------------------------- #
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-@pytest.mark.parametrize("scope, structure", [("layer", "weight"), ("global", "weight"), ("layer", "neuron")])
+@pytest.mark.parametrize(
+    "scope, structure", [("layer", "weight"), ("global", "weight"), ("layer", "neuron")]
+)
 def test_density_stays_on_schedule_and_swaps_happen(name, scope, structure):
-    model, s, watch = run(STRATEGIES[name](fraction=0.5, decay="constant"), scope=scope,
-                          structure=structure)
+    model, s, watch = run(
+        STRATEGIES[name](fraction=0.5, decay="constant"), scope=scope, structure=structure
+    )
     plain_model, plain, plain_watch = run(None, scope=scope, structure=structure)
     # the density of every epoch equals plain IMP's (per layer unless global)
     for (d, d_layers), (p, p_layers) in zip(watch.density, plain_watch.density):
@@ -194,13 +224,18 @@ def test_density_stays_on_schedule_and_swaps_happen(name, scope, structure):
         assert rec["swaps"]["events"] == 2  # after epochs 1 and 2 of a 3-epoch round
         assert rec["swaps"]["reintroduced"] > 0
     # the masks really changed within rounds
-    assert any(not np.array_equal(a["h1"], b["h1"]) for a, b in zip(watch.masks[4:6], watch.masks[3:5]))
+    assert any(
+        not np.array_equal(a["h1"], b["h1"]) for a, b in zip(watch.masks[4:6], watch.masks[3:5])
+    )
 
 
 def test_event_reintroduces_top_k_and_prunes_bottom_k_with_hand_set_weights():
     model = make_model(keras.optimizers.SGD(0.0))
-    s = scheduler(lth.DoublePruning("feedback", fraction=0.25, decay="constant", value="zero"),
-                  rounds=1, epochs=3)
+    s = scheduler(
+        lth.DoublePruning("feedback", fraction=0.25, decay="constant", value="zero"),
+        rounds=1,
+        epochs=3,
+    )
     begin(s, model)
     rng = np.random.default_rng(0)
     h1 = masked_layers(model)[0]
@@ -270,8 +305,11 @@ def test_pruned_raw_values_scored_stay_double_train():
 def test_reintroduced_value(value):
     keras.utils.set_random_seed(5)
     model = make_model()
-    s = scheduler(lth.DoublePruning("feedback", fraction=0.5, decay="constant", value=value),
-                  rounds=1, epochs=3)
+    s = scheduler(
+        lth.DoublePruning("feedback", fraction=0.5, decay="constant", value=value),
+        rounds=1,
+        epochs=3,
+    )
     with pytest.warns(UserWarning, match="does not match"):  # round 0 + 1 epoch of round 1
         model.fit(X, Y, batch_size=32, epochs=4, callbacks=[s], verbose=0)
     init = {l.name: v for l, v in zip(masked_layers(model), s._rewind_values[0::2])}
@@ -292,8 +330,12 @@ def test_step_unit_events_and_steps_per_execution():
     _, s, _ = run(strategy, rounds=1, epochs=2)
     # 6 steps per epoch, 12 per round: events after steps 1, 3, ..., 11
     assert s.rounds[1]["swaps"]["events"] == 6
-    _, s3, _ = run(lth.ScoredPruning(fraction=0.3, unit="step", every=2, start=1, decay="constant"),
-                   rounds=1, epochs=2, model=make_model(steps_per_execution=3))
+    _, s3, _ = run(
+        lth.ScoredPruning(fraction=0.3, unit="step", every=2, start=1, decay="constant"),
+        rounds=1,
+        epochs=2,
+        model=make_model(steps_per_execution=3),
+    )
     # with 3 steps per execution the batch hooks see steps 3, 6, 9, 12: the
     # events due in each execution fall at its end (none due in 12's)
     assert s3.rounds[1]["swaps"]["events"] == 3
@@ -303,8 +345,11 @@ def test_step_unit_events_and_steps_per_execution():
 def test_jit_compile_and_steps_per_execution_match_the_default_step(name):
     strategy = STRATEGIES[name](fraction=0.4, decay="constant")
     _, s, watch = run(strategy, rounds=1)
-    _, s_jit, watch_jit = run(STRATEGIES[name](fraction=0.4, decay="constant"), rounds=1,
-                              model=make_model(jit_compile=True, steps_per_execution=2))
+    _, s_jit, watch_jit = run(
+        STRATEGIES[name](fraction=0.4, decay="constant"),
+        rounds=1,
+        model=make_model(jit_compile=True, steps_per_execution=2),
+    )
     assert s_jit.rounds[1]["swaps"] == s.rounds[1]["swaps"]
     # float results differ in the last bits under XLA; the masks agree but
     # for weights whose criteria are near-ties
@@ -327,9 +372,18 @@ def test_mirrored_strategy_aggregates_across_replicas(name, mirrored_strategy):
         keras.utils.set_random_seed(3)
         s = scheduler(STRATEGIES[name](fraction=0.4, decay="constant"), rounds=1)
         watch = Watch()
-        model.fit(X, Y, batch_size=32, epochs=s.total_epochs, callbacks=[s, watch], verbose=0,
-                  shuffle=False)
-        scores = [np.array(l.kernel_score) for l in masked_layers(model)] if name == "scored" else []
+        model.fit(
+            X,
+            Y,
+            batch_size=32,
+            epochs=s.total_epochs,
+            callbacks=[s, watch],
+            verbose=0,
+            shuffle=False,
+        )
+        scores = (
+            [np.array(l.kernel_score) for l in masked_layers(model)] if name == "scored" else []
+        )
         results.append((watch, scores, model))
     (w1, sc1, m1), (w2, sc2, m2) = results
     for a, b in zip(w1.masks, w2.masks):
