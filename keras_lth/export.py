@@ -6,7 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lth.layers import MaskedDense, _sublayers, masked_layers
+from keras_lth.layers import MaskedDense, masked_layers
+from keras_lth.layers import sublayers as _sublayers
 
 
 def _dense_config(layer):

@@ -1,260 +1,436 @@
-"""Masked layers: the prunable building blocks of keras-lth."""
+"""Masked layers: the prunable building blocks of keras-lth.
+
+Every masked layer is the Keras layer it extends plus 0/1 masks, one per
+prunable weight (the kernel; both kernels of a separable convolution; the
+input and recurrent kernels of a recurrent layer; the embedding table) and
+one for the bias. The masks are non-trainable float32 weights, so they are
+saved and loaded with the model and mirrored under a `tf.distribute`
+strategy.
+
+One mechanism serves every family. Keras layers compute with the public
+attribute that holds a kernel (`Dense.call` and `BaseConv.call` read
+`self.kernel`, `Embedding.call` reads `self.embeddings`, the LSTM cell reads
+`self.kernel` and `self.recurrent_kernel`). A masked layer class overrides
+that attribute with a property that returns `raw * mask`; the raw variable
+stays what the Keras class created, so pruned weights keep their values
+(rewinding and re-introduction rely on that) and receive a zero gradient.
+
+Two kinds of layer hold their masks differently:
+
+- A *leaf* layer (`MaskedDense`, the convolutions, `MaskedEmbedding`,
+  `MaskedEinsumDense`) creates its masks in `build`, right after the Keras
+  layer created its weights.
+- A *composite* layer (`MaskedMultiHeadAttention`, `MaskedLSTM`,
+  `MaskedGRU`, `MaskedSimpleRNN`) holds Keras sublayers that its Keras build
+  creates and builds in one go (the attention's four `EinsumDense`
+  projections, the recurrent cell). After that build it turns each of them
+  into the masked class of its family and creates their masks as its own
+  weights. Pruning sees the sublayers; saving sees the composite.
+
+`masked_layers(model)` lists the masked (sub)layers of a model. Each has
+`masked_weights` (a `MaskedWeight` per prunable variable), `bias_weight`,
+`set_masks`, `density` and `effective_weights`.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import threading
+import dataclasses
+import math
+import re
 
 import keras
 import numpy as np
 from keras import ops
 
-# Per-thread overrides of how `MaskedDense.call` builds its kernel, set by
-# `keras_lth.training` while it traces a training step. Thread-local because
-# `tf.distribute.MirroredStrategy` traces each replica's step in its own
-# thread.
-_local = threading.local()
+from keras_lth import pruning
+
+GRADIENT_MODES = ("masked", "dense")
 
 
-def _overrides():
-    if not hasattr(_local, "masks"):
-        _local.masks, _local.dense_gradient = {}, set()
-    return _local
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskedWeight:
+    """One prunable variable of a masked layer and its mask.
 
-
-@contextlib.contextmanager
-def masks_overridden(masks):
-    """Within the block, layers call with other masks (traced code only).
-
-    Args:
-        masks: `{layer: (kernel_mask, bias_mask)}` with tensors; a `None`
-            bias mask means no bias mask.
-    """
-    state = _overrides()
-    saved = dict(state.masks)
-    state.masks.update({id(layer): value for layer, value in masks.items()})
-    try:
-        yield
-    finally:
-        state.masks = saved
-
-
-@contextlib.contextmanager
-def dense_gradient(layers):
-    """Within the block, `layers` forward `kernel * mask` but pass the dense
-    gradient to the raw kernel (a straight-through estimator): the gradient
-    of the raw kernel is then `dL/d(kernel * mask)` at every position."""
-    state = _overrides()
-    saved = set(state.dense_gradient)
-    state.dense_gradient.update(id(layer) for layer in layers)
-    try:
-        yield
-    finally:
-        state.dense_gradient = saved
-
-
-@keras.saving.register_keras_serializable(package="keras_lth")
-class MaskedDense(keras.layers.Dense):
-    """A `Dense` layer whose kernel (and bias) are multiplied by 0/1 masks.
-
-    The layer computes `activation(inputs @ (kernel * kernel_mask) +
-    bias * bias_mask)`. The masks are non-trainable weights, so they are saved
-    and loaded with the model and mirrored under a `tf.distribute` strategy.
-    Pruning only ever writes the masks: the raw value of a pruned weight stays
-    in `kernel` (it receives no gradient while masked), so algorithms that
-    score or re-introduce pruned weights can still read it. `bias_mask` is
-    all ones unless whole neurons are pruned. Kernel and bias regularizers are
-    applied to the effective (masked) weights, so pruned weights add no
-    penalty and no gradient. An optimizer's decoupled weight decay
-    (`weight_decay=...`, `AdamW`) is applied by the optimizer to every raw
-    value, pruned or not: use a regularizer instead when the raw values of
-    pruned weights must be kept.
-
-    Masks are written by `keras_lth.PruningScheduler` (or by hand with
-    `set_masks`). `keras_lth.strip` turns the layer back into a plain `Dense`
-    with the masked weights zeroed.
-
-    Args:
-        units: Positive integer, dimensionality of the output space.
-        activation: Activation function to use. Defaults to `None` (linear).
-        use_bias: Boolean, whether the layer uses a bias vector.
-            Defaults to `True`.
-        kernel_initializer: Initializer for the kernel. Defaults to
-            `"glorot_uniform"`.
-        bias_initializer: Initializer for the bias. Defaults to `"zeros"`.
-        **kwargs: The other arguments of `keras.layers.Dense` (regularizers,
-            constraints, `name`, `dtype`, ...). LoRA and quantization are not
-            supported.
-
-    Input shape:
-        N-D tensor with shape `(batch_size, ..., input_dim)`.
-
-    Output shape:
-        N-D tensor with shape `(batch_size, ..., units)`.
-
-    Example:
-
-    >>> layer = MaskedDense(2)
-    >>> y = layer(np.ones((1, 3)))
-    >>> mask = np.array([[1, 0], [1, 0], [1, 1]], "float32")
-    >>> layer.set_masks(mask)
-    >>> float(layer.density())
-    0.6666666865348816
+    Attributes:
+        layer: The masked layer (or composite's sublayer) that computes with it.
+        name: The attribute the layer reads: `"kernel"`, `"embeddings"`,
+            `"depthwise_kernel"`, `"pointwise_kernel"`, `"recurrent_kernel"`
+            or `"bias"`.
+        variable: The raw `keras.Variable` (values under the mask are kept).
+        mask: The 0/1 float32 `keras.Variable` of the same shape.
+        units: `(view_shape, unit_axes)`: how the variable is seen as
+            `(fan_in, units)` for structured pruning. The variable is
+            reshaped to `view_shape`, whose axes `unit_axes` index the
+            layer's output units (neurons, filters); `None` for a variable
+            whose layer has no output units of its own (the depthwise kernel
+            of a separable convolution, an einsum that contracts every
+            kernel axis).
     """
 
-    def __init__(self, units, activation=None, use_bias=True, **kwargs):
-        if isinstance(units, bool):  # `Dense` accepts `units=True`
-            raise ValueError(
-                "Received an invalid value for `units`, expected a positive "
-                f"integer. Received: units={units!r}"
-            )
+    layer: keras.layers.Layer
+    name: str
+    variable: keras.Variable
+    mask: keras.Variable
+    units: tuple | None
+
+    @property
+    def key(self) -> str:
+        """`"<layer key>/<name>"`, unique within a model."""
+        return f"{layer_key(self.layer)}/{self.name}"
+
+
+def layer_key(layer) -> str:
+    """The name a masked layer goes by in pruning records and `layer_rates`.
+
+    Its own name, or `"<composite>/<sublayer>"` for a sublayer of a
+    composite (`"mha/query"`); a recurrent layer's cell goes by the layer's
+    name.
+    """
+    return layer.__dict__.get("_lth_key", layer.name)
+
+
+class MaskedLayer:
+    """Mixin that masks the weights a Keras layer computes with.
+
+    Subclasses put it before the Keras class (`class MaskedDense(MaskedLayer,
+    keras.layers.Dense)`) and list the attributes to mask in
+    `masked_attributes`; `_masked_class` adds a property per attribute.
+    """
+
+    #: Attributes the Keras layer computes with, in saving order.
+    masked_attributes: tuple = ("kernel",)
+
+    def __init__(self, *args, **kwargs):
         for arg in ("lora_rank", "quantization_config"):
             if kwargs.get(arg) is not None:
                 raise ValueError(
-                    f"`MaskedDense` does not support `{arg}`. Received: {arg}={kwargs[arg]!r}"
+                    f"`{type(self).__name__}` does not support `{arg}`. "
+                    f"Received: {arg}={kwargs[arg]!r}"
                 )
-        super().__init__(units, activation=activation, use_bias=use_bias, **kwargs)
-        self.kernel_score = None
+        super().__init__(*args, **kwargs)
 
+    # -- building ------------------------------------------------------ #
     def build(self, input_shape):
         super().build(input_shape)
-        self.kernel_score = None  # added by `add_scores` when needed
-        self.kernel_mask = self.add_weight(
-            name="kernel_mask",
-            shape=self._kernel.shape,
-            initializer="ones",
-            trainable=False,
-        )
-        if self.use_bias:
-            self.bias_mask = self.add_weight(
-                name="bias_mask",
-                shape=(self.units,),
-                initializer="ones",
-                trainable=False,
-            )
-        else:
-            self.bias_mask = None
-        # A regularizer on the raw kernel would penalise pruned weights and,
-        # through its gradient, change their raw values; it sees the
-        # effective (masked) weights instead.
-        if self.kernel_regularizer is not None:
-            self._kernel.regularizer = _MaskedRegularizer(self.kernel_regularizer, self.kernel_mask)
-        if self.use_bias and self.bias_regularizer is not None:
-            self.bias.regularizer = _MaskedRegularizer(self.bias_regularizer, self.bias_mask)
+        _create_masks(self, self)
 
-    def call(self, inputs, training=None):
-        kernel_mask, bias_mask = self.kernel_mask, self.bias_mask
-        state = _overrides()
-        if id(self) in state.masks:
-            kernel_mask, bias_mask = state.masks[id(self)]
-        kernel_mask = ops.cast(kernel_mask, self._kernel.dtype)
-        if id(self) in state.dense_gradient:
-            # Same value as `kernel * mask` (exactly: k + (k - k) == k and
-            # k + (0 - k) == 0), but the raw kernel gets the dense gradient.
-            kernel = ops.add(
-                self._kernel,
-                ops.stop_gradient(ops.multiply(self._kernel, kernel_mask) - self._kernel),
+    # -- what pruning reads and writes --------------------------------- #
+    @property
+    def masked_weights(self) -> list:
+        """A `MaskedWeight` for each prunable variable (biases excluded)."""
+        self._check_built("masked_weights")
+        return [
+            MaskedWeight(
+                self,
+                attr,
+                self.raw_variable(attr),
+                self.__dict__[f"{attr}_mask"],
+                self._unit_view(attr),
             )
-        else:
-            kernel = ops.multiply(self._kernel, kernel_mask)
-        x = ops.matmul(inputs, ops.cast(kernel, inputs.dtype))
-        if self.bias is not None:
-            bias = self.bias
-            if bias_mask is not None:
-                bias = ops.multiply(bias, ops.cast(bias_mask, self.bias.dtype))
-            x = ops.add(x, ops.cast(bias, x.dtype))
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+            for attr in self.masked_attributes
+        ]
 
+    @property
+    def bias_weight(self):
+        """The `MaskedWeight` of the bias, or `None` without a bias."""
+        self._check_built("bias_weight")
+        bias = getattr(self, "bias", None)
+        if bias is None:
+            return None
+        return MaskedWeight(self, "bias", bias, self.__dict__["bias_mask"], self._unit_view("bias"))
+
+    def raw_variable(self, attr="kernel"):
+        """The raw variable behind `attr` (what the Keras layer created)."""
+        if attr not in self.masked_attributes:
+            raise ValueError(
+                f"Received an invalid value for `attr`, expected one of "
+                f"{self.masked_attributes}. Received: attr={attr!r}"
+            )
+        return _raw(self, attr)
+
+    @property
+    def gradient_mode(self):
+        """`"masked"` (pruned weights get a zero gradient) or `"dense"`.
+
+        With `"dense"` the layer still computes with `raw * mask`, but the
+        raw variable receives the gradient of the effective weight at every
+        position (a straight-through estimator), pruned ones included; the
+        re-introduction strategies use it. The training function must be
+        retraced after a change.
+        """
+        return self.__dict__.get("_lth_gradient", "masked")
+
+    @gradient_mode.setter
+    def gradient_mode(self, mode):
+        if mode not in GRADIENT_MODES:
+            raise ValueError(
+                "Received an invalid value for `gradient_mode`, expected one "
+                f"of {GRADIENT_MODES}. Received: gradient_mode={mode!r}"
+            )
+        self.__dict__["_lth_gradient"] = mode
+
+    def set_masks(self, kernel_mask=None, bias_mask=None, **masks):
+        """Assigns masks; a mask passed as `None` is left as it is.
+
+        Args:
+            kernel_mask: 0/1 array of the first masked variable's shape (the
+                kernel; the embedding table for `MaskedEmbedding`; the
+                depthwise kernel for a separable convolution).
+            bias_mask: Optional 0/1 array of the bias's shape.
+            **masks: The other masks by name, `"<attribute>_mask"`:
+                `pointwise_kernel_mask=`, `recurrent_kernel_mask=`, ...
+        """
+        self._check_built("masks")
+        first = f"{self.masked_attributes[0]}_mask"
+        if kernel_mask is not None:
+            if first in masks:
+                raise ValueError(
+                    f"Pass the mask of `{self.masked_attributes[0]}` once: "
+                    f"`kernel_mask` and `{first}` were both given"
+                )
+            masks[first] = kernel_mask
+        if bias_mask is not None:
+            if self.bias_weight is None:
+                raise ValueError(
+                    f"Layer '{self.name}' has no bias (use_bias=False). "
+                    f"Received: bias_mask of shape {np.shape(bias_mask)}"
+                )
+            masks["bias_mask"] = bias_mask
+        known = {f"{w.name}_mask": w for w in self._all_weights()}
+        unknown = sorted(set(masks) - set(known))
+        if unknown:
+            raise ValueError(
+                f"Received unknown masks {unknown} for layer '{self.name}', "
+                f"expected names among {sorted(known)}"
+            )
+        checked = {
+            name: _check_mask(value, name, tuple(known[name].mask.shape), self.name)
+            for name, value in masks.items()
+            if value is not None
+        }
+        for name, value in checked.items():
+            known[name].mask.assign(value)
+
+    def get_masks(self) -> dict:
+        """`{"<attribute>_mask": array}` for every mask, bias mask included."""
+        return {f"{w.name}_mask": ops.convert_to_numpy(w.mask) for w in self._all_weights()}
+
+    def density(self):
+        """Fraction of the prunable weights (biases excluded) that are kept."""
+        kept = sum(float(ops.sum(w.mask)) for w in self.masked_weights)
+        size = sum(math.prod(w.mask.shape) for w in self.masked_weights)
+        return kept / size
+
+    def effective_weights(self) -> list:
+        """`get_weights()` of the plain Keras layer: masks applied, masks left out."""
+        masks = {id(w.variable): w.mask for w in self._all_weights()}
+        mask_ids = {id(m) for m in masks.values()}
+        out = []
+        for v in _own_variables(self):
+            if id(v) in mask_ids:
+                continue
+            value = ops.convert_to_numpy(v)
+            if id(v) in masks:
+                value = value * ops.convert_to_numpy(masks[id(v)]).astype(value.dtype)
+            out.append(value)
+        return out
+
+    # -- saving: one explicit list, the same in both directions --------- #
+    def _saved_variables(self):
+        owned = not self.__dict__.get("_lth_owned", False)
+        variables = [v for v in _own_variables(self) if not _is_mask(self, v)]
+        if owned:
+            variables += [w.mask for w in self._all_weights()]
+        return variables
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return
+        for i, v in enumerate(self._saved_variables()):
+            store[str(i)] = v
+
+    def load_own_variables(self, store):
+        if not self.built:
+            return
+        variables = self._saved_variables()
+        keys = sorted(store.keys(), key=int)
+        masks = 0 if self.__dict__.get("_lth_owned", False) else len(self._all_weights())
+        base = len(variables) - masks
+        extra = len(keys) - len(variables)
+        if extra == 1 and type(self).__name__ == "MaskedDense":
+            # keras-lth 0.1.0 saved `ScoredPruning`'s scores as a fifth
+            # variable of `MaskedDense`; scores restart with every round.
+            keys = keys[:-1]
+        elif len(keys) == base and masks:
+            # The weights of the plain Keras layer: the masks stay as they are.
+            variables = variables[:base]
+        elif extra != 0:
+            raise ValueError(
+                f"Layer '{self.name}' ({type(self).__name__}) expected "
+                f"{len(variables)} variables ({base} weights and "
+                f"{len(variables) - base} masks), or the {base} of the plain "
+                f"Keras layer. Received: {len(keys)} variables"
+            )
+        for var, key in zip(variables, keys):
+            var.assign(store[key])
+
+    # -- what Keras features do not fit --------------------------------- #
     def enable_lora(self, *args, **kwargs):
-        raise NotImplementedError("`MaskedDense` does not support LoRA.")
+        raise NotImplementedError(
+            f"`{type(self).__name__}` does not support LoRA: its kernel "
+            "would no longer be the variable that pruning masks."
+        )
 
     def quantize(self, *args, **kwargs):
         raise NotImplementedError(
-            "`MaskedDense` cannot be quantized; call `keras_lth.strip(model)` "
-            "first and quantize the plain `Dense` layers."
+            f"`{type(self).__name__}` cannot be quantized; call "
+            "`keras_lth.strip(model)` first and quantize the plain layers."
         )
 
-    # Dense stores only kernel and bias; the masks (and scores) must travel too.
-    def save_own_variables(self, store):
-        keras.layers.Layer.save_own_variables(self, store)
+    # -- internals ----------------------------------------------------- #
+    def _all_weights(self):
+        bias = self.bias_weight
+        return self.masked_weights + ([bias] if bias is not None else [])
 
-    def load_own_variables(self, store):
-        # A layer saved while `ScoredPruning` trained it has one more
-        # variable, its scores: add them before loading.
-        if self.built and self.kernel_score is None:
-            if len(store.keys()) == len(self.weights) + 1:
-                self.add_scores()
-        keras.layers.Layer.load_own_variables(self, store)
-
-    def add_scores(self):
-        """Adds `kernel_score`, a non-trainable per-weight score (float32).
-
-        Used by `keras_lth.ScoredPruning`; a no-op if the layer has scores.
-        Under a distribution strategy, call it inside `strategy.scope()`.
-        """
-        if not self.built:
+    def _check_built(self, what):
+        if not self.built or f"{self.masked_attributes[0]}_mask" not in self.__dict__:
             raise ValueError(
-                f"Layer '{self.name}' is not built yet: build the model before adding scores."
+                f"Layer '{self.name}' is not built yet, so it has no {what}: "
+                "call it on an input (or build the model) first."
             )
-        if self.kernel_score is not None:
-            return self.kernel_score
-        locked = self._tracker.locked
-        self._tracker.unlock()
-        try:
-            self.kernel_score = self.add_weight(
-                name="kernel_score",
-                shape=self._kernel.shape,
-                initializer="zeros",
-                trainable=False,
-                dtype="float32",
-                # the training step adds increments already summed over
-                # replicas; every replica holds the same scores
-                aggregation="only_first_replica",
-            )
-        finally:
-            if locked:
-                self._tracker.lock()
-        return self.kernel_score
 
-    def set_masks(self, kernel_mask, bias_mask=None):
-        """Assigns the kernel mask and (optionally) the bias mask.
+    def _unit_view(self, attr):
+        """`(view_shape, unit_axes)` of `attr` (see `MaskedWeight.units`)."""
+        shape = tuple(self.raw_variable(attr).shape) if attr != "bias" else tuple(self.bias.shape)
+        return shape, (len(shape) - 1,)
 
-        Args:
-            kernel_mask: 0/1 array of the kernel's shape `(input_dim, units)`.
-            bias_mask: Optional 0/1 array of shape `(units,)`. Left as it is
-                when `None`.
-        """
-        if not self.built:
+    def bias_mask_for(self, alive):
+        """The bias mask of a layer whose output units `alive` (1-D bool) are kept."""
+        view_shape, axes = self._unit_view("bias")
+        return pruning.units_to_mask(alive, tuple(self.bias.shape), view_shape, axes)
+
+
+def _own_variables(layer):
+    """The layer's own variables (not its sublayers'), in creation order."""
+    sub = {id(v) for s in layer._flatten_layers(include_self=False) for v in s.variables}
+    return [v for v in layer.variables if id(v) not in sub]
+
+
+def _is_mask(layer, variable):
+    return any(variable is w.mask for w in layer._all_weights())  # `is`: `==` compares values
+
+
+def _raw(layer, attr):
+    """The raw value behind a masked attribute: the Keras class's own."""
+    prop = _base_property(type(layer), attr)
+    if prop is not None:
+        return prop.fget(layer)
+    try:
+        return layer.__dict__[f"_lth_raw_{attr}"]
+    except KeyError:
+        raise AttributeError(
+            f"'{type(layer).__name__}' object has no attribute '{attr}' yet "
+            "(the layer is not built)"
+        ) from None
+
+
+def _base_property(cls, attr):
+    """The Keras class's property for `attr`, or None for a plain attribute."""
+    for klass in cls.__mro__:
+        if klass.__dict__.get("_lth_masked_class"):
+            continue
+        value = klass.__dict__.get(attr)
+        if isinstance(value, property):
+            return value
+        if value is not None:
+            return None
+    return None
+
+
+def _masked_property(attr):
+    mask_name = f"{attr}_mask"
+
+    def fget(self):
+        raw = _raw(self, attr)
+        mask = self.__dict__.get(mask_name)
+        if mask is None:  # during the Keras build, before the masks exist
+            return raw
+        return _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
+
+    def fset(self, value):
+        # Keras layers whose build assigns `self.kernel = self.add_weight(...)`
+        # (the transposed, depthwise and separable convolutions, the
+        # recurrent cells): keep the variable as the raw value.
+        prop = _base_property(type(self), attr)
+        if prop is not None:
+            if prop.fset is None:
+                raise AttributeError(f"can't set attribute '{attr}'")
+            prop.fset(self, value)
+        else:
+            self.__dict__[f"_lth_raw_{attr}"] = value
+
+    return property(fget, fset, doc=f"`{attr}` times its mask (`{attr}_mask`).")
+
+
+def _apply_mask(raw, mask, gradient):
+    raw = ops.convert_to_tensor(raw)  # autocast inside `call` under mixed precision
+    mask = ops.cast(mask, raw.dtype)
+    if gradient == "dense":
+        # The same value as `raw * mask` (exactly: r + (r - r) == r and
+        # r + (0 - r) == 0), but the raw variable gets the dense gradient.
+        return ops.add(raw, ops.stop_gradient(ops.multiply(raw, mask) - raw))
+    return ops.multiply(raw, mask)
+
+
+def _create_masks(layer, owner):
+    """Creates the masks of `layer` as weights of `owner` (itself or a composite)."""
+    prefix = "" if owner is layer else f"{layer.name}_"
+    for attr in type(layer).masked_attributes:
+        raw = _raw(layer, attr)
+        if not isinstance(raw, keras.Variable):
             raise ValueError(
-                f"Layer '{self.name}' is not built yet, so it has no masks: "
-                "call it on an input (or build the model) before `set_masks`."
+                f"Layer '{layer.name}' ({type(layer).__name__}): expected "
+                f"`{attr}` to be a variable after build, received "
+                f"{type(raw).__name__} (LoRA or quantization enabled?)"
             )
-        kernel_mask = _check_mask(
-            kernel_mask, "kernel_mask", tuple(self.kernel_mask.shape), self.name
-        )
-        if bias_mask is not None:
-            if self.bias_mask is None:
-                raise ValueError(
-                    f"Layer '{self.name}' has no bias (use_bias=False). "
-                    f"Received: bias_mask={bias_mask!r}"
-                )
-            bias_mask = _check_mask(bias_mask, "bias_mask", (self.units,), self.name)
-        self.kernel_mask.assign(kernel_mask)
-        if bias_mask is not None:
-            self.bias_mask.assign(bias_mask)
+        _attach(layer, owner, f"{attr}_mask", prefix, raw)
+    bias = getattr(layer, "bias", None)
+    if bias is not None:
+        _attach(layer, owner, "bias_mask", prefix, bias)
 
-    def density(self):
-        """Fraction of the kernel's weights that are kept."""
-        return ops.mean(self.kernel_mask)
 
-    def effective_weights(self):
-        """`[kernel * kernel_mask, bias * bias_mask]` as NumPy arrays."""
-        kernel = ops.convert_to_numpy(self._kernel) * ops.convert_to_numpy(self.kernel_mask)
-        if self.bias is None:
-            return [kernel]
-        return [kernel, ops.convert_to_numpy(self.bias) * ops.convert_to_numpy(self.bias_mask)]
+def _attach(layer, owner, name, prefix, variable):
+    mask = owner.add_weight(
+        name=prefix + name,
+        shape=tuple(variable.shape),
+        initializer="ones",
+        trainable=False,
+        dtype="float32",
+        autocast=False,
+    )
+    # Written past Keras's attribute tracking: the owner tracks the mask
+    # (a composite's sublayers are already built and locked).
+    layer.__dict__[name] = mask
+    if variable.regularizer is not None and not isinstance(
+        variable.regularizer, _MaskedRegularizer
+    ):
+        # A regularizer on the raw value would penalise pruned weights and,
+        # through its gradient, change their raw values.
+        variable.regularizer = _MaskedRegularizer(variable.regularizer, mask)
+
+
+def _masked_class(base, attributes):
+    """Class decorator: one masked property per attribute of `base`."""
+
+    def wrap(cls):
+        cls.masked_attributes = tuple(attributes)
+        cls._lth_masked_class = True
+        cls.plain_class = base
+        for attr in attributes:
+            setattr(cls, attr, _masked_property(attr))
+        return cls
+
+    return wrap
 
 
 class _MaskedRegularizer:
@@ -266,6 +442,9 @@ class _MaskedRegularizer:
 
     def __call__(self, value):
         return self.regularizer(ops.multiply(value, ops.cast(self.mask, value.dtype)))
+
+    def get_config(self):  # the variable's regularizer is not serialized; the layer's is
+        return keras.regularizers.serialize(self.regularizer)
 
 
 def _check_mask(mask, arg, shape, layer_name):
@@ -284,16 +463,442 @@ def _check_mask(mask, arg, shape, layer_name):
     return mask
 
 
-def _sublayers(layer) -> list:
+# ---------------------------------------------------------------------- #
+# Leaf layers
+# ---------------------------------------------------------------------- #
+def _leaf(base, attributes=("kernel",), units=None):
+    def wrap(cls):
+        cls = _masked_class(base, attributes)(cls)
+        if units is not None:
+            cls._unit_view = units
+        return keras.saving.register_keras_serializable(package="keras_lth")(cls)
+
+    return wrap
+
+
+def _last_axis_units(self, attr):
+    shape = tuple(self.raw_variable(attr).shape) if attr != "bias" else tuple(self.bias.shape)
+    return shape, (len(shape) - 1,)
+
+
+def _transpose_units(self, attr):
+    # A transposed convolution's kernel is (*kernel_size, filters, in_channels).
+    if attr == "bias":
+        return tuple(self.bias.shape), (0,)
+    shape = tuple(self.raw_variable(attr).shape)
+    return shape, (len(shape) - 2,)
+
+
+def _depthwise_units(self, attr):
+    # (*kernel_size, in_channels, multiplier): output channel c * m + j.
+    if attr == "bias":
+        return tuple(self.bias.shape), (0,)
+    shape = tuple(self.raw_variable(attr).shape)
+    return shape, (len(shape) - 2, len(shape) - 1)
+
+
+def _separable_units(self, attr):
+    if attr == "depthwise_kernel":
+        return None  # its outputs are the pointwise kernel's inputs
+    return _last_axis_units(self, attr)
+
+
+@_leaf(keras.layers.Dense)
+class MaskedDense(MaskedLayer, keras.layers.Dense):
+    """A `Dense` layer whose kernel and bias are multiplied by 0/1 masks.
+
+    The layer computes `activation(inputs @ (kernel * kernel_mask) +
+    bias * bias_mask)`. `bias_mask` is all ones unless whole neurons are
+    pruned.
+
+    Args:
+        units: Positive integer, dimensionality of the output space.
+        activation: Activation function to use. Defaults to `None` (linear).
+        use_bias: Boolean, whether the layer uses a bias vector.
+            Defaults to `True`.
+        **kwargs: The other arguments of `keras.layers.Dense`
+            (initializers, regularizers, constraints, `name`, `dtype`, ...).
+            LoRA and quantization are not supported.
+
+    Masks are non-trainable float32 weights (`kernel_mask`, `bias_mask`),
+    saved with the layer. `kernel` reads as `raw * mask`; the raw variable
+    keeps the values of pruned weights, which receive no gradient.
+    Regularizers apply to the effective (masked) weights. An optimizer's
+    decoupled weight decay (`AdamW`, `weight_decay=`) acts on every raw value,
+    pruned or not: use a regularizer when pruned raw values must be kept.
+
+    Input shape:
+        N-D tensor with shape `(batch_size, ..., input_dim)`.
+
+    Output shape:
+        N-D tensor with shape `(batch_size, ..., units)`.
+
+    Example:
+
+    >>> layer = MaskedDense(2)
+    >>> y = layer(np.ones((1, 3)))
+    >>> mask = np.array([[1, 0], [1, 0], [1, 1]], "float32")
+    >>> layer.set_masks(mask)
+    >>> round(layer.density(), 4)
+    0.6667
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, **kwargs):
+        if isinstance(units, bool):  # `Dense` accepts `units=True`
+            raise ValueError(
+                "Received an invalid value for `units`, expected a positive "
+                f"integer. Received: units={units!r}"
+            )
+        super().__init__(units, activation=activation, use_bias=use_bias, **kwargs)
+
+
+@_leaf(keras.layers.EinsumDense)
+class MaskedEinsumDense(MaskedLayer, keras.layers.EinsumDense):
+    """An `EinsumDense` layer with masked kernel and bias.
+
+    Its output units are the kernel axes that appear in the output of the
+    equation (`"abc,cde->abde"`: the `d` x `e` heads and head dimensions of a
+    query projection); structured pruning removes them with their bias.
+    """
+
+    def _unit_view(self, attr):
+        inputs, kernel_letters, output = _parse_einsum(self.equation)
+        if attr == "bias":
+            return None  # see `bias_mask_for`
+        shape = tuple(self.raw_variable(attr).shape)
+        axes = tuple(i for i, c in enumerate(kernel_letters) if c in output)
+        return (shape, axes) if axes else None
+
+    def bias_mask_for(self, alive):
+        _, kernel_letters, output = _parse_einsum(self.equation)
+        kernel_shape = tuple(self.raw_variable("kernel").shape)
+        unit_letters = [c for c in kernel_letters if c in output]
+        unit_shape = [kernel_shape[kernel_letters.index(c)] for c in unit_letters]
+        alive = np.asarray(alive, bool).reshape(unit_shape)
+        bias_axes = self.bias_axes or ""
+        # A bias entry serves every unit that differs only in letters it
+        # does not have: it stays while one of them does.
+        drop = tuple(i for i, c in enumerate(unit_letters) if c not in bias_axes)
+        alive = alive.any(axis=drop) if drop else alive
+        kept = [c for c in unit_letters if c in bias_axes]
+        first = min(output.index(c) for c in bias_axes)
+        spec = output[first:]
+        order = [kept.index(c) for c in spec if c in kept]
+        alive = np.transpose(alive, order) if order else alive
+        shape = [alive.shape[order.index(kept.index(c))] if c in kept else 1 for c in spec]
+        bias_shape = tuple(self.bias.shape)
+        return np.broadcast_to(alive.reshape(shape), bias_shape).astype(np.float32)
+
+
+def _parse_einsum(equation):
+    match = re.fullmatch(r"\s*([a-zA-Z.]+),([a-zA-Z.]+)->([a-zA-Z.]+)\s*", equation)
+    if match is None:
+        raise ValueError(f"Cannot parse the einsum equation {equation!r}")
+    return match.groups()
+
+
+def _conv_doc(base):
+    return f"""A `{base}` layer with masked kernel and bias.
+
+    Structured pruning (`structure="neuron"`) removes filters: output
+    channels, with their bias.
+    """
+
+
+@_leaf(keras.layers.Conv1D)
+class MaskedConv1D(MaskedLayer, keras.layers.Conv1D):
+    __doc__ = _conv_doc("Conv1D")
+
+
+@_leaf(keras.layers.Conv2D)
+class MaskedConv2D(MaskedLayer, keras.layers.Conv2D):
+    __doc__ = _conv_doc("Conv2D")
+
+
+@_leaf(keras.layers.Conv3D)
+class MaskedConv3D(MaskedLayer, keras.layers.Conv3D):
+    __doc__ = _conv_doc("Conv3D")
+
+
+@_leaf(keras.layers.Conv1DTranspose, units=_transpose_units)
+class MaskedConv1DTranspose(MaskedLayer, keras.layers.Conv1DTranspose):
+    __doc__ = _conv_doc("Conv1DTranspose")
+
+
+@_leaf(keras.layers.Conv2DTranspose, units=_transpose_units)
+class MaskedConv2DTranspose(MaskedLayer, keras.layers.Conv2DTranspose):
+    __doc__ = _conv_doc("Conv2DTranspose")
+
+
+@_leaf(keras.layers.Conv3DTranspose, units=_transpose_units)
+class MaskedConv3DTranspose(MaskedLayer, keras.layers.Conv3DTranspose):
+    __doc__ = _conv_doc("Conv3DTranspose")
+
+
+@_leaf(keras.layers.DepthwiseConv1D, units=_depthwise_units)
+class MaskedDepthwiseConv1D(MaskedLayer, keras.layers.DepthwiseConv1D):
+    __doc__ = _conv_doc("DepthwiseConv1D")
+
+
+@_leaf(keras.layers.DepthwiseConv2D, units=_depthwise_units)
+class MaskedDepthwiseConv2D(MaskedLayer, keras.layers.DepthwiseConv2D):
+    __doc__ = _conv_doc("DepthwiseConv2D")
+
+
+_SEPARABLE_DOC = """A `{base}` layer with masked depthwise and pointwise kernels.
+
+    `set_masks(kernel_mask, ...)` takes the depthwise kernel's mask first;
+    pass `pointwise_kernel_mask=` for the other. Structured pruning removes
+    filters (the pointwise kernel's output channels, with their bias) and
+    leaves the depthwise kernel as it is.
+    """
+
+
+@_leaf(
+    keras.layers.SeparableConv1D,
+    ("depthwise_kernel", "pointwise_kernel"),
+    units=_separable_units,
+)
+class MaskedSeparableConv1D(MaskedLayer, keras.layers.SeparableConv1D):
+    __doc__ = _SEPARABLE_DOC.replace("{base}", "SeparableConv1D")
+
+
+@_leaf(
+    keras.layers.SeparableConv2D,
+    ("depthwise_kernel", "pointwise_kernel"),
+    units=_separable_units,
+)
+class MaskedSeparableConv2D(MaskedLayer, keras.layers.SeparableConv2D):
+    __doc__ = _SEPARABLE_DOC.replace("{base}", "SeparableConv2D")
+
+
+@_leaf(keras.layers.Embedding, ("embeddings",))
+class MaskedEmbedding(MaskedLayer, keras.layers.Embedding):
+    """An `Embedding` layer with a masked embedding table.
+
+    Weight pruning removes single entries of the `(input_dim, output_dim)`
+    table. Structured pruning (`structure="neuron"`) removes output
+    dimensions (columns of the table), so that `compact` can narrow the
+    layer and everything that reads it; pruning vocabulary rows would only
+    map some tokens to zero vectors.
+    """
+
+
+# ---------------------------------------------------------------------- #
+# Composite layers
+# ---------------------------------------------------------------------- #
+def _adopt(owner, sublayer, masked_class, key):
+    """Turns a built Keras sublayer into `masked_class`, masks owned by `owner`.
+
+    The Keras composite creates and builds its sublayers in one `build`, so
+    they cannot be created masked; their class is changed instead (the
+    masked class adds only properties and methods, no state of its own).
+    """
+    if type(sublayer) is not masked_class.plain_class:
+        raise ValueError(
+            f"Layer '{owner.name}': expected its sublayer '{sublayer.name}' "
+            f"to be a `{masked_class.plain_class.__name__}`. Received: "
+            f"{type(sublayer).__name__}"
+        )
+    sublayer.__class__ = masked_class
+    for attr in masked_class.masked_attributes:
+        # An attribute the Keras build assigned now sits behind the masked
+        # property; keep the variable where the property reads it.
+        if attr in sublayer.__dict__:
+            sublayer.__dict__[f"_lth_raw_{attr}"] = sublayer.__dict__.pop(attr)
+    sublayer.__dict__["_lth_owned"] = (
+        True  # a flag: a reference to the owner would make a cycle that saving walks
+    )
+    sublayer.__dict__["_lth_key"] = key
+    _create_masks(sublayer, owner)
+
+
+class _CompositeMixin:
+    """Saving and stripping for layers whose masks live on their sublayers."""
+
+    def masked_sublayers(self) -> list:
+        """The masked sublayers, in order."""
+        return [s for s in self._sublayer_slots() if s is not None]
+
+    def effective_weights(self) -> list:
+        """`get_weights()` of the plain Keras layer: masks applied, masks left out."""
+        masks = {}
+        for s in self.masked_sublayers():
+            for w in s._all_weights():
+                masks[id(w.variable)] = w.mask
+        mask_ids = {id(m) for m in masks.values()}
+        out = []
+        for v in self.weights:
+            if id(v) in mask_ids:
+                continue
+            value = ops.convert_to_numpy(v)
+            if id(v) in masks:
+                value = value * ops.convert_to_numpy(masks[id(v)]).astype(value.dtype)
+            out.append(value)
+        return out
+
+    def enable_lora(self, *args, **kwargs):
+        raise NotImplementedError(f"`{type(self).__name__}` does not support LoRA.")
+
+    def quantize(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"`{type(self).__name__}` cannot be quantized; call "
+            "`keras_lth.strip(model)` first and quantize the plain layers."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_lth")
+class MaskedMultiHeadAttention(_CompositeMixin, keras.layers.MultiHeadAttention):
+    """A `MultiHeadAttention` whose four projections are masked.
+
+    The query, key, value and output projections (`EinsumDense` sublayers)
+    become `MaskedEinsumDense` when the layer is built; their masks are
+    weights of this layer (`query_kernel_mask`, `query_bias_mask`, ...).
+    Pruning treats each projection as a layer of its own, named
+    `"<this layer>/query"` and so on; structured pruning removes a
+    projection's units (head x head-dimension entries for the query, key
+    and value projections, output features for the output projection).
+
+    Args:
+        *args, **kwargs: The arguments of `keras.layers.MultiHeadAttention`.
+    """
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        super().build(query_shape, value_shape, key_shape)
+        for sub in self._projections():
+            _adopt(self, sub, MaskedEinsumDense, f"{self.name}/{sub.name}")
+
+    def _projections(self):
+        # query, key, value (and the gate, if any) and output projections
+        plain = (keras.layers.EinsumDense, MaskedEinsumDense)
+        return [s for s in sublayers(self) if type(s) in plain]
+
+    def _sublayer_slots(self):
+        return self._projections() if self.built else []
+
+
+def _rnn_units(gates):
+    def units(self, attr):
+        if attr == "bias":
+            shape = tuple(self.bias.shape)
+            return shape[:-1] + (gates, shape[-1] // gates), (len(shape),)
+        shape = tuple(self.raw_variable(attr).shape)
+        return (shape[0], gates, shape[1] // gates), (2,)
+
+    return units
+
+
+def _masked_cell(base, gates):
+    @_masked_class(base, ("kernel", "recurrent_kernel"))
+    class Cell(MaskedLayer, base):
+        pass
+
+    Cell._unit_view = _rnn_units(gates)
+    Cell.__name__ = Cell.__qualname__ = f"Masked{base.__name__}"
+    Cell.__module__ = __name__
+    Cell.__doc__ = (
+        f"`{base.__name__}` with masked kernels; made by `Masked"
+        f"{base.__name__[:-4]}`, which owns its masks."
+    )
+    return Cell
+
+
+MaskedLSTMCell = _masked_cell(keras.layers.LSTMCell, 4)
+MaskedGRUCell = _masked_cell(keras.layers.GRUCell, 3)
+MaskedSimpleRNNCell = _masked_cell(keras.layers.SimpleRNNCell, 1)
+
+
+class _MaskedRNN(_CompositeMixin):
+    _cell_class = None
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        super().build(sequences_shape, initial_state_shape)
+        _adopt(self, self.cell, self._cell_class, self.name)
+
+    def _sublayer_slots(self):
+        return [self.cell] if self.built else []
+
+
+_RNN_DOC = """A `{base}` layer with masked input and recurrent kernels.
+
+    Its cell becomes a `Masked{base}Cell` when the layer is built; the masks
+    (`kernel_mask`, `recurrent_kernel_mask`, `bias_mask`) are weights of this
+    layer. Pruning sees one layer named like this one. A unit (neuron) of
+    the layer is a hidden state entry: structured pruning removes its
+    columns in every gate of both kernels and its biases, so that its state
+    stays zero.
+
+    Args:
+        *args, **kwargs: The arguments of `keras.layers.{base}`.
+    """
+
+
+@keras.saving.register_keras_serializable(package="keras_lth")
+class MaskedLSTM(_MaskedRNN, keras.layers.LSTM):
+    __doc__ = _RNN_DOC.replace("{base}", "LSTM")
+    _cell_class = MaskedLSTMCell
+
+
+@keras.saving.register_keras_serializable(package="keras_lth")
+class MaskedGRU(_MaskedRNN, keras.layers.GRU):
+    __doc__ = _RNN_DOC.replace("{base}", "GRU")
+    _cell_class = MaskedGRUCell
+
+
+@keras.saving.register_keras_serializable(package="keras_lth")
+class MaskedSimpleRNN(_MaskedRNN, keras.layers.SimpleRNN):
+    __doc__ = _RNN_DOC.replace("{base}", "SimpleRNN")
+    _cell_class = MaskedSimpleRNNCell
+
+
+for _composite, _plain in (
+    (MaskedMultiHeadAttention, keras.layers.MultiHeadAttention),
+    (MaskedLSTM, keras.layers.LSTM),
+    (MaskedGRU, keras.layers.GRU),
+    (MaskedSimpleRNN, keras.layers.SimpleRNN),
+):
+    _composite.plain_class = _plain
+
+#: Keras class -> masked class, for `keras_lth.prunable`.
+MASKED_CLASSES = {
+    cls.plain_class: cls
+    for cls in (
+        MaskedDense,
+        MaskedEinsumDense,
+        MaskedConv1D,
+        MaskedConv2D,
+        MaskedConv3D,
+        MaskedConv1DTranspose,
+        MaskedConv2DTranspose,
+        MaskedConv3DTranspose,
+        MaskedDepthwiseConv1D,
+        MaskedDepthwiseConv2D,
+        MaskedSeparableConv1D,
+        MaskedSeparableConv2D,
+        MaskedEmbedding,
+        MaskedMultiHeadAttention,
+        MaskedLSTM,
+        MaskedGRU,
+        MaskedSimpleRNN,
+    )
+}
+
+
+# ---------------------------------------------------------------------- #
+# Finding masked layers
+# ---------------------------------------------------------------------- #
+def sublayers(layer) -> list:
     """All sublayers of `layer`, depth first, in the order they were added.
 
-    `Layer._flatten_layers` visits nested layers in reverse order (it uses
-    `deque.extendleft`), which would put a nested model's layers backwards.
+    Keras has no public recursive listing for a layer that is not a model;
+    this is the one place that reads the layer tree (`_flatten_layers`,
+    non-recursive, visited in order: the recursive form visits nested
+    layers in reverse).
     """
     out, seen = [], set()
 
     def visit(parent):
-        for sub in parent._layers:
+        for sub in parent._flatten_layers(include_self=False, recursive=False):
             if id(sub) in seen:
                 continue
             seen.add(id(sub))
@@ -305,7 +910,12 @@ def _sublayers(layer) -> list:
 
 
 def masked_layers(model) -> list:
-    """All `MaskedDense` layers of `model`, nested models included, in order.
+    """The masked layers of `model`, nested models included, in order.
+
+    These are the layers that pruning works on: every leaf masked layer,
+    and the masked sublayers of composite layers (the projections of a
+    `MaskedMultiHeadAttention`, the cell of a `MaskedLSTM`). Unbuilt
+    composites contribute nothing yet.
 
     Example:
 
@@ -313,17 +923,29 @@ def masked_layers(model) -> list:
     >>> [l.units for l in masked_layers(model)]
     [3, 2]
     """
-    if isinstance(model, MaskedDense):
-        return [model]
-    return [layer for layer in _sublayers(model) if isinstance(layer, MaskedDense)]
+    candidates = [model] + sublayers(model)
+    return [l for l in candidates if isinstance(l, MaskedLayer)]
+
+
+def masked_weights(model) -> list:
+    """Every `MaskedWeight` (biases excluded) of the built masked layers."""
+    layers = masked_layers(model)
+    unbuilt = [l.name for l in layers if f"{l.masked_attributes[0]}_mask" not in l.__dict__]
+    if unbuilt:
+        raise ValueError(
+            f"Masked layers {unbuilt} are not built yet, so they have no "
+            "masks: build the model (or call it on an input) first."
+        )
+    return [w for l in layers for w in l.masked_weights]
 
 
 def density(model, per_layer: bool = False):
-    """Fraction of prunable weights remaining (kernels of `MaskedDense` layers).
+    """Fraction of prunable weights remaining (biases excluded).
 
     Args:
-        model: a model (or layer) containing `MaskedDense` layers.
-        per_layer: also return a `{layer name: density}` dict.
+        model: A model (or layer) containing masked layers.
+        per_layer: Also return a `{layer key: density}` dict (see
+            `layer_key`).
 
     Returns:
         The overall density as a float, or `(overall, per_layer_dict)`.
@@ -331,17 +953,16 @@ def density(model, per_layer: bool = False):
     layers = masked_layers(model)
     if not layers:
         raise ValueError(
-            "Expected a model with at least one `MaskedDense` layer. "
+            "Expected a model with at least one masked layer (MaskedDense, "
+            "MaskedConv2D, ... or a model converted by `keras_lth.prunable`). "
             f"Received: model '{getattr(model, 'name', model)}' has none"
         )
-    unbuilt = [l.name for l in layers if not l.built]
-    if unbuilt:
-        raise ValueError(
-            f"`MaskedDense` layers {unbuilt} are not built yet, so they have "
-            "no masks: build the model (or call it on an input) first."
-        )
-    kept = {l.name: float(np.sum(ops.convert_to_numpy(l.kernel_mask))) for l in layers}
-    sizes = {l.name: int(np.prod(l.kernel_mask.shape)) for l in layers}
+    weights = masked_weights(model)
+    kept, sizes = {}, {}
+    for w in weights:
+        key = layer_key(w.layer)
+        kept[key] = kept.get(key, 0.0) + float(np.sum(ops.convert_to_numpy(w.mask)))
+        sizes[key] = sizes.get(key, 0) + math.prod(w.mask.shape)
     overall = sum(kept.values()) / sum(sizes.values())
     if per_layer:
         return overall, {n: kept[n] / sizes[n] for n in kept}

@@ -381,3 +381,55 @@ def sparsity_mask(kernel: np.ndarray, mask: np.ndarray, sparsity: float) -> np.n
     count = max(0, target - int(mask.size - alive.sum()))
     drop = _prune_lowest(np.abs(kernel), alive, count)
     return np.where(drop, 0.0, mask).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- #
+# Output units of any layer family as columns
+# ---------------------------------------------------------------------- #
+def _unit_permutation(ndim, unit_axes):
+    unit_axes = tuple(int(a) % ndim for a in unit_axes)
+    return [i for i in range(ndim) if i not in unit_axes] + list(unit_axes)
+
+
+def unit_matrix(value: np.ndarray, view_shape, unit_axes) -> np.ndarray:
+    """`value` as a `(fan_in, units)` matrix: one column per output unit.
+
+    The neuron functions above work on columns. A layer's variable is seen
+    that way by reshaping it to `view_shape` and moving the axes
+    `unit_axes` (which index the layer's output units) to the end: a dense
+    kernel `(in, units)` is its own view; a convolution kernel
+    `(*kernel_size, in, filters)` has its filters on the last axis; a
+    transposed convolution's kernel `(*kernel_size, filters, in)` on the one
+    before; an LSTM kernel `(in, 4 * units)` is viewed as `(in, 4, units)`.
+
+    Example:
+
+    >>> unit_matrix(np.arange(8).reshape(2, 2, 2), (2, 2, 2), (1,)).shape
+    (4, 2)
+    """
+    view = np.reshape(np.asarray(value), tuple(view_shape))
+    perm = _unit_permutation(view.ndim, unit_axes)
+    units = math.prod(view.shape[a] for a in perm[view.ndim - len(unit_axes) :])
+    return np.transpose(view, perm).reshape(-1, units)
+
+
+def from_unit_matrix(matrix: np.ndarray, shape, view_shape, unit_axes) -> np.ndarray:
+    """The inverse of `unit_matrix`: back to the variable's `shape`."""
+    view_shape = tuple(view_shape)
+    perm = _unit_permutation(len(view_shape), unit_axes)
+    moved = np.reshape(np.asarray(matrix), [view_shape[a] for a in perm])
+    return np.transpose(moved, np.argsort(perm)).reshape(tuple(shape))
+
+
+def units_to_mask(alive: np.ndarray, shape, view_shape, unit_axes) -> np.ndarray:
+    """A 0/1 mask of `shape` that keeps everything of the `alive` units.
+
+    Example:
+
+    >>> units_to_mask(np.array([True, False]), (3, 2), (3, 2), (1,))[0]
+    array([1., 0.], dtype=float32)
+    """
+    alive = np.asarray(alive, dtype=bool).ravel()
+    fan_in = math.prod(tuple(view_shape)) // max(alive.size, 1)
+    matrix = np.broadcast_to(alive.astype(np.float32), (fan_in, alive.size))
+    return from_unit_matrix(matrix, shape, view_shape, unit_axes).astype(np.float32)
