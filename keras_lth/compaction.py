@@ -813,7 +813,11 @@ def _is_chain(graph):
         ins, outs = call.inputs, call.output_list
         if id(call.layer) in seen or len(ins) != 1 or len(outs) != 1:
             return False
-        if graph.resolve(ins[0]) is not current or any(v is not None for v in call.kwargs.values()):
+        # a Sequential calls its layers with no arguments beyond the input
+        # (training=True, for one, would be lost)
+        if graph.resolve(ins[0]) is not current or any(
+            v is not None and not (k == "training" and v is False) for k, v in call.kwargs.items()
+        ):
             return False
         seen.add(id(call.layer))
         current = outs[0]

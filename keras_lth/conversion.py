@@ -302,8 +302,8 @@ def _cannot_mask(layer):
     if mode is not None:
         return f"quantized ({mode}); prune before quantizing"
     variable_dtype = getattr(policy, "variable_dtype", None)
-    if variable_dtype is not None and not np.issubdtype(
-        np.dtype(keras.backend.standardize_dtype(variable_dtype)), np.floating
+    if variable_dtype is not None and "float" not in keras.backend.standardize_dtype(
+        variable_dtype
     ):
         return f"its variables are {variable_dtype}, not floating point"
     if getattr(layer, "lora_enabled", False) or any(
@@ -315,6 +315,8 @@ def _cannot_mask(layer):
 
 def _looks_prunable(layer) -> bool:
     """Whether a layer that stays unmasked is worth a line in the warning."""
+    if type(layer) in MASKED_CLASSES:  # a supported class that could not be masked
+        return True
     if isinstance(layer, _NOT_PRUNABLE):
         return False
     if layer.built:
