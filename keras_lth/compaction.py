@@ -183,9 +183,7 @@ def compact(model, strict: bool = False):
             "MaskedConv2D, ..., or a model made by `keras_lth.prunable`). "
             f"Received: model '{model.name}' has none"
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a layer strip cannot reach is a barrier here
-        plain = strip(model)
+    plain = strip(model)  # warns if a masked layer is out of its reach (it stays as it is)
     graph = _record(plain)
     plan = _Analysis(graph)
     plan.run()

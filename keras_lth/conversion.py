@@ -263,8 +263,6 @@ def _build_like(old, new):
 # One layer at a time
 # ---------------------------------------------------------------------- #
 def _prunable_layer(layer):
-    if is_graph_model(layer):  # unreachable from `prunable`; kept for safety
-        raise ValueError(f"Expected a layer. Received: model '{layer.name}'")
     if _is_masked(layer):
         new, copy = _copy_layer(layer), _copy_masked_weights
     else:
