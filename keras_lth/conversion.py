@@ -39,6 +39,10 @@ _NOT_PRUNABLE = tuple(
 )
 
 
+# Layers around another layer (Bidirectional is no `Wrapper` in Keras 3).
+_WRAPPERS = (keras.layers.Wrapper, keras.layers.Bidirectional)
+
+
 def prunable(model_or_layer, layers=None, exclude=None):
     """A copy of a Keras model whose supported layers are masked, ready to prune.
 
@@ -294,6 +298,10 @@ def _cannot_mask(layer):
                 f"a subclass of {bases[0]}, not {bases[0]} itself (its extra "
                 "behaviour would be lost); build it from the masked class"
             )
+        if isinstance(layer, _WRAPPERS):
+            return "a wrapper, whose inner layer `prunable` does not convert"
+        if not cls.__module__.startswith("keras."):
+            return "a custom layer"
         return "not a supported class"
     policy = layer.dtype_policy
     mode = getattr(policy, "quantization_mode", None)
@@ -324,7 +332,7 @@ def _looks_prunable(layer) -> bool:
         )
     cls = type(layer)
     return (
-        isinstance(layer, keras.layers.Wrapper)
+        isinstance(layer, _WRAPPERS)
         or any(isinstance(layer, c) for c in MASKED_CLASSES)
         or not cls.__module__.startswith("keras.")
     )

@@ -448,9 +448,9 @@ def test_unsupported_layers_are_listed_and_left():
     assert len(messages) == 1
     message = messages[0]
     for text in (
-        "'td' (TimeDistributed",
-        "'bi' (Bidirectional",
-        "'custom' (_Scale",
+        "'td' (TimeDistributed: a wrapper",
+        "'bi' (Bidirectional: a wrapper",
+        "'custom' (_Scale: a custom layer",
         "'mine' (_MyDense: a subclass of Dense",
     ):
         assert text in message
@@ -539,3 +539,19 @@ def test_bad_model_arguments():
         lth.strip(K.Dense(2))
     with pytest.raises(ValueError, match="(?s)at least one masked layer.*cnn"):
         lth.strip(_cnn())
+
+
+def test_docstring_examples_run(tmp_path, monkeypatch):
+    import doctest
+
+    from keras_lth import compaction, conversion, export
+
+    monkeypatch.chdir(tmp_path)  # strip's example saves a file
+    globs = {"keras": keras, "np": np, "keras_lth": lth}
+    for module, name in ((conversion, "prunable"), (export, "strip"), (compaction, "compact")):
+        fn = getattr(module, name)
+        runner = doctest.DocTestRunner()
+        for test in doctest.DocTestFinder().find(fn, name, globs={**globs, name: fn}):
+            runner.run(test)
+        result = runner.summarize(verbose=False)
+        assert result.attempted > 0 and result.failed == 0, name
