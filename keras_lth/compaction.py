@@ -300,6 +300,8 @@ class _Nodes:
         self.parent = []
         self.nonconst = set()  # nodes seen with a value that is not constant
         self.vetoes = {}  # node -> (reason, is_barrier)
+        self.nonconst_roots = set()  # filled by `finish`
+        self.veto_roots = {}
 
     def new(self, n):
         start = len(self.parent)
