@@ -9,7 +9,9 @@ else is internal.
 
 from keras_lth import data, models, pruning, reintroduce
 from keras_lth.callbacks import PruningScheduler
-from keras_lth.export import compact, strip
+from keras_lth.compaction import compact
+from keras_lth.conversion import prunable
+from keras_lth.export import strip
 from keras_lth.layers import MaskedDense, density, masked_layers
 from keras_lth.reintroduce import DoublePruning, ScoredPruning
 from keras_lth.schedules import IterativeSchedule, OneShotSchedule
@@ -37,6 +39,7 @@ __all__ = [
     "density",
     "masked_layers",
     "models",
+    "prunable",
     "pruning",
     "reintroduce",
     "strip",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from keras_lth import MaskedDense, compact, masked_layers, strip
-from keras_lth.layers import _sublayers
+from keras_lth.layers import sublayers as _sublayers
 
 
 def _init(seed):
@@ -200,10 +200,12 @@ def test_compact_neuron_pruned_mlp():
     for layer in masked_layers(model):
         layer.set_masks((rng.random(layer.kernel_mask.shape) < 0.8).astype("float32"))
     relu, sig, lin, out = masked_layers(model)
-    for layer in (relu, sig, lin):
-        # no column may die by chance: the expected shapes below count on it
+    # no column may die by chance: the expected shapes below count on it. A
+    # unit that reads only removed (constant) inputs is itself constant and
+    # goes too, so each layer keeps a full row of an input that stays.
+    for layer, row in ((relu, 0), (sig, 0), (lin, 1)):
         kmask = keras.ops.convert_to_numpy(layer.kernel_mask)
-        kmask[0] = 1
+        kmask[row] = 1
         layer.set_masks(kmask)
     _kill(relu, [1, 4])  # relu(0) = 0
     _kill(sig, [0])  # bias masked too: sigmoid(0) = 0.5 must be folded
@@ -291,29 +293,48 @@ def test_compact_with_plain_dense_and_nothing_dead():
     )
 
 
-def test_compact_rejects_layers_with_weights():
+def test_compact_folds_through_batch_normalization_between_dense_layers():
+    # BatchNormalization acts unit by unit: supported since compact handles CNNs
     model = keras.Sequential(
         [
             keras.Input((6,)),
-            MaskedDense(4, name="a"),
+            MaskedDense(4, name="a", **_init(0)),
             keras.layers.BatchNormalization(name="bn"),
-            MaskedDense(2, name="b"),
+            MaskedDense(2, name="b", **_init(1)),
         ]
     )
-    with pytest.raises(ValueError, match=r"'bn' \(BatchNormalization\) has weights"):
-        compact(model)
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.array([0.5, -1.0, 0.25, 2.0], "float32"))
+    bn.beta.assign(np.array([0.1, 0.2, -0.3, 0.4], "float32"))
+    _kill(model.get_layer("a"), [1])  # outputs 0, then (0 - mean) * ... + beta != 0
+    small = compact(model)
+    assert small.get_layer("a").units == 3
+    assert small.get_layer("bn").moving_mean.shape == (3,)
+    x = _x()
+    np.testing.assert_allclose(
+        small.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
 
 
-def test_compact_rejects_branches():
+def test_compact_add_keeps_units_alive_in_one_branch():
+    # residual branches are supported since compact handles CNNs: a unit goes
+    # only if it is dead in every branch of the Add
     inp = keras.Input((6,))
-    h = MaskedDense(4, name="a")(inp)
-    h = keras.layers.Add(name="add")([h, MaskedDense(4, name="b")(inp)])
-    model = keras.Model(inp, MaskedDense(2)(h))
-    with pytest.raises(ValueError, match=r"'add' \(Add\) takes several inputs"):
-        compact(model)
+    h = MaskedDense(4, name="a", **_init(0))(inp)
+    h = keras.layers.Add(name="add")([h, MaskedDense(4, name="b", **_init(1))(inp)])
+    model = keras.Model(inp, MaskedDense(2, **_init(2))(h))
+    _kill(model.get_layer("a"), [0, 2])
+    _kill(model.get_layer("b"), [2, 3])
+    with pytest.warns(UserWarning, match="'b'"):  # b's unit 3 is kept: a's is alive
+        small = compact(model)
+    assert small.get_layer("a").units == 3 and small.get_layer("b").units == 3
+    x = _x()
+    np.testing.assert_allclose(
+        small.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
 
 
-def test_compact_rejects_mixing_layers_between_dense_layers():
+def test_compact_keeps_units_that_a_mixing_layer_reads():
     model = keras.Sequential(
         [
             keras.Input((6,)),
@@ -322,11 +343,16 @@ def test_compact_rejects_mixing_layers_between_dense_layers():
             MaskedDense(2, name="b"),
         ]
     )
+    compact(model)  # nothing dead: fine
+    _kill(model.layers[0], [2])
+    with pytest.warns(UserWarning, match=r"'sm' \(Softmax\)"):
+        small = compact(model)
+    assert small.layers[0].units == 4
     with pytest.raises(ValueError, match=r"'sm' \(Softmax\)"):
-        compact(model)
+        compact(model, strict=True)
 
 
-def test_compact_rejects_softmax_hidden_units_that_died():
+def test_compact_keeps_softmax_hidden_units_that_died():
     model = keras.Sequential(
         [
             keras.Input((6,)),
@@ -336,8 +362,11 @@ def test_compact_rejects_softmax_hidden_units_that_died():
     )
     compact(model)  # nothing dead: fine
     _kill(model.layers[0], [2])
+    with pytest.warns(UserWarning, match="softmax"):
+        small = compact(model)
+    assert small.layers[0].units == 4
     with pytest.raises(ValueError, match="softmax"):
-        compact(model)
+        compact(model, strict=True)
 
 
 def test_compact_without_masked_dense_raises():
