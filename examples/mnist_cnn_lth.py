@@ -40,7 +40,8 @@ experiment trains 3 seeds x 2 rewinds x 12 rounds = 72 rounds; Conv-2 would
 allow only two or three epochs per round in 20 minutes, LeNet-5 allows ten,
 enough for the validation loss to reach its minimum.
 
-Run it (about 15 minutes on 2 CPU cores):
+Run it (16 minutes on 2 shared CPU cores at a load average of about 5,
+under `nice -n 10`):
 
 ```
 python examples/mnist_cnn_lth.py --out docs/results/mnist_cnn_lth
