@@ -134,17 +134,22 @@ class MaskedLayer:
     def bias_weight(self):
         """The `MaskedWeight` of the bias, or `None` without a bias."""
         self._check_built("bias_weight")
-        bias = getattr(self, "bias", None)
+        bias = _raw(self, "bias")
         if bias is None:
             return None
         return MaskedWeight(self, "bias", bias, self.__dict__["bias_mask"], self._unit_view("bias"))
 
     def raw_variable(self, attr="kernel"):
-        """The raw variable behind `attr` (what the Keras layer created)."""
-        if attr not in self.masked_attributes:
+        """The raw variable behind `attr` (what the Keras layer created).
+
+        `layer.kernel` (and every masked attribute, `bias` included) reads as
+        `raw * mask`, a tensor; assign new values to the raw variable.
+        """
+        names = (*self.masked_attributes, "bias")
+        if attr not in names:
             raise ValueError(
                 f"Received an invalid value for `attr`, expected one of "
-                f"{self.masked_attributes}. Received: attr={attr!r}"
+                f"{names}. Received: attr={attr!r}"
             )
         return _raw(self, attr)
 
@@ -254,22 +259,15 @@ class MaskedLayer:
             return
         variables = self._saved_variables()
         keys = sorted(store.keys(), key=int)
-        masks = 0 if self.__dict__.get("_lth_owned", False) else len(self._all_weights())
-        base = len(variables) - masks
-        extra = len(keys) - len(variables)
-        if extra == 1 and type(self).__name__ == "MaskedDense":
+        if len(keys) == len(variables) + 1 and type(self).__name__ == "MaskedDense":
             # keras-lth 0.1.0 saved `ScoredPruning`'s scores as a fifth
             # variable of `MaskedDense`; scores restart with every round.
             keys = keys[:-1]
-        elif len(keys) == base and masks:
-            # The weights of the plain Keras layer: the masks stay as they are.
-            variables = variables[:base]
-        elif extra != 0:
+        if len(keys) != len(variables):
             raise ValueError(
                 f"Layer '{self.name}' ({type(self).__name__}) expected "
-                f"{len(variables)} variables ({base} weights and "
-                f"{len(variables) - base} masks), or the {base} of the plain "
-                f"Keras layer. Received: {len(keys)} variables"
+                f"{len(variables)} variables ({', '.join(_short(v) for v in variables)}). "
+                f"Received: {len(keys)} variables"
             )
         for var, key in zip(variables, keys):
             var.assign(store[key])
@@ -301,13 +299,17 @@ class MaskedLayer:
 
     def _unit_view(self, attr):
         """`(view_shape, unit_axes)` of `attr` (see `MaskedWeight.units`)."""
-        shape = tuple(self.raw_variable(attr).shape) if attr != "bias" else tuple(self.bias.shape)
+        shape = tuple(self.raw_variable(attr).shape)
         return shape, (len(shape) - 1,)
 
     def bias_mask_for(self, alive):
         """The bias mask of a layer whose output units `alive` (1-D bool) are kept."""
         view_shape, axes = self._unit_view("bias")
-        return pruning.units_to_mask(alive, tuple(self.bias.shape), view_shape, axes)
+        return pruning.units_to_mask(alive, tuple(_raw(self, "bias").shape), view_shape, axes)
+
+
+def _short(variable):
+    return variable.path.rsplit("/", 1)[-1]
 
 
 def _own_variables(layer):
@@ -328,6 +330,8 @@ def _raw(layer, attr):
     try:
         return layer.__dict__[f"_lth_raw_{attr}"]
     except KeyError:
+        if attr == "bias" and "bias" not in type(layer).__dict__:
+            return None  # a family without a bias (Embedding)
         raise AttributeError(
             f"'{type(layer).__name__}' object has no attribute '{attr}' yet "
             "(the layer is not built)"
@@ -353,7 +357,7 @@ def _masked_property(attr):
     def fget(self):
         raw = _raw(self, attr)
         mask = self.__dict__.get(mask_name)
-        if mask is None:  # during the Keras build, before the masks exist
+        if mask is None or raw is None:  # no bias; or in the Keras build, before the masks
             return raw
         return _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
 
@@ -394,7 +398,7 @@ def _create_masks(layer, owner):
                 f"{type(raw).__name__} (LoRA or quantization enabled?)"
             )
         _attach(layer, owner, f"{attr}_mask", prefix, raw)
-    bias = getattr(layer, "bias", None)
+    bias = _raw(layer, "bias")
     if bias is not None:
         _attach(layer, owner, "bias_mask", prefix, bias)
 
@@ -419,14 +423,14 @@ def _attach(layer, owner, name, prefix, variable):
         variable.regularizer = _MaskedRegularizer(variable.regularizer, mask)
 
 
-def _masked_class(base, attributes):
-    """Class decorator: one masked property per attribute of `base`."""
+def _masked_class(base, attributes, bias=True):
+    """Class decorator: one masked property per attribute of `base` (and its bias)."""
 
     def wrap(cls):
         cls.masked_attributes = tuple(attributes)
         cls._lth_masked_class = True
         cls.plain_class = base
-        for attr in attributes:
+        for attr in (*attributes, "bias") if bias else attributes:
             setattr(cls, attr, _masked_property(attr))
         return cls
 
@@ -466,9 +470,9 @@ def _check_mask(mask, arg, shape, layer_name):
 # ---------------------------------------------------------------------- #
 # Leaf layers
 # ---------------------------------------------------------------------- #
-def _leaf(base, attributes=("kernel",), units=None):
+def _leaf(base, attributes=("kernel",), units=None, bias=True):
     def wrap(cls):
-        cls = _masked_class(base, attributes)(cls)
+        cls = _masked_class(base, attributes, bias)(cls)
         if units is not None:
             cls._unit_view = units
         return keras.saving.register_keras_serializable(package="keras_lth")(cls)
@@ -477,14 +481,14 @@ def _leaf(base, attributes=("kernel",), units=None):
 
 
 def _last_axis_units(self, attr):
-    shape = tuple(self.raw_variable(attr).shape) if attr != "bias" else tuple(self.bias.shape)
+    shape = tuple(self.raw_variable(attr).shape)
     return shape, (len(shape) - 1,)
 
 
 def _transpose_units(self, attr):
     # A transposed convolution's kernel is (*kernel_size, filters, in_channels).
     if attr == "bias":
-        return tuple(self.bias.shape), (0,)
+        return tuple(self.raw_variable("bias").shape), (0,)
     shape = tuple(self.raw_variable(attr).shape)
     return shape, (len(shape) - 2,)
 
@@ -492,7 +496,7 @@ def _transpose_units(self, attr):
 def _depthwise_units(self, attr):
     # (*kernel_size, in_channels, multiplier): output channel c * m + j.
     if attr == "bias":
-        return tuple(self.bias.shape), (0,)
+        return tuple(self.raw_variable("bias").shape), (0,)
     shape = tuple(self.raw_variable(attr).shape)
     return shape, (len(shape) - 2, len(shape) - 1)
 
@@ -586,7 +590,7 @@ class MaskedEinsumDense(MaskedLayer, keras.layers.EinsumDense):
         order = [kept.index(c) for c in spec if c in kept]
         alive = np.transpose(alive, order) if order else alive
         shape = [alive.shape[order.index(kept.index(c))] if c in kept else 1 for c in spec]
-        bias_shape = tuple(self.bias.shape)
+        bias_shape = tuple(self.raw_variable("bias").shape)
         return np.broadcast_to(alive.reshape(shape), bias_shape).astype(np.float32)
 
 
@@ -672,7 +676,7 @@ class MaskedSeparableConv2D(MaskedLayer, keras.layers.SeparableConv2D):
     __doc__ = _SEPARABLE_DOC.replace("{base}", "SeparableConv2D")
 
 
-@_leaf(keras.layers.Embedding, ("embeddings",))
+@_leaf(keras.layers.Embedding, ("embeddings",), bias=False)
 class MaskedEmbedding(MaskedLayer, keras.layers.Embedding):
     """An `Embedding` layer with a masked embedding table.
 
@@ -701,7 +705,7 @@ def _adopt(owner, sublayer, masked_class, key):
             f"{type(sublayer).__name__}"
         )
     sublayer.__class__ = masked_class
-    for attr in masked_class.masked_attributes:
+    for attr in (*masked_class.masked_attributes, "bias"):
         # An attribute the Keras build assigned now sits behind the masked
         # property; keep the variable where the property reads it.
         if attr in sublayer.__dict__:
@@ -780,7 +784,7 @@ class MaskedMultiHeadAttention(_CompositeMixin, keras.layers.MultiHeadAttention)
 def _rnn_units(gates):
     def units(self, attr):
         if attr == "bias":
-            shape = tuple(self.bias.shape)
+            shape = tuple(self.raw_variable("bias").shape)
             return shape[:-1] + (gates, shape[-1] // gates), (len(shape),)
         shape = tuple(self.raw_variable(attr).shape)
         return (shape[0], gates, shape[1] // gates), (2,)
