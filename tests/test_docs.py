@@ -251,15 +251,18 @@ def test_the_readme_and_the_guides_have_python_blocks():
 def test_page_code_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    # importing tfmot (the gradual-pruning guide) sets TF_USE_LEGACY_KERAS=1
-    # for this process and its children; restore it after the page
-    if "TF_USE_LEGACY_KERAS" in os.environ:
-        monkeypatch.setenv("TF_USE_LEGACY_KERAS", os.environ["TF_USE_LEGACY_KERAS"])
-    else:
-        monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
     keras.backend.clear_session()
     namespace = {"__name__": "__docs__", "REPO": REPO}
-    run_page(runnable(page), page, namespace)
+    # importing tfmot (the gradual-pruning guide) sets TF_USE_LEGACY_KERAS=1
+    # for this process and its children: put it back as it was after the page
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS")
+    try:
+        run_page(runnable(page), page, namespace)
+    finally:
+        if legacy is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = legacy
     check = PAGE_CHECKS.get(page)
     if check:
         check(namespace, tmp_path)
