@@ -83,10 +83,15 @@ def gpu_ids() -> list:
     import tensorflow as tf
 
     n = len(tf.config.list_physical_devices("GPU"))  # all of them, hidden or not
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip():
-        return [v.strip() for v in visible.split(",") if v.strip()][:n]
-    return [str(i) for i in range(n)]
+    return visible_gpu_ids(n, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def visible_gpu_ids(n_gpus, cuda_visible_devices) -> list:
+    """The `CUDA_VISIBLE_DEVICES` entry of each of the `n_gpus` GPUs that a
+    process with that `CUDA_VISIBLE_DEVICES` (or `None`) sees."""
+    if cuda_visible_devices is not None and cuda_visible_devices.strip():
+        return [v.strip() for v in cuda_visible_devices.split(",") if v.strip()][:n_gpus]
+    return [str(i) for i in range(n_gpus)]
 
 
 def hide_gpus() -> None:
