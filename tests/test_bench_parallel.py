@@ -140,6 +140,15 @@ def test_worker_env_splits_threads_and_gpus():
     assert workers.visible_gpu_ids(0, "") == []
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [("max 100000", None), ("-1 100000", None), ("200000 100000", 2), ("150000 100000", 2)],
+)
+def test_cgroup_quota_caps_the_cores(text, expected):
+    assert workers.quota_cores(text) == expected
+    assert 1 <= workers.cores() <= (os.cpu_count() or 1)
+
+
 # ---------------------------------------------------------------------- #
 # The directory: config.json, locks, merging
 # ---------------------------------------------------------------------- #

@@ -16,7 +16,8 @@ Resources, per worker (`worker_env`):
 - CPU threads: `TF_NUM_INTRAOP_THREADS`, `TF_NUM_INTEROP_THREADS` and
   `OMP_NUM_THREADS` are `max(1, cores // N)`, with `cores` the CPUs this
   process may run on (`os.sched_getaffinity`, which follows SLURM's and
-  taskset's CPU sets, not a container's CPU quota). The worker applies them
+  taskset's CPU sets, capped by a cgroup CPU quota such as a Kubernetes CPU
+  limit). The worker applies them
   with `tf.config.threading` before TensorFlow's runtime starts. A value
   already in the environment is kept.
 - GPUs: with G GPUs visible to the main process, worker `i` sees only GPU
@@ -32,6 +33,7 @@ With `--jobs 1` the main-process methods train in the main process itself
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import subprocess
@@ -58,11 +60,33 @@ def check_jobs(jobs) -> int:
 
 
 def cores() -> int:
-    """CPUs this process may run on."""
+    """CPUs this process may use: its CPU set (SLURM, taskset), capped by a
+    cgroup CPU quota (a Kubernetes CPU limit, `docker --cpus`)."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    for v2, v1 in (("/sys/fs/cgroup/cpu.max", None), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", 1)):
+        try:
+            with open(v2) as f:
+                text = f.read()
+            if v1:  # cgroup v1: quota and period in two files
+                with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+                    text = f"{text.strip()} {f.read().strip()}"
+        except OSError:
+            continue
+        quota = quota_cores(text)
+        return min(n, quota) if quota else n
+    return n
+
+
+def quota_cores(text) -> int | None:
+    """CPUs allowed by a cgroup quota `"QUOTA PERIOD"` (cgroup v2's cpu.max),
+    rounded up; `None` for no quota (`max`, or -1 in cgroup v1)."""
+    parts = text.split()
+    if len(parts) != 2 or parts[0] == "max" or int(parts[0]) <= 0:
+        return None
+    return max(1, math.ceil(int(parts[0]) / int(parts[1])))
 
 
 def worker_env(slot, jobs, n_cores, gpus, environ) -> dict:
