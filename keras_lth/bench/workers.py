@@ -36,11 +36,19 @@ import json
 import math
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
 
 CHILD_PREFIX = "@@keras-lth-bench "
+# TensorFlow's start-up info lines (absl logging, which TF 2.21 prints
+# whatever TF_CPP_MIN_LOG_LEVEL says), N times over with N workers: dropped
+# from the workers' stderr below `-v 2`. Warnings, errors and tracebacks pass.
+_TF_INFO = re.compile(
+    r"^(I\d{4} [\d:.]+ +\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog"
+    r"|To enable the following instructions: )"
+)
 LEGACY_ENV = "TF_USE_LEGACY_KERAS"
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
@@ -189,13 +197,14 @@ class Worker:
             [sys.executable, "-m", "keras_lth.bench.child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=env,
             text=True,
             bufsize=1,
         )
         self._send({"plan": plan.config(), "verbose": verbose})
-        self._thread = threading.Thread(target=self._read, args=(events,), daemon=True)
-        self._thread.start()
+        for target, arg in ((self._read, events), (self._forward_stderr, verbose)):
+            threading.Thread(target=target, args=(arg,), daemon=True).start()
 
     def submit(self, run) -> None:
         self.run = run
@@ -217,6 +226,12 @@ class Worker:
                 sys.stdout.flush()
         self.proc.wait()
         events.put((self, None))
+
+    def _forward_stderr(self, verbose):
+        for text in self.proc.stderr:
+            if verbose >= 2 or not _TF_INFO.match(text):
+                sys.stderr.write(text)
+                sys.stderr.flush()
 
     def close(self) -> None:
         """Lets the worker end after its current run (end of its input)."""
