@@ -38,7 +38,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", default="1,2", help="comma-separated --jobs values")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--methods", default="dense,oneshot,lth,random-mask,gradual")
+    p.add_argument("--methods", default="dense,oneshot,lth,lth-reinit,random-mask,gradual,tfmot")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--preset", default="quick")
     p.add_argument("--out", required=True, help="directory for bench_jobs.json and logs/")

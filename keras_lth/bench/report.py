@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import uuid
 
 import numpy as np
 
@@ -415,7 +416,9 @@ def plot(plan, lines, summary, out_dir) -> list:
 
 
 def _save_figure(fig, path):
-    tmp = f"{path}.{os.getpid()}.tmp"  # atomic, like every file of the directory
+    # atomic like every file of the directory; a name of its own (two shards
+    # on two machines may share a process id)
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         fig.savefig(tmp, dpi=110, format="png")
         os.replace(tmp, path)
