@@ -61,11 +61,11 @@ def test_shard_checks_its_values():
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["--jobs", "0"], ["--jobs", "positive integer", "'0'"]),
-        (["--jobs", "-2"], ["--jobs", "positive integer", "'-2'"]),
-        (["--jobs", "two"], ["--jobs", "positive integer", "'two'"]),
-        (["--shard", "2/2"], ["--shard", "0 <= K < N", "'2/2'"]),
-        (["--shard", "1"], ["--shard", "0 <= K < N", "'1'"]),
+        (["--jobs", "0"], ["`--jobs`", "positive integer", "Received: --jobs=0"]),
+        (["--jobs", "-2"], ["`--jobs`", "positive integer", "Received: --jobs=-2"]),
+        (["--jobs", "two"], ["`--jobs`", "positive integer", "Received: --jobs='two'"]),
+        (["--shard", "2/2"], ["`--shard`", "0 <= K < N", "Received: --shard='2/2'"]),
+        (["--shard", "1"], ["`--shard`", "0 <= K < N", "Received: --shard='1'"]),
     ],
 )
 def test_cli_rejects_bad_jobs_and_shards(argv, words, capsys):

@@ -51,12 +51,13 @@ def _methods(text):
 
 def _jobs(text):
     try:
-        return check_jobs(int(text))
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"Received an invalid value for `--jobs`, expected a positive integer "
-            f"(worker processes). Received: --jobs={text!r}"
-        ) from None
+        value = text
+    try:
+        return check_jobs(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _shard(text):
