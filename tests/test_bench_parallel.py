@@ -237,7 +237,7 @@ def test_jobs_2_gives_the_records_of_jobs_1(single, tmp_path):
     assert outcomes(lines) == outcomes(reference)
     on_disk = results.read_results(os.path.join(out, results.RESULTS_FILE))
     assert outcomes(on_disk) == outcomes(reference)  # the same file, in plan order
-    threads = max(1, workers.cores() // 2)
+    threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS", max(1, workers.cores() // 2)))
     assert {line["execution"]["intra_op_threads"] for line in lines} == {threads}
     assert {line["execution"]["intra_op_threads"] for line in reference} == {0}  # default
     summary = read(os.path.join(out, "summary.md"))
