@@ -128,7 +128,11 @@ def parser() -> argparse.ArgumentParser:
         choices=(0, 1, 2),
         help="0 quiet, 1 progress over runs (default), 2 also Keras's per-epoch output",
     )
-    actions = p.add_subparsers(dest="action", metavar="{report}")
+    actions = p.add_subparsers(
+        dest="action",
+        metavar="{report}",
+        help="report DIR: merge the results files of DIR and rewrite its summary (no training)",
+    )
     r = actions.add_parser(
         "report",
         help="merge the results files of DIR, rewrite summary.md and the plots",
