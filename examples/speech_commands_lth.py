@@ -9,7 +9,7 @@ energies every 20 ms of each 1 s clip (1,960 values), an MLP with two hidden
 layers of 256 units (`keras_lth.models.speech_mlp`), Adam 1e-3, batch 100,
 pruning 20% of each hidden layer and 10% of the output layer per round. Each
 seed runs `rewind="init"` (winning tickets) and `rewind="reinit"`. The script
-prints a per-round table (mean ± std over seeds), writes it to
+prints a per-round table (mean ± sample std over seeds), writes it to
 `OUT_DIR/results.md` with the raw records in `OUT_DIR/results.json`, and
 saves a plot of test accuracy vs. % weights remaining (log x axis) to
 `OUT_DIR/accuracy_vs_density.png`.
@@ -49,6 +49,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import keras_lth as lth
+from keras_lth.bench.report import stats  # mean and sample std (ddof=1), as keras-lth bench
 
 """
 ## Settings
@@ -113,7 +114,8 @@ def summarize(records):
         rows = []
         for r in range(len(runs[0])):
             acc = [100 * rounds[r]["test"]["accuracy"] for rounds in runs]
-            rows.append((100 * runs[0][r]["density"], float(np.mean(acc)), float(np.std(acc))))
+            mean, std, _ = stats(acc)
+            rows.append((100 * runs[0][r]["density"], mean, std))
         out[rewind] = rows
     return out
 
@@ -126,7 +128,9 @@ def table(summary, n_seeds):
         cells = " | ".join(f"{summary[r][i][1]:.2f} ± {summary[r][i][2]:.2f}" for r in summary)
         lines.append(f"| {i} | {dens:.1f}% | {cells} |")
     lines.append("")
-    lines.append(f"Mean ± std over {n_seeds} seed(s), test accuracy (%) at the end of each round.")
+    lines.append(
+        f"Mean ± std (n − 1) over {n_seeds} seed(s), test accuracy (%) at the end of each round."
+    )
     return "\n".join(lines)
 
 

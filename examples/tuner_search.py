@@ -12,8 +12,10 @@ its last round, i.e. of the network at the target density. The script then
 retrains the best schedule and the default lottery-ticket schedule (rate 0.2
 per round, rewind to init, the best trial's model hyperparameters and round
 length) on `SEEDS` seeds and compares their test accuracy at the same density.
-It prints the best schedule and the comparison, and writes both to
-`OUT_DIR/results.md` with the raw records in `OUT_DIR/results.json`.
+It prints the best schedule and the comparison (test accuracy mean ± sample
+std over seeds), and writes both to `OUT_DIR/results.md` with the raw records
+in `OUT_DIR/results.json`; `--report-only` rebuilds `results.md` from an
+earlier run's `results.json`.
 
 Run: `pip install "keras-lth[tuner]" && python examples/tuner_search.py`.
 """
@@ -33,9 +35,9 @@ warnings.filterwarnings("ignore", message="Skipping variable loading for optimiz
 
 import keras
 import keras_tuner
-import numpy as np
 
 import keras_lth as lth
+from keras_lth.bench.report import stats  # mean and sample std (ddof=1), as keras-lth bench
 
 """
 ## Settings
@@ -110,12 +112,13 @@ def retrain(hypermodel, model_hp, schedule, seed, data):
 
 def summary_line(name, plan, runs):
     acc = [100 * rounds[-1]["test"]["accuracy"] for rounds in runs]
+    mean, std, _ = stats(acc)
     dens = 100 * runs[0][-1]["density"]
     return (
         f"| {name} | {plan['method']} | {plan['rounds']} x {plan['epochs_per_round']} "
         f"({plan['total_epochs']} epochs) | {plan['exact_rate']:.3f} | {plan['rewind']!r} | "
         f"{plan['scope']} / {plan['structure']} | {dens:.1f}% | "
-        f"{np.mean(acc):.2f} ± {np.std(acc):.2f} |"
+        f"{mean:.2f} ± {std:.2f} |"
     )
 
 
@@ -129,8 +132,17 @@ def main(argv=None):
     parser.add_argument("--max-trials", type=int, default=MAX_TRIALS)
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--out", default=OUT_DIR)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild results.md from OUT/results.json, without searching or training",
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.report_only:
+        with open(os.path.join(args.out, "results.json")) as f:
+            write_report(json.load(f), args)
+        return
     start = time.time()
 
     keras.utils.set_random_seed(0)
@@ -196,50 +208,60 @@ def main(argv=None):
             )
     total_time = time.time() - start
 
+    result = {
+        "best_hyperparameters": best_hp.values,
+        "best": best_plan,
+        "default": default_plan,
+        "trials": [
+            {
+                "id": t.trial_id,
+                "status": t.status,
+                "score": t.score,
+                "hyperparameters": t.hyperparameters.values,
+            }
+            for t in trials
+        ],
+        "records": records,
+        "search_seconds": search_time,
+        "total_seconds": total_time,
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    write_report(result, args)
+    print(f"\nWrote {args.out}/results.md and results.json")
+
+
+def write_report(result, args):
+    """results.md from a run's results.json contents."""
+    seeds = len(result["records"]["best"])
+    scores = [t["score"] for t in result["trials"] if t["status"] == "COMPLETED"]
     lines = [
         (
             "| schedule | method | rounds x epochs | rate/round | rewind | scope / structure "
             "| weights left | test acc (%) |"
         ),
         "|---|---|---|---:|---|---|---:|---:|",
-        summary_line("best found", best_plan, records["best"]),
-        summary_line("default lth", default_plan, records["default"]),
+        summary_line("best found", result["best"], result["records"]["best"]),
+        summary_line("default lth", result["default"], result["records"]["default"]),
         "",
-        f"Learning rate {best_hp.values['learning_rate']}; test accuracy mean ± std over "
-        f"{args.seeds} seed(s) at the end of the last round. Search: {len(trials)} trials, "
-        f"best val acc {100 * tuner.oracle.get_best_trials(1)[0].score:.2f}%, "
-        f"{search_time:.0f}s; total {total_time:.0f}s.",
+        f"Learning rate {result['best_hyperparameters']['learning_rate']}; test accuracy mean ± "
+        f"std (n − 1) over {seeds} seed(s) at the end of the last round. Search: "
+        f"{len(result['trials'])} trials, best val acc {100 * max(scores):.2f}%, "
+        f"{result['search_seconds']:.0f}s; total {result['total_seconds']:.0f}s.",
     ]
     text = "\n".join(lines)
     print("\n" + text)
+    note = ""
+    if args.report_only:
+        note = (
+            "Tables recomputed from `results.json` by "
+            f"`python examples/tuner_search.py --out {args.out} --report-only`.\n\n"
+        )
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(
-            f"`python examples/tuner_search.py --max-trials {args.max_trials} "
-            f"--seeds {args.seeds}`\n\n{text}\n"
+            f"`python examples/tuner_search.py --max-trials {len(result['trials'])} "
+            f"--seeds {seeds}`\n\n{note}{text}\n"
         )
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(
-            {
-                "best_hyperparameters": best_hp.values,
-                "best": best_plan,
-                "default": default_plan,
-                "trials": [
-                    {
-                        "id": t.trial_id,
-                        "status": t.status,
-                        "score": t.score,
-                        "hyperparameters": t.hyperparameters.values,
-                    }
-                    for t in trials
-                ],
-                "records": records,
-                "search_seconds": search_time,
-                "total_seconds": total_time,
-            },
-            f,
-            indent=1,
-        )
-    print(f"\nWrote {args.out}/results.md and results.json")
 
 
 if __name__ == "__main__":

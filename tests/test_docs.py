@@ -1,0 +1,628 @@
+"""The README and the documentation run as written, and say what the artifacts say.
+
+Every fenced ```python block of README.md and of docs/**/*.md runs, page by
+page, in order, in one namespace per page (like a notebook), in a temporary
+working directory. An HTML comment on the line just before a block changes
+that (Markdown renderers do not show it):
+
+    <!-- docs-test: skip REASON -->
+        The block is not run. REASON is required (e.g. it downloads 2 GB).
+
+    <!-- docs-test: replace {"epochs_per_round=8": "epochs_per_round=1"} -->
+        A JSON object of literal substitutions applied before running: a
+        tiny stand-in for a block that needs large data or a long time. Every
+        key must occur in the block, so a stand-in cannot go stale silently.
+
+    <!-- docs-test: setup
+    hidden Python, run at this point in the page's namespace
+    -->
+        For stand-in data, e.g. a small Speech Commands tree written to the
+        path the page's next block reads. `REPO` (a `pathlib.Path` of the
+        repository root) is defined for it.
+
+CONTRIBUTING.md documents the same syntax. The other tests here keep the
+prose honest: local links resolve, figures are committed artifacts under
+docs/results/, every example command names a script and options that
+exist, result tables match the artifacts they came from, and the API
+reference lists the whole public API.
+"""
+
+import glob
+import json
+import math
+import os
+import pathlib
+import re
+import statistics
+
+import keras
+import pytest
+
+import keras_lth as lth
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+
+FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w+-]*)\s*$")
+DIRECTIVE = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<kind>skip|replace|setup)\b(?P<rest>.*)$")
+
+
+def pages():
+    """README.md and every Markdown page of the docs, as paths relative to REPO."""
+    found = [REPO / "README.md"] + sorted(DOCS.rglob("*.md"))
+    return [p.relative_to(REPO).as_posix() for p in found]
+
+
+def read(rel):
+    return (REPO / rel).read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------- #
+# Parsing
+
+
+class Block:
+    def __init__(self, lang, line, code, directive=None):
+        self.lang, self.line, self.code, self.directive = lang, line, code, directive
+
+    def __repr__(self):
+        return f"Block({self.lang!r}, line {self.line})"
+
+
+def parse(text, where="<text>"):
+    """`[Block]` in page order: code blocks (with the directive before each)
+    and hidden `setup` blocks (lang "setup")."""
+    lines = text.splitlines()
+    blocks, pending, i = [], None, 0
+    while i < len(lines):
+        line = lines[i]
+        d = DIRECTIVE.match(line)
+        if d:
+            kind, rest = d["kind"], d["rest"]
+            if kind == "setup":
+                end = i + 1
+                while end < len(lines) and lines[end].strip() != "-->":
+                    end += 1
+                if end == len(lines):
+                    raise ValueError(f"{where}:{i + 1}: unterminated docs-test setup comment")
+                if any(not l.strip() for l in lines[i + 1 : end]):
+                    raise ValueError(
+                        f"{where}:{i + 1}: no blank lines in a docs-test setup comment "
+                        "(a blank line ends Markdown's HTML block)"
+                    )
+                blocks.append(Block("setup", i + 2, "\n".join(lines[i + 1 : end])))
+                i = end + 1
+                continue
+            if not rest.rstrip().endswith("-->"):
+                raise ValueError(
+                    f"{where}:{i + 1}: a docs-test {kind} comment must end on its line"
+                )
+            arg = rest.rstrip()[:-3].strip()
+            if kind == "skip" and not arg:
+                raise ValueError(f"{where}:{i + 1}: docs-test: skip needs a reason")
+            if kind == "replace":
+                try:
+                    arg = json.loads(arg)
+                except json.JSONDecodeError as e:
+                    raise ValueError(
+                        f"{where}:{i + 1}: docs-test: replace needs JSON: {e}"
+                    ) from None
+                if not isinstance(arg, dict) or not arg:
+                    raise ValueError(f"{where}:{i + 1}: docs-test: replace needs a JSON object")
+            pending = (kind, arg, i + 1)
+            i += 1
+            continue
+        f = FENCE.match(line)
+        if f:
+            indent, lang = f["indent"], f["lang"]
+            end = i + 1
+            while end < len(lines) and lines[end].strip() != "```":
+                end += 1
+            body = [l[len(indent) :] if l.startswith(indent) else l for l in lines[i + 1 : end]]
+            blocks.append(Block(lang, i + 2, "\n".join(body) + "\n", pending))
+            pending = None
+            i = end + 1
+            continue
+        if pending and line.strip():
+            raise ValueError(
+                f"{where}:{pending[2]}: a docs-test {pending[0]} comment must come "
+                "right before a code block"
+            )
+        i += 1
+    if pending:
+        raise ValueError(f"{where}:{pending[2]}: a docs-test comment with no code block after it")
+    return blocks
+
+
+def runnable(rel):
+    return [b for b in parse(read(rel), rel) if b.lang in ("python", "setup")]
+
+
+def prepare(block, where):
+    """The source to run for `block`, or None when it is skipped."""
+    code = block.code
+    if block.directive is None:
+        return code
+    kind, arg, line = block.directive
+    if kind == "skip":
+        return None
+    for old, new in arg.items():
+        if old not in code:
+            raise AssertionError(
+                f"{where}:{line}: docs-test replace: {old!r} does not occur in the block"
+            )
+        code = code.replace(old, new)
+    return code
+
+
+# ---------------------------------------------------------------------- #
+# The harness itself, on hand-made pages
+
+SAMPLE = """\
+Text.
+
+```python
+x = 1
+```
+
+<!-- docs-test: replace {"range(10**9)": "range(3)"} -->
+```python
+y = sum(range(10**9))
+```
+
+<!-- docs-test: setup
+z = 5
+-->
+
+<!-- docs-test: skip needs the internet -->
+```python
+raise RuntimeError("skipped")
+```
+
+```bash
+echo not python
+```
+
+1. A list item with a block:
+
+    ```python
+    w = x + y + z
+    ```
+"""
+
+
+def run_page(blocks, where, namespace):
+    for block in blocks:
+        if block.lang not in ("python", "setup"):
+            continue
+        code = prepare(block, where)
+        if code is None:
+            continue
+        # Pad so that tracebacks name the Markdown file's own line numbers.
+        exec(compile("\n" * (block.line - 1) + code, where, "exec"), namespace)
+    return namespace
+
+
+def test_harness_runs_blocks_in_order_with_directives():
+    blocks = parse(SAMPLE)
+    assert [b.lang for b in blocks] == ["python", "python", "setup", "python", "bash", "python"]
+    assert [b.line for b in blocks] == [4, 9, 13, 18, 22, 28]
+    ns = run_page(blocks, "sample.md", {})
+    assert (ns["x"], ns["y"], ns["z"], ns["w"]) == (1, 3, 5, 9)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("<!-- docs-test: skip -->\n```python\n```\n", "needs a reason"),
+        ("<!-- docs-test: replace [1] -->\n```python\n```\n", "JSON object"),
+        ("<!-- docs-test: replace {oops} -->\n```python\n```\n", "needs JSON"),
+        ("<!-- docs-test: skip why -->\ntext\n```python\n```\n", "right before a code block"),
+        ("<!-- docs-test: setup\nx = 1\n", "unterminated"),
+        ("<!-- docs-test: setup\nx = 1\n\ny = 2\n-->\n", "no blank lines"),
+        ("<!-- docs-test: skip why -->\n", "no code block after it"),
+    ],
+)
+def test_harness_rejects_malformed_directives(text, words):
+    with pytest.raises(ValueError, match=words):
+        parse(text)
+
+
+def test_harness_rejects_a_stale_replacement():
+    (block,) = parse('<!-- docs-test: replace {"a = 2": "a = 1"} -->\n```python\na = 3\n```\n')
+    with pytest.raises(AssertionError, match="does not occur"):
+        prepare(block, "x.md")
+
+
+# ---------------------------------------------------------------------- #
+# Every page's Python blocks run
+
+RUNNABLE = [p for p in pages() if any(b.lang == "python" for b in runnable(p))]
+
+
+def test_the_readme_and_the_guides_have_python_blocks():
+    assert "README.md" in RUNNABLE
+    assert "docs/getting-started.md" in RUNNABLE
+    guides = [p for p in pages() if p.startswith("docs/guides/")]
+    assert guides and set(guides) <= set(RUNNABLE), set(guides) - set(RUNNABLE)
+
+
+@pytest.mark.parametrize("page", RUNNABLE)
+def test_page_code_blocks_run(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    keras.backend.clear_session()
+    namespace = {"__name__": "__docs__", "REPO": REPO}
+    # importing tfmot (the gradual-pruning guide) sets TF_USE_LEGACY_KERAS=1
+    # for this process and its children: put it back as it was after the page
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS")
+    try:
+        run_page(runnable(page), page, namespace)
+    finally:
+        if legacy is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = legacy
+    check = PAGE_CHECKS.get(page)
+    if check:
+        check(namespace, tmp_path)
+
+
+def _check_readme(ns, cwd):
+    scheduler, model = ns["scheduler"], ns["model"]
+    assert [r["round"] for r in scheduler.rounds] == [0, 1, 2]
+    assert lth.density(model) == pytest.approx(0.64, abs=1e-3)
+    assert lth.density(model) == pytest.approx(scheduler.rounds[-1]["density"])
+    ticket = keras.saving.load_model(cwd / "ticket.keras")
+    assert all(type(l) is keras.layers.Dense for l in ticket.layers)
+    kernel = ticket.layers[0].get_weights()[0]
+    assert (kernel == 0).mean() == pytest.approx(0.36, abs=1e-3)
+
+
+def _check_getting_started(ns, cwd):
+    assert ns["last"]["layer_density"] == pytest.approx(
+        {"hidden_1": 0.64, "hidden_2": 0.64, "output": 0.81}
+    )
+    assert [type(l).__name__ for l in ns["plain"].layers] == ["Dense"] * 3
+    assert len(ns["history"].history["density"]) == 3
+
+
+def _check_lottery_tickets(ns, cwd):
+    assert ns["new"]["a"].tolist() == [[0, 1], [1, 0]]
+    assert set(ns["results"]) == {"init", 1, "reinit", None}
+
+
+def _check_structured(ns, cwd):
+    assert [l.units for l in ns["small"].layers] == [75, 25, 10]
+    assert (ns["dense"].count_params(), ns["small"].count_params()) == (266610, 61035)
+
+
+def _check_gradual(ns, cwd):
+    density = ns["history"].history["density"]
+    assert density[0] == 1.0 and density[-1] == pytest.approx(0.1, abs=0.005)
+
+
+def _check_distributed(ns, cwd):
+    assert [r["round"] for r in ns["scheduler"].rounds] == [0, 1, 2]
+    assert not os.path.exists("backup/scheduler") or not os.listdir("backup/scheduler")
+
+
+PAGE_CHECKS = {
+    "README.md": _check_readme,
+    "docs/getting-started.md": _check_getting_started,
+    "docs/guides/lottery-tickets.md": _check_lottery_tickets,
+    "docs/guides/structured-pruning.md": _check_structured,
+    "docs/guides/gradual-pruning.md": _check_gradual,
+    "docs/guides/distributed.md": _check_distributed,
+}
+
+
+# ---------------------------------------------------------------------- #
+# The README
+
+
+def test_readme_is_short():
+    lines = read("README.md").splitlines()
+    assert len(lines) < 250, len(lines)
+
+
+def test_readme_states_the_setup_and_the_docs_commands():
+    text = read("README.md")
+    assert 'pip install -e ".[test]" && keras-lth bench' in text
+    assert "\npytest" in text
+    assert "mkdocs serve" in text
+    assert "## Prune your own model" in text
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def local_targets(rel):
+    """The local files that the Markdown links and images of page `rel` name."""
+    out = []
+    for m in LINK.finditer(read(rel)):
+        target = m["target"].split("#", 1)[0]
+        if not target or re.match(r"^[a-z]+:", target):
+            continue
+        out.append((m.group(0), (REPO / rel).parent / target))
+    return out
+
+
+def test_readme_links_resolve():
+    missing = [link for link, path in local_targets("README.md") if not path.exists()]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("page", ["README.md"] + [p for p in pages() if p.startswith("docs/")])
+def test_figures_are_committed_artifacts(page):
+    """Every image is a file under docs/results/ (where each study's command
+    and raw records live)."""
+    text = read(page)
+    for m in re.finditer(r"!\[[^\]]*\]\((?P<target>[^)\s]+)", text):
+        path = ((REPO / page).parent / m["target"]).resolve()
+        assert path.exists(), (page, m["target"])
+        assert (DOCS / "results") in path.parents, (page, m["target"])
+
+
+# ---------------------------------------------------------------------- #
+# Commands shown in the docs exist
+
+SCRIPT_COMMAND = re.compile(r"python (?P<script>(?:examples|benchmarks)/\w+\.py)(?P<args>[^`\n]*)")
+BENCH_COMMAND = re.compile(r"keras-lth bench(?P<args>[^`\n]*)")
+
+
+def test_example_commands_name_scripts_and_options_that_exist():
+    seen = 0
+    for page in pages() + ["CONTRIBUTING.md"]:
+        for m in SCRIPT_COMMAND.finditer(read(page)):
+            script = REPO / m["script"]
+            assert script.exists(), (page, m.group(0))
+            source = script.read_text()
+            for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", m["args"]):
+                assert f'"{flag}"' in source, (page, m.group(0), flag)
+            seen += 1
+        for m in BENCH_COMMAND.finditer(read(page)):
+            source = (REPO / "keras_lth" / "bench" / "cli.py").read_text()
+            for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", m["args"]):
+                assert f'"{flag}"' in source, (page, m.group(0), flag)
+    assert seen >= 6
+
+
+# ---------------------------------------------------------------------- #
+# Results pages say what the artifacts say
+
+
+def table_rows(text):
+    return [l.rstrip() for l in text.splitlines() if l.startswith("|") and re.search(r"\d", l)]
+
+
+# Each results page and the artifacts its tables are copied from (verbatim).
+RESULTS = {
+    "docs/results/bench-quick.md": ["docs/results/bench_quick/summary.md"],
+    "docs/results/mnist-lth.md": ["docs/results/mnist_lth/results.md"],
+    "docs/results/reintroduction.md": ["docs/results/mnist_reintroduce/results.md"],
+    "docs/results/tuner-search.md": ["docs/results/tuner_search/results.md"],
+}
+
+
+@pytest.mark.parametrize("page", sorted(RESULTS))
+def test_results_tables_are_the_artifacts(page):
+    artifacts = "\n".join(read(a) for a in RESULTS[page])
+    known = set(table_rows(artifacts))
+    rows = table_rows(read(page))
+    assert rows, page
+    copied = [r for r in rows if r in known]
+    stray = [r for r in rows if r not in known and "±" in r]
+    assert not stray, stray
+    assert copied, page
+
+
+@pytest.mark.parametrize("page", sorted(RESULTS))
+def test_results_numbers_with_std_come_from_the_artifacts(page):
+    """A `mean ± std` quoted in the prose appears in an artifact of the page."""
+    artifacts = "\n".join(read(a) for a in RESULTS[page])
+    quoted = set(re.findall(r"\d+\.\d+ ± \d+\.\d+", read(page)))
+    missing = sorted(q for q in quoted if q not in artifacts)
+    assert not missing, missing
+
+
+def test_every_results_artifact_has_a_page():
+    artifacts = [p for p in (DOCS / "results").rglob("*") if p.is_file()]
+    pages_text = "\n".join(read(p.relative_to(REPO).as_posix()) for p in DOCS.glob("results/*.md"))
+    for path in artifacts:
+        if path.parent == DOCS / "results" and path.suffix == ".md":
+            continue  # a results page itself
+        rel = path.relative_to(DOCS / "results").as_posix()
+        assert rel in pages_text, f"docs/results/{rel} is on no results page"
+
+
+def test_reintroduction_timings_are_the_training_runs():
+    (line,) = [
+        l
+        for l in read("docs/results/reintroduction.md").splitlines()
+        if l.startswith("Training time per run")
+    ]
+    recorded = read("docs/results/mnist_reintroduce/training_run.md")
+    assert line.split(", as the training run")[0] in recorded
+
+
+def test_tuner_trials_table_is_the_recorded_search():
+    with open(DOCS / "results" / "tuner_search" / "results.json") as f:
+        trials = json.load(f)["trials"]
+    rows = read("docs/results/tuner-search.md").splitlines()
+    for t in trials:
+        method = t["hyperparameters"]["prune/method"]
+        (row,) = [r for r in rows if r.startswith(f"| {t['id']} | {method}")]
+        assert row.replace("*", "").endswith(f"| {100 * t['score']:.2f} |"), row
+        assert f"| {t['hyperparameters']['prune/rate']:g} |" in row, row
+
+
+def test_pipeline_figures_are_the_recorded_log():
+    log = read("docs/results/pipeline/log.txt")
+    runs = log.split("$ python benchmarks/pipeline.py")[1:]
+    assert len(runs) == 3
+    rows = [r for r in read("docs/results/pipeline.md").splitlines() if r.startswith("| ")]
+    names = {
+        "| first": "first (decode + features), clips/s",
+        "| cached": "cached, clips/s",
+        "| set-up": "set-up (headers + tracing), s",
+    }
+    for start, label in names.items():
+        (row,) = [r for r in rows if r.startswith(start)]
+        recorded = [run.split(label, 1)[1].split()[:2] for run in runs]
+        best, median = row.strip(" |").split(" | ")[1:]
+        assert best.replace(" (least)", "") == " / ".join(r[0] for r in recorded), row
+        assert median == " / ".join(r[1] for r in recorded), row
+
+
+def test_reintroduction_overhead_table_is_the_recorded_run():
+    with open(DOCS / "results" / "overhead_reintroduce.json") as f:
+        result = json.load(f)
+    page = read("docs/results/overhead.md").split("## Re-introduction strategies", 1)[1]
+    load = result["config"]["loadavg"].split()
+    assert f"load average {load[0]} before, {load[2]} after" in page
+    rows = {
+        "| `ScoredPruning`": "scored",
+        '| `DoublePruning("feedback")`': "double_feedback",
+        '| `DoublePruning("complement")`': "double_complement",
+    }
+    lines = page.splitlines()
+    for start, variant in rows.items():
+        (line,) = [l for l in lines if l.startswith(start)]
+        cells = []
+        for mode in ("off", "on"):
+            r = result["keras3"][mode][variant]["vs_masked"]
+            cells.append(f"{r['ratio']:.3f} ({r['cpu_ratio']:.3f})")
+        assert line.rstrip(" |").split(" | ")[-2:] == cells, line
+
+
+def test_design_layout_names_every_module_and_example():
+    layout = read("docs/design.md").split("## Layout", 1)[1]
+    for path in sorted((REPO / "keras_lth").glob("*.py")):
+        assert path.name in layout, path.name
+    for path in sorted((REPO / "keras_lth").glob("*/__init__.py")):
+        assert f"{path.parent.name}/" in layout, path.parent.name
+    for path in sorted((REPO / "examples").glob("*.py")):
+        assert path.name in layout, path.name
+
+
+def test_bench_quick_run_time_is_the_recorded_one():
+    with open(DOCS / "results" / "bench_quick" / "results.jsonl") as f:
+        lines = [json.loads(l) for l in f]
+    total = sum(l["run_wall_s"] for l in lines)
+    page = read("docs/results/bench-quick.md")
+    assert f"{len(lines)} runs" in page
+    assert f"{total:.0f} s" in page
+
+
+def test_tuner_search_times_are_the_recorded_ones():
+    with open(DOCS / "results" / "tuner_search" / "results.json") as f:
+        result = json.load(f)
+    page = read("docs/results/tuner-search.md")
+    assert f"{result['search_seconds']:.0f} s of search" in page
+    assert f"{result['total_seconds']:.0f} s in all" in page
+
+
+# ---------------------------------------------------------------------- #
+# mean ± std is the sample standard deviation everywhere
+
+
+def _records(accuracies):
+    """Per-seed round records with the given final test accuracies (0-1)."""
+    return [[{"density": 1.0, "test": {"accuracy": a}}] for a in accuracies]
+
+
+def test_every_summary_uses_the_sample_std():
+    import sys
+
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import mnist_lth
+        import speech_commands_lth
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    from keras_lth.bench import report
+
+    acc = [0.90, 0.925, 0.93]
+    expected = (statistics.mean([90, 92.5, 93]), statistics.stdev([90, 92.5, 93]))
+    for module in (mnist_lth, speech_commands_lth):
+        ((_, mean, std),) = module.summarize({"k": _records(acc)})["k"]
+        assert (mean, std) == pytest.approx(expected), module.__name__
+    mean, std, n = report.stats(acc)
+    assert (100 * mean, 100 * std, n) == pytest.approx((*expected, 3))
+    assert report.stats([0.5])[1] == 0.0  # one seed: no spread, not NaN
+
+
+def test_no_population_std_left_in_the_reporting_code():
+    """`np.std` defaults to ddof=0; every call that reports a spread says ddof=1."""
+    files = glob.glob(str(REPO / "examples" / "*.py")) + glob.glob(
+        str(REPO / "keras_lth" / "**" / "*.py"), recursive=True
+    )
+    files += glob.glob(str(REPO / "benchmarks" / "*.py"))
+    bad = []
+    for path in files:
+        for n, line in enumerate(open(path), 1):
+            if re.search(r"\b(np|numpy)\.std\(|\.std\(\)|statistics\.pstdev", line):
+                if "ddof=1" not in line:
+                    bad.append(f"{os.path.relpath(path, REPO)}:{n}: {line.strip()}")
+    assert not bad, bad
+
+
+def test_tuner_example_reports_the_sample_std():
+    import sys
+
+    pytest.importorskip("keras_tuner")
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import tuner_search
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    plan = {
+        "method": "lth",
+        "rounds": 1,
+        "epochs_per_round": 1,
+        "total_epochs": 2,
+        "exact_rate": 0.5,
+        "rewind": "init",
+        "scope": "layer",
+        "structure": "weight",
+    }
+    runs = [[{"density": 0.5, "test": {"accuracy": a}}] for a in (0.908, 0.921)]
+    line = tuner_search.summary_line("x", plan, runs)
+    std = statistics.stdev([90.8, 92.1])
+    assert line.endswith(f"| 91.45 ± {std:.2f} |"), line
+    assert not math.isclose(std, 0.65, abs_tol=0.005)  # the population std of the pair
+
+
+# ---------------------------------------------------------------------- #
+# The API reference
+
+
+API_PAGES = {
+    "keras_lth.layers": "layers.md",
+    "keras_lth.pruning": "pruning.md",
+    "keras_lth.schedules": "schedules.md",
+    "keras_lth.callbacks": "callbacks.md",
+    "keras_lth.reintroduce": "reintroduce.md",
+    "keras_lth.export": "export.md",
+    "keras_lth.models": "models.md",
+    "keras_lth.data": "data.md",
+    "keras_lth.tuner": "tuner.md",
+    "keras_lth.bench": "bench.md",
+}
+
+
+def test_every_public_module_has_an_api_page_in_the_nav():
+    nav = read("mkdocs.yml")
+    for module, page in API_PAGES.items():
+        assert f"::: {module}" in read(f"docs/api/{page}"), module
+        assert f"api/{page}" in nav, page
+    assert "api/index.md" in nav
+
+
+def test_the_api_index_lists_the_whole_public_api():
+    index = read("docs/api/index.md")
+    for name in lth.__all__ + ["tuner"]:
+        if name == "__version__":
+            continue
+        assert f"`{name}`" in index, name
