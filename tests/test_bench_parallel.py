@@ -189,8 +189,13 @@ def test_one_writer_per_results_file(tmp_path):
                 pass
         with results.WriterLock(str(tmp_path / "results-1-of-2.jsonl")):
             pass  # another shard's file
+    assert not os.path.exists(path + ".lock")  # its holder removed it
     with results.WriterLock(path):
         pass  # released with its holder
+    open(path + ".lock", "w").close()  # left by a killed holder: not locked
+    with results.WriterLock(path):
+        pass
+    assert os.listdir(tmp_path) == []
 
 
 def test_merged_lines_take_every_file_and_each_run_once(tmp_path):

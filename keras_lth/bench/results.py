@@ -229,7 +229,9 @@ class WriterLock:
     needs the `flock` mount option. Where locking fails the benchmark warns
     and carries on without it. The lock goes with the process that held it;
     on NFS a crashed node's lock lasts until the server's lease ends (about
-    90 s on NFSv4).
+    90 s on NFSv4). The holder removes the lock file when it is done (a killed
+    one leaves it behind, unlocked and harmless); a process that locked a
+    file removed meanwhile tries again on the new one.
     """
 
     def __init__(self, path):
@@ -237,29 +239,45 @@ class WriterLock:
         self._file = None
 
     def __enter__(self):
-        self._file = open(self.path, "a")
         if fcntl is None:
             warnings.warn(f"No file locking here: '{self.path}' is not locked.", stacklevel=2)
             return self
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            raise DirectoryError(
-                f"Another process is writing '{self.path[: -len('.lock')]}' (it holds "
-                f"'{self.path}'): the same shard or directory runs twice. Wait for it "
-                "to end, or stop it; a restart then resumes where it stopped."
-            ) from None
-        except OSError as e:
-            warnings.warn(
-                f"Could not lock '{self.path}' ({e}): this filesystem has no flock "
-                "support, so make sure one process at a time writes each results file.",
-                stacklevel=2,
-            )
-        return self
+        while True:
+            f = open(self.path, "a")
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                raise DirectoryError(
+                    f"Another process is writing '{self.path[: -len('.lock')]}' (it holds "
+                    f"'{self.path}'): the same shard or directory runs twice. Wait for it "
+                    "to end, or stop it; a restart then resumes where it stopped."
+                ) from None
+            except OSError as e:
+                f.close()
+                warnings.warn(
+                    f"Could not lock '{self.path}' ({e}): this filesystem has no flock "
+                    "support, so make sure one process at a time writes each results file.",
+                    stacklevel=2,
+                )
+                return self
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                self._file = f
+                return self
+            f.close()  # its holder removed it after we opened it: lock the new one
 
     def __exit__(self, *exc):
-        self._file.close()  # closing releases the lock
+        if self._file is not None:
+            # Removed while still locked, so no one can lock this inode as
+            # current after us (they check it against the path, above).
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            self._file.close()
+            self._file = None
 
 
 # ---------------------------------------------------------------------- #
