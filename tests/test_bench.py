@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import keras_lth as lth
-from keras_lth.bench import METHODS, cli, make_plan, run_benchmark, runner, settings
+from keras_lth.bench import METHODS, cli, make_plan, results, run_benchmark, runner, settings
 from keras_lth.bench.report import agreement, epochs_to_target, summarize
 
 # Every metric a record carries, and those of the neuron methods on top.
@@ -64,12 +64,7 @@ def read(path, mode="r"):
 
 def without_timing(line):
     """A results line without the fields that measure time."""
-    line = json.loads(json.dumps(line))
-    line.pop("run_wall_s")
-    for rec in line["records"]:
-        for name in runner.TIMING_FIELDS:
-            rec.pop(name, None)
-    return line
+    return runner.without_timing(line)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +252,7 @@ def test_resume_skips_finished_runs_and_ends_identical(main_run, tmp_path, monke
     monkeypatch.setattr(runner, "run_one", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(plan, out, verbose=0)
-    path = os.path.join(out, runner.RESULTS_FILE)
+    path = os.path.join(out, results.RESULTS_FILE)
     before = read(path).splitlines()
     assert len(before) == 2
 

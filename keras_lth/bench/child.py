@@ -1,12 +1,14 @@
-"""The benchmark's child process for the methods that import tfmot.
+"""The benchmark's worker process, and the tfmot methods' training.
+
+`python -m keras_lth.bench.child` is a worker (`keras_lth.bench.workers`):
+it reads the plan, then one run key per line on stdin, and prints one
+`@@keras-lth-bench {line}` per finished run on stdout.
 
 Importing `tensorflow_model_optimization` sets `TF_USE_LEGACY_KERAS=1` and so
 turns `tf.keras` into legacy Keras (tf_keras) for the process and its
-children. The main benchmark process therefore never imports it; it starts
-`python -m keras_lth.bench.child` with `TF_USE_LEGACY_KERAS=1` already set,
-sends a JSON request on stdin (settings, methods, the runs' keys) and reads
-one `@@keras-lth-bench {line}` per finished run on stdout. Both methods run
-here, under the same conditions:
+children. The main benchmark process therefore never imports it; the tfmot
+methods train in workers started with `TF_USE_LEGACY_KERAS=1` already set
+(with `--jobs 1` too), under the same conditions:
 
 - `gradual`: Keras 3 `MaskedDense` + `PruningScheduler` with a tfmot
   `PolynomialDecay` (see `runner._scheduler`);
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 
@@ -87,24 +90,41 @@ def tfmot_density(model):
 
 
 def main():
-    if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
-        raise SystemExit(
-            "keras_lth.bench.child must run with TF_USE_LEGACY_KERAS=1 (it imports "
-            "tensorflow-model-optimization); keras_lth.bench.runner starts it so."
-        )
-    request = json.loads(sys.stdin.read())
-    from keras_lth.bench.presets import Settings
-    from keras_lth.bench.runner import CHILD_PREFIX, make_plan, run_one
+    """The worker loop: the plan on the first line of stdin, then one run per
+    line; one `CHILD_PREFIX` line per finished run on stdout; ends with its
+    input."""
+    # Ctrl-C reaches the whole process group: the main process handles it
+    # (it ends the workers), so a worker prints no traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent()
+    from keras_lth.bench import workers
 
-    values = dict(request["settings"])
-    for name in ("densities", "levels"):
-        if values.get(name) is not None:
-            values[name] = tuple(values[name])
-    plan = make_plan(Settings(**values), request["methods"])
+    workers.apply_threads()  # before TensorFlow runs anything
+    request = json.loads(sys.stdin.readline())
+    from keras_lth.bench.runner import Plan, run_one
+
+    plan = Plan.from_config(request["plan"])
     runs = {tuple(r.key.values()): r for r in plan.runs()}
-    for key in request["runs"]:
+    for text in sys.stdin:
+        key = json.loads(text)["run"]
         line = run_one(plan, runs[tuple(key.values())], request["verbose"])
-        print(CHILD_PREFIX + json.dumps(line), flush=True)
+        print(workers.CHILD_PREFIX + json.dumps(line), flush=True)
+
+
+def _end_with_parent():
+    """Asks Linux to end this worker when the main process dies (a SIGKILL
+    leaves it no time to stop its workers)."""
+    parent = os.environ.get("KERAS_LTH_BENCH_PARENT")
+    if not sys.platform.startswith("linux") or parent is None:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # it died before the request took effect
+        os._exit(1)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,35 @@
-"""`summary.md` and the plots, computed from `results.jsonl` alone.
+"""`summary.md` and the plots, computed from the results files alone.
 
 Everything here is a function of the results lines (and the plan that names
-the columns), so the summary can be rebuilt at any time without training.
+the columns), so the summary can be rebuilt at any time without training:
+`keras-lth bench report DIR` (`report_directory`) merges the results files
+of a directory (every shard's) and rewrites it. What depends on the machine
+and its load (wall times, latencies) sits between `TIMING_BEGIN` and
+`TIMING_END` lines, so `comparable(text)` compares two summaries exactly on
+everything else.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import uuid
 
 import numpy as np
 
+from keras_lth.bench.results import (
+    atomic_write,
+    in_plan_order,
+    line_key,
+    merged_lines,
+    read_config,
+)
+
 NOISE_Z = 2.0  # "within noise": |difference of means| <= 2 standard errors
+# HTML comments (not rendered) around the summary's machine-dependent parts.
+TIMING_BEGIN = "<!-- timing: machine- and load-dependent -->"
+TIMING_END = "<!-- /timing -->"
 
 
 def rows(lines) -> list:
@@ -93,10 +111,13 @@ def summarize(plan, lines, target=None) -> dict:
                 "params": stats([r.get("compact_params") for r in sel]),
                 "latency": stats([r.get("latency_ratio") for r in sel]),
             }
+    present = {line_key(line) for line in lines}
     return {
         "columns": columns,
         "methods": methods,
         "table": table,
+        "missing": [r.label() for r in plan.runs() if line_key(r) not in present],
+        "runs": len(plan.runs()),
         "target": target,
         "target_rule": "given (--target)"
         if given
@@ -168,6 +189,19 @@ def markdown(plan, summary, command=None) -> str:
             "weights remaining (nominal; iterative methods at the round reaching it)."
         ),
         "",
+    ]
+    if summary["missing"]:
+        missing = summary["missing"]
+        out += [
+            (
+                f"**Incomplete**: {len(missing)} of {summary['runs']} runs of the plan are not "
+                f"in the results yet: {', '.join(missing[:10])}"
+                + (", ..." if len(missing) > 10 else "")
+                + "."
+            ),
+            "",
+        ]
+    out += [
         "## Test accuracy (%) at the end of training",
         "",
         grid(lambda e: _cell(e["acc"])),
@@ -205,9 +239,12 @@ def markdown(plan, summary, command=None) -> str:
         "",
         grid(lambda e: f"{e['budget'][0]:.1f}"),
         "",
+        TIMING_BEGIN,
         "## Wall time (s) to obtain the density",
         "",
         grid(lambda e: f"{e['wall'][0]:.0f}"),
+        "",
+        TIMING_END,
         "",
     ]
     neuron = [m for m in summary["methods"] if m.startswith("neuron")]
@@ -215,16 +252,19 @@ def markdown(plan, summary, command=None) -> str:
         out += [
             "## Neuron pruning: compacted model (`lth.compact`)",
             "",
+            "Parameters of the compacted model.",
+            "",
+            grid(lambda e: f"{e['params'][0]:,.0f}" if e["params"] else ""),
+            "",
+            TIMING_BEGIN,
             (
-                "Parameters of the compacted model, and its inference latency / the dense "
-                "net's (`predict_on_batch` on 1,000 inputs, median of 10, interleaved)."
+                "Its inference latency / the dense net's (`predict_on_batch` on 1,000 inputs, "
+                "median of 10, interleaved)."
             ),
             "",
-            grid(
-                lambda e: (
-                    f"{e['params'][0]:,.0f} params, {e['latency'][0]:.2f}×" if e["params"] else ""
-                )
-            ),
+            grid(lambda e: f"{e['latency'][0]:.2f}×" if e["latency"] else ""),
+            "",
+            TIMING_END,
             "",
         ]
     out += ["## Verdict", ""]
@@ -369,17 +409,63 @@ def plot(plan, lines, summary, out_dir) -> list:
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         path = os.path.join(out_dir, name)
-        fig.savefig(path, dpi=110)
+        _save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _save_figure(fig, path):
+    # atomic like every file of the directory; a name of its own (two shards
+    # on two machines may share a process id)
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_report(plan, lines, out_dir, command=None, target=None) -> str:
     """Writes `summary.md` and the plots into `out_dir`; returns the markdown."""
     summary = summarize(plan, lines, target)
     text = markdown(plan, summary, command)
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(text)
+    atomic_write(os.path.join(out_dir, "summary.md"), text)
     plot(plan, lines, summary, out_dir)
     return text
+
+
+def report_directory(out, command=None, target=None) -> str:
+    """Merges the results files of `out` (every shard's) and rewrites its
+    `summary.md` and plots for the plan in `out/config.json`; returns the
+    markdown. Runs of the plan that are not there yet are listed in it.
+
+    Raises:
+        ValueError: when `out` is no benchmark directory.
+    """
+    from keras_lth.bench.runner import Plan
+
+    config = read_config(out) if os.path.isdir(out) else None
+    if config is None:
+        raise ValueError(
+            "Received an invalid value for `DIR`, expected a benchmark directory with a "
+            "config.json (a directory that `keras-lth bench` wrote before config.json "
+            "existed gets one when its command is rerun: finished runs are skipped). "
+            f"Received: DIR={out!r}"
+        )
+    plan = Plan.from_config(config["plan"])
+    lines = in_plan_order(plan, merged_lines(out))
+    return write_report(plan, lines, out, command=command, target=target)
+
+
+def comparable(text) -> str:
+    """A summary without its command line and its timing blocks: what must
+    be equal for two benchmarks of the same plan and results."""
+    text = re.sub(
+        rf"^{re.escape(TIMING_BEGIN)}\n.*?^{re.escape(TIMING_END)}\n",
+        "",
+        text,
+        flags=re.M | re.S,
+    )
+    return re.sub(r"\A(# .*\n\n)`[^\n]*`\n\n", r"\1", text)

@@ -1,14 +1,16 @@
 """Runs the benchmark: one run per method x seed (x density), resumable.
 
-A run trains one fresh network with one method and writes one line to
-`OUT/results.jsonl` when it ends: its key (method, seed, target density), the
+A run trains one fresh network with one method and writes one line to the
+results file when it ends: its key (method, seed, target density), the
 full configuration, the library versions, and one record per density it
 reached (an iterative run passes through every round's density). The file is
 rewritten through a temporary file and `os.replace`, so a kill never leaves
 half a line; a rerun skips every run whose line is there with the same
-configuration.
+configuration. `keras_lth.bench.results` owns the directory (results files,
+`config.json`, shards, merging); `keras_lth.bench.workers` runs the runs in
+worker processes (`--jobs`).
 
-The `process="tfmot"` methods (`gradual`, `tfmot`) run in a child process
+The `process="tfmot"` methods (`gradual`, `tfmot`) run in a worker process
 (`keras_lth.bench.child`) started with `TF_USE_LEGACY_KERAS=1`: this process
 never imports tensorflow-model-optimization.
 """
@@ -20,7 +22,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -29,12 +30,30 @@ import numpy as np
 
 from keras_lth.bench.methods import Method, get_methods
 from keras_lth.bench.presets import Settings
+from keras_lth.bench.results import (
+    DirectoryError,
+    Shard,
+    WriterLock,
+    check_config,
+    in_plan_order,
+    line_key,
+    merged_lines,
+    read_results,
+    results_file,
+    shard_runs,
+    write_results,
+)
+from keras_lth.bench.workers import (
+    LEGACY_ENV,
+    check_jobs,
+    run_in_workers,
+    threads_in_use,
+)
 
-RESULTS_FILE = "results.jsonl"
-CHILD_PREFIX = "@@keras-lth-bench "
-_LEGACY_ENV = "TF_USE_LEGACY_KERAS"
 # Fields of a record that measure time rather than the training's outcome.
 TIMING_FIELDS = ("wall_s", "run_wall_s", "latency_ms", "dense_latency_ms", "latency_ratio")
+# Fields of a results line that measure time or describe the process.
+LINE_TIMING_FIELDS = ("run_wall_s", "execution")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +158,33 @@ class Plan:
         if run.method.kind == "iterative":
             config["rounds"] = self.rounds
         return config
+
+    def config(self) -> dict:
+        """The plan as JSON-able values (`config.json`, the workers' request)."""
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "methods": [m.name for m in self.methods],
+            "densities": list(self.densities),
+            "rounds": self.rounds,
+            "sizes": dict(self.sizes),
+            "num_train": self.num_train,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Plan:
+        """The inverse of `config()`, without loading data or building a model."""
+        values = dict(config["settings"])
+        for name in ("densities", "levels"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        return cls(
+            Settings(**values),
+            tuple(get_methods(config["methods"])),
+            tuple(config["densities"]),
+            config["rounds"],
+            dict(config["sizes"]),
+            config["num_train"],
+        )
 
     def epochs(self, run: Run) -> int:
         """Training epochs of one run (for the progress display and budgets)."""
@@ -269,7 +315,7 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
     from keras_lth.bench.recorder import Recorder
 
     method, s = run.method, plan.settings
-    if method.process == "tfmot" and os.environ.get(_LEGACY_ENV) != "1":
+    if method.process == "tfmot" and os.environ.get(LEGACY_ENV) != "1":
         raise RuntimeError(
             f"Method '{method.name}' imports tensorflow-model-optimization and runs "
             "in a child process (keras_lth.bench.child), not in this one."
@@ -316,6 +362,7 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
         "config": plan.run_config(run),
         "versions": {**library_versions(), **versions},
         "run_wall_s": round(time.perf_counter() - start, 3),
+        "execution": threads_in_use(),
         "records": records,
     }
 
@@ -419,173 +466,162 @@ def library_versions() -> dict:
 
 
 # ---------------------------------------------------------------------- #
-# results.jsonl
-# ---------------------------------------------------------------------- #
-def read_results(path) -> list:
-    """The lines of a results file (an empty list when there is none)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_results(path, lines) -> None:
-    """Writes all lines at once: a kill leaves the old file or the new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(line, sort_keys=True) + "\n" for line in lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _key(line_or_run):
-    k = line_or_run["key"] if isinstance(line_or_run, dict) else line_or_run.key
-    return (k["method"], k["seed"], k["density"])
-
-
-def _order(plan, lines):
-    """Lines in plan order (so an interrupted and resumed benchmark writes the
-    same file as an uninterrupted one); lines of other plans keep theirs at
-    the end."""
-    index = {_key(r): i for i, r in enumerate(plan.runs())}
-    return sorted(lines, key=lambda line: index.get(_key(line), len(index)))
-
-
-# ---------------------------------------------------------------------- #
 # The whole benchmark
 # ---------------------------------------------------------------------- #
-def run_benchmark(
-    plan: Plan, out, verbose: int = 1, report: bool = True, command=None, target=None
-) -> list:
-    """Runs every pending run of `plan`, writing `OUT/results.jsonl` as it goes.
+def without_timing(line) -> dict:
+    """A copy of a results line without the fields that measure time or
+    describe the process it ran in (what `--jobs` may change)."""
+    line = json.loads(json.dumps(line))
+    for name in LINE_TIMING_FIELDS:
+        line.pop(name, None)
+    for rec in line["records"]:
+        for name in TIMING_FIELDS:
+            rec.pop(name, None)
+    return line
 
-    Finished runs (a line with the same key and configuration) are skipped;
-    a line with the same key but another configuration is an error, so two
-    protocols never mix in one directory. With `report`, writes
-    `summary.md` (headed by `command`, the line that produced it) and the
-    plots at the end (see `keras_lth.bench.report`; `target` overrides the
-    target validation accuracy, by default the dense net's mean - 0.5 points).
+
+def run_benchmark(
+    plan: Plan,
+    out,
+    verbose: int = 1,
+    report: bool = True,
+    command=None,
+    target=None,
+    jobs: int = 1,
+    shard=None,
+) -> list:
+    """Runs every pending run of `plan` (or of its `shard`) into `out`.
+
+    Finished runs (a line with the same key and configuration in any results
+    file of `out`) are skipped; a line with the same key but another
+    configuration, or an `out/config.json` of other settings, is an error,
+    so two protocols never mix in one directory (see
+    `keras_lth.bench.results`). Each finished run is saved at once, into
+    `results.jsonl`, or `results-K-of-N.jsonl` for a shard. With `report`,
+    writes `summary.md` (headed by `command`, the line that produced it) and
+    the plots from every results file of `out` at the end, once the
+    directory holds every run of the plan (see `keras_lth.bench.report`;
+    `target` overrides the target validation accuracy, by default the dense
+    net's mean - 0.5 points).
+
+    Args:
+        jobs: Worker processes (`keras_lth.bench.workers`); with 1, the
+            main-process methods train in this process. On a machine with
+            GPUs, call `workers.hide_gpus()` before `make_plan` when
+            `jobs > 1`. Defaults to `1`.
+        shard: `None`, a `results.Shard` or `"K/N"` (0-based): only this
+            shard's share of the runs (`results.shard_runs`). Defaults to
+            `None`.
 
     Returns:
-        The lines of the results file.
+        The lines of every results file of `out`, in plan order.
     """
+    jobs = check_jobs(jobs)
+    if isinstance(shard, str):
+        shard = Shard.parse(shard)
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, RESULTS_FILE)
-    lines = read_results(path)
-    done = {_key(line): line for line in lines}
-    pending = []
-    for run in plan.runs():
-        line = done.get(_key(run))
-        if line is None:
-            pending.append(run)
-        elif line["config"] != plan.run_config(run):
-            raise ValueError(
-                f"'{path}' already holds {run.label()} with another configuration "
-                f"(received {plan.run_config(run)}, found {line['config']}): use "
-                "another `--out` directory for another protocol."
-            )
-    progress = Progress(plan, pending, len(plan.runs()) - len(pending), verbose)
+    path = os.path.join(out, results_file(shard))
+    with WriterLock(path):
+        check_config(out, plan, shard)
+        own = read_results(path)
+        done = {line_key(line): line for line in merged_lines(out)}
+        runs = plan.runs() if shard is None else shard_runs(plan, shard)
+        pending = []
+        for run in runs:
+            line = done.get(line_key(run))
+            if line is None:
+                pending.append(run)
+            elif line["config"] != plan.run_config(run):
+                raise DirectoryError(
+                    f"'{out}' already holds {run.label()} with another configuration "
+                    f"(received {plan.run_config(run)}, found {line['config']}): use "
+                    "another `--out` directory for another protocol."
+                )
+        what = "" if shard is None else f"shard {shard}: "
+        progress = Progress(plan, pending, len(runs) - len(pending), verbose, jobs, what)
 
-    def save(line):
-        lines.append(line)
-        lines[:] = _order(plan, lines)
-        write_results(path, lines)
-        progress.finished(line)
+        def save(line):
+            own.append(line)
+            own[:] = in_plan_order(plan, own)
+            write_results(path, own)
+            progress.finished(line)
 
-    main_runs = [r for r in pending if r.method.process == "main"]
-    child_runs = [r for r in pending if r.method.process != "main"]
-    for run in main_runs:
-        progress.started(run)
-        save(run_one(plan, run, verbose))
-    if child_runs:
-        run_in_child(plan, child_runs, verbose, save, progress)
-    if report:
+        if jobs == 1:
+            for run in [r for r in pending if r.method.process == "main"]:
+                progress.started(run)
+                save(run_one(plan, run, verbose))
+            child_runs = [r for r in pending if r.method.process != "main"]
+            if child_runs:
+                run_in_workers(plan, child_runs, 1, verbose, save, progress, split_resources=False)
+        else:
+            run_in_workers(plan, pending, jobs, verbose, save, progress)
+    lines = in_plan_order(plan, merged_lines(out))
+    missing = len({line_key(r) for r in plan.runs()} - {line_key(line) for line in lines})
+    if report and not missing:
         from keras_lth.bench.report import write_report
 
         write_report(plan, lines, out, command=command, target=target)
+    elif report and verbose:
+        progress.say(
+            f"{missing} of {len(plan.runs())} runs of the plan are not in '{out}' yet "
+            "(other shards); `keras-lth bench report DIR` writes the summary from what is there."
+        )
     return lines
 
 
-def child_env() -> dict:
-    """The environment of the tfmot child: legacy Keras for tfmot's sake."""
-    env = dict(os.environ)
-    env[_LEGACY_ENV] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return env
-
-
-def run_in_child(plan, runs, verbose, save, progress):
-    """Runs `runs` in one child process, saving each line as it arrives."""
-    request = {
-        "settings": dataclasses.asdict(plan.settings),
-        "methods": [m.name for m in plan.methods],
-        "runs": [r.key for r in runs],
-        "verbose": verbose,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "keras_lth.bench.child"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=child_env(),
-        text=True,
-    )
-    proc.stdin.write(json.dumps(request))
-    proc.stdin.close()
-    remaining = list(runs)
-    if remaining:
-        progress.started(remaining[0])
-    for text in proc.stdout:
-        if not text.startswith(CHILD_PREFIX):
-            sys.stdout.write(text)  # Keras's own output at -v 2
-            continue
-        save(json.loads(text[len(CHILD_PREFIX) :]))
-        remaining.pop(0)
-        if remaining:
-            progress.started(remaining[0])
-    if proc.wait() != 0:
-        raise RuntimeError(
-            f"The tfmot child process (keras_lth.bench.child) failed with exit "
-            f"status {proc.returncode} before finishing {[r.label() for r in remaining]}."
-        )
-
-
 class Progress:
-    """One line per run start and end, with an ETA, on stderr."""
+    """One line per run start and end, with an ETA, on stderr.
 
-    def __init__(self, plan, pending, skipped, verbose):
+    A run's `[i/n]` is the order it started in; with several workers the
+    ends come in any order and say how many runs are done. The ETA is the
+    epochs left times the seconds per epoch of the runs finished so far,
+    divided among the workers.
+    """
+
+    def __init__(self, plan, pending, skipped, verbose, jobs=1, what=""):
         self.plan = plan
         self.total = skipped + len(pending)
-        self.index = skipped
+        self.started_n = self.done_n = skipped
+        self.runs = {line_key(r): r for r in pending}
         self.left = sum(plan.epochs(r) for r in pending)
         self.epochs_done = 0
+        self.seconds = 0.0
+        self.number = {}
         self.start = time.perf_counter()
         self.verbose = verbose
-        if verbose and skipped:
-            self._print(f"{skipped} of {self.total} runs already in the results: skipped")
+        self.jobs = jobs
+        self.what = what
+        if skipped:
+            self.say(f"{skipped} of {self.total} runs already in the results: skipped")
 
-    def started(self, run):
-        self.index += 1
-        self.current = run
-        self._print(f"[{self.index}/{self.total}] {run.label()} ...")
+    def started(self, run, worker=None):
+        self.started_n += 1
+        self.number[line_key(run)] = self.started_n
+        on = "" if worker is None else f" (worker {worker})"
+        self.say(f"[{self.started_n}/{self.total}] {run.label()}{on} ...")
 
     def finished(self, line):
-        epochs = self.plan.epochs(self.current)
+        run = self.runs[line_key(line)]
+        epochs = self.plan.epochs(run)
+        self.done_n += 1
         self.left -= epochs
         self.epochs_done += epochs
+        self.seconds += line["run_wall_s"]
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.epochs_done * self.left
+        workers = max(1, min(self.jobs, self.total - self.done_n))
+        eta = self.seconds / self.epochs_done * self.left / workers
         last = line["records"][-1] if line["records"] else {}
         acc = last.get("test_accuracy")
         at = f", test acc {100 * acc:.2f}% at {100 * last['density']:.1f}%" if acc else ""
-        self._print(
-            f"[{self.index}/{self.total}] {self.current.label()}: {line['run_wall_s']:.0f} s"
-            f"{at} | elapsed {_clock(elapsed)}, ETA {_clock(eta)}"
+        done = f"done {self.done_n}/{self.total}, " if self.jobs > 1 else ""
+        self.say(
+            f"[{self.number[line_key(line)]}/{self.total}] {run.label()}: "
+            f"{line['run_wall_s']:.0f} s{at} | {done}elapsed {_clock(elapsed)}, ETA {_clock(eta)}"
         )
 
-    def _print(self, text):
+    def say(self, text):
         if self.verbose:
-            print(f"[keras-lth bench] {text}", file=sys.stderr, flush=True)
+            print(f"[keras-lth bench] {self.what}{text}", file=sys.stderr, flush=True)
 
 
 def _clock(seconds):
