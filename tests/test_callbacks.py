@@ -94,10 +94,15 @@ def epoch(scheduler, model, e, rng, logs=None, train=True):
     return logs
 
 
+def raw(layer):
+    """The raw kernel variable of a masked layer (`layer.kernel` reads raw * mask)."""
+    return layer.raw_variable("kernel")
+
+
 def set_kernels(model, rng):
     """Hand-set random raw kernels (distinct magnitudes)."""
     for layer in masked_layers(model):
-        layer._kernel.assign(rng.normal(size=layer._kernel.shape).astype("float32"))
+        raw(layer).assign(rng.normal(size=raw(layer).shape).astype("float32"))
 
 
 def assert_pruned_by_magnitude(kernels, before, after):
@@ -310,7 +315,7 @@ def test_layer_scope_exact_counts_per_layer_per_round():
     counts = [kept(model)]
     for r in (1, 2, 3):
         set_kernels(model, rng)
-        kernels = {l.name: np.array(l._kernel) for l in masked_layers(model)}
+        kernels = {l.name: np.array(raw(l)) for l in masked_layers(model)}
         before = masks(model)
         s.on_epoch_begin(r)
         after = masks(model)
@@ -338,8 +343,9 @@ def test_global_scope_one_threshold_over_layers(layer_rates):
     for r in (1, 2):
         set_kernels(model, rng)
         # scale the layers differently so a global threshold is not a per-layer one
-        model.get_layer("h2")._kernel.assign(np.array(model.get_layer("h2")._kernel) * 3.0)
-        kernels = {l.name: np.array(l._kernel) for l in masked_layers(model)}
+        h2 = raw(model.get_layer("h2"))
+        h2.assign(np.array(h2) * 3.0)
+        kernels = {l.name: np.array(raw(l)) for l in masked_layers(model)}
         before = masks(model)
         s.on_epoch_begin(r)
         after = masks(model)
@@ -366,9 +372,9 @@ def _neuron_kernels(model):
     h1[:, 0] = 1.0
     h1[:, 1] = 0.0
     h1[0, 1] = 5.0
-    model.get_layer("h1")._kernel.assign(h1)
+    raw(model.get_layer("h1")).assign(h1)
     h2 = np.tile(np.arange(1, 9, dtype="float32"), (16, 1))  # neuron j has norm ∝ j + 1
-    model.get_layer("h2")._kernel.assign(h2)
+    raw(model.get_layer("h2")).assign(h2)
 
 
 @pytest.mark.parametrize("norm, pruned_h1", [("l1", 1), ("l2", 0)])
@@ -446,7 +452,7 @@ def test_fit_masks_monotone_records_history_and_frozen_pruned_weights():
 
     class Spy(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.theta0 = {l.name: np.array(l._kernel) for l in masked_layers(self.model)}
+            self.theta0 = {l.name: np.array(raw(l)) for l in masked_layers(self.model)}
             self.masks = []
 
         def on_epoch_end(self, epoch, logs=None):
@@ -482,9 +488,7 @@ def test_fit_masks_monotone_records_history_and_frozen_pruned_weights():
     for layer in masked_layers(model):
         pruned = np.array(layer.kernel_mask) == 0
         assert pruned.any()
-        np.testing.assert_array_equal(
-            np.array(layer._kernel)[pruned], spy.theta0[layer.name][pruned]
-        )
+        np.testing.assert_array_equal(np.array(raw(layer))[pruned], spy.theta0[layer.name][pruned])
     a = X[:5]
     for layer in masked_layers(model):
         kernel, bias = layer.effective_weights()
@@ -668,7 +672,7 @@ def test_duplicate_masked_layer_names_raise():
     )
     s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=1), verbose=0)
     with pytest.raises(
-        ValueError, match=re.escape("unique `MaskedDense` names. Received: ['d', 'd']")
+        ValueError, match=re.escape("unique masked layer names. Received: ['d', 'd']")
     ):
         begin(s, model)
 
@@ -774,8 +778,8 @@ def test_jit_compile_and_steps_per_execution_give_the_plain_masks():
 # tfmot schedules (gradual pruning)
 # --------------------------------------------------------------------- #
 def _tfmot_kept(size, sparsity):
-    """Weights tfmot's `prune_low_magnitude` keeps at `sparsity` (pruning_impl._update_mask)."""
-    return max(int(np.round(np.float32(size) * np.float32(1 - sparsity))), 1)
+    """Weights tfmot's `prune_low_magnitude` keeps at `sparsity` (see test_pruning)."""
+    return pruning.gradual_kept_count(size, sparsity)
 
 
 def _expected_kept_per_step(schedule, size, steps):
@@ -790,7 +794,7 @@ def _expected_kept_per_step(schedule, size, steps):
     for s in range(steps):
         should, sparsity = schedule(np.int64(s + 1))
         if bool(np.array(should)):
-            current = min(current, _tfmot_kept(size, float(np.array(sparsity))))
+            current = min(current, _tfmot_kept(size, np.asarray(sparsity)[()]))
         out.append(current)
     return out
 
