@@ -111,12 +111,14 @@ def initial_state(optimizer, trainable_variables, model=None) -> _Plan:
     Raises:
         _NoRoundTrip: when the configuration does not give the same variables.
     """
-    try:
-        fresh = type(optimizer).from_config(optimizer.get_config())
-    except Exception as e:  # any failure means no round trip
-        raise _NoRoundTrip(f"from_config failed: {e}") from e
-    references = _record_references(fresh)
+    # Under a distribution strategy the copy must be created in its scope,
+    # as the optimizer was.
     with _strategy_scope(model):
+        try:
+            fresh = type(optimizer).from_config(optimizer.get_config())
+        except Exception as e:  # any failure means no round trip
+            raise _NoRoundTrip(f"from_config failed: {e}") from e
+        references = _record_references(fresh)
         try:
             fresh.build(trainable_variables)
         except Exception as e:
