@@ -8,6 +8,7 @@ real training loop shows (logs, History, jit, steps_per_execution, tfmot
 step semantics).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -869,6 +870,56 @@ def test_tfmot_schedule_arguments(tfmot):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(s))
     assert type(restored.schedule) is type(schedule)
     assert restored.schedule.get_config() == schedule.get_config()
+
+
+TFMOT_MASKS = os.path.join(os.path.dirname(__file__), "scripts", "tfmot_masks.py")
+
+
+def _tfmot_masks(cases):
+    """tfmot's own masks for `cases`, computed in a `TF_USE_LEGACY_KERAS=1` child."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, TFMOT_MASKS],
+        input=json.dumps(cases),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [np.array(m) for m in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def test_gradual_masks_are_tfmots_own_masks(tfmot):
+    rng = np.random.default_rng(0)
+    cases = []
+    # tiny layers, and sizes whose kept count is an exact half (ties of the rounding)
+    for size, sparsity in [(1, 0.9), (2, 0.75), (3, 0.5), (24, 0.99), (7, 0.5), (5, 0.5)]:
+        cases.append((size, sparsity))
+    cases += [(10, 0.25), (6, 0.25), (18, 0.25), (10, 0.85), (25, 0.42), (50, 0.41), (50, 0.59)]
+    cases += [(int(n), float(s)) for n, s in zip(rng.integers(1, 200, 25), rng.random(25) * 0.99)]
+    payload, ours = [], []
+    for size, sparsity in cases:
+        # distinct magnitudes: no ties in |w| at the threshold
+        w = (rng.permutation(size) + 1.0) * rng.choice([-1.0, 1.0], size)
+        payload.append({"weights": w.tolist(), "shape": [size], "sparsity": sparsity})
+        ours.append(pruning.sparsity_mask(w, np.ones(size, "float32"), np.float32(sparsity)))
+    # equal magnitudes: tfmot keeps every weight equal to its threshold
+    payload.append({"weights": [0.5] * 10, "shape": [10], "sparsity": 0.5})
+    theirs = _tfmot_masks(payload)
+    for (size, sparsity), mine, tf_mask in zip(cases, ours, theirs):
+        np.testing.assert_array_equal(mine, tf_mask, err_msg=f"size={size} sparsity={sparsity}")
+    ties = pruning.sparsity_mask(np.full(10, 0.5), np.ones(10, "float32"), np.float32(0.5))
+    assert int(ties.sum()) == 5 and int(theirs[-1].sum()) == 10  # the documented difference
+
+
+def test_gradual_pruning_never_empties_a_tiny_layer(tfmot):
+    model = make_model()  # "out" has 8 x 3 = 24 weights
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.99, begin_step=1, frequency=1)
+    s = PruningScheduler(schedule, rewind=None, verbose=0)
+    model.fit(X[:64], Y[:64], batch_size=32, epochs=1, callbacks=[s], verbose=0)
+    # tfmot keeps max(1, round(n * 0.01)): 2 of 160, 1 of 128, 1 of 24
+    assert kept(model) == {"h1": 2, "h2": 1, "out": 1}
 
 
 def test_import_keras_lth_never_imports_tfmot():
