@@ -318,9 +318,12 @@ class PruningScheduler(keras.callbacks.Callback):
         # Assigned as `on_train_batch_end` in `__init__` only when needed
         # (gradual pruning, step-unit re-introduction): Keras dispatches batch
         # hooks asynchronously when no callback overrides them.
+        # JAX keeps the training state outside the variables during an
+        # epoch: bring it back first (Keras 3.15's `Callback.model` already
+        # does when read; earlier Keras 3 releases did not).
         sync = getattr(self.model, "jax_state_sync", None)
         if sync is not None:
-            sync()  # JAX keeps the training state outside the variables
+            sync()
         if self._gradual is not None:
             self._gradual.update(self._iterations() + 1)
             return

@@ -24,12 +24,13 @@ from keras import ops
 from keras_lth.layers import masked_layers, sublayers
 from keras_lth.rounds import late_epoch
 
-# `<prefix>_initializer` -> attribute of the variable it initialises, where
-# the names differ.
+# `<prefix>_initializer` -> the attributes that may hold the variable it
+# initialises, where the names differ (`DepthwiseConv2D` keeps its depthwise
+# kernel as `kernel`, `SeparableConv2D` as `depthwise_kernel`).
 _INITIALIZED = {
-    "recurrent": "recurrent_kernel",
-    "depthwise": "depthwise_kernel",
-    "pointwise": "pointwise_kernel",
+    "recurrent": ("recurrent_kernel",),
+    "depthwise": ("depthwise_kernel", "kernel"),
+    "pointwise": ("pointwise_kernel",),
 }
 
 
@@ -159,7 +160,14 @@ def _initialized_variables(model, variables):
             if not callable(initializer):
                 continue
             prefix = attr[: -len("_initializer")]
-            var = _variable(layer, _INITIALIZED.get(prefix, prefix))
+            var = next(
+                (
+                    v
+                    for v in (_variable(layer, a) for a in _INITIALIZED.get(prefix, (prefix,)))
+                    if v is not None
+                ),
+                None,
+            )
             if var is None or id(var) not in index or id(var) in found:
                 continue
             if not (var.trainable or prefix.startswith("moving_")):

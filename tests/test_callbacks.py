@@ -232,7 +232,7 @@ def test_rewind_reinit_draws_fresh_values_from_the_initializers():
                     assert abs(v.mean()) < 0.2 * limit, name
         elif name.endswith("/bias"):  # zeros initializer
             np.testing.assert_array_equal(v1, np.zeros_like(v1))
-        else:  # LayerNormalization has no kernel/bias initializer: back to θ0
+        else:  # LayerNormalization: gamma and beta drawn again from ones and zeros, θ0 values
             assert name.startswith("norm/")
             np.testing.assert_array_equal(v1, v0)
             np.testing.assert_array_equal(v2, v0)
@@ -301,6 +301,170 @@ def test_reset_optimizer_keeps_learning_rate(make_optimizer, rewind):
         np.testing.assert_array_equal(np.array(v), np.zeros(v.shape), err_msg=v.path)
     assert opt._learning_rate is schedule
     assert float(np.array(opt.learning_rate)) == pytest.approx(lr_after, rel=1e-7)
+
+
+def _bn_model(optimizer=None):
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            MaskedDense(16, name="h1"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Activation("relu"),
+            MaskedDense(3, name="out"),
+        ]
+    )
+    model.compile(
+        optimizer or keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def train_epoch(scheduler, model, e):
+    """One real epoch by hand: BatchNormalization's statistics move too."""
+    scheduler.on_epoch_begin(e)
+    for i in range(0, 64, 16):
+        model.train_on_batch(X[i : i + 16], Y[i : i + 16])
+    scheduler.on_epoch_end(e, {"loss": 1.0})
+
+
+@pytest.mark.parametrize("rewind", ["init", 1])
+def test_rewinding_restores_batchnorm_moving_statistics(rewind):
+    model = _bn_model()
+    bn = model.get_layer("bn")
+    s = PruningScheduler(
+        IterativeSchedule(rounds=1, epochs_per_round=2, rate=0.5), rewind=rewind, verbose=0
+    )
+    begin(s, model)
+    stats = lambda: [np.array(bn.moving_mean), np.array(bn.moving_variance)]  # noqa: E731
+    start = stats()
+    train_epoch(s, model, 0)
+    after_one = stats()
+    train_epoch(s, model, 1)
+    assert not np.array_equal(stats()[0], after_one[0])
+    s.on_epoch_begin(2)
+    want = start if rewind == "init" else after_one
+    for got, w in zip(stats(), want):
+        np.testing.assert_array_equal(got, w)
+
+
+def test_reinit_resets_batchnorm_statistics_to_their_initializers():
+    model = _bn_model()
+    bn = model.get_layer("bn")
+    s = PruningScheduler(
+        IterativeSchedule(rounds=1, epochs_per_round=1, rate=0.5),
+        rewind="reinit",
+        seed=1,
+        verbose=0,
+    )
+    begin(s, model)
+    train_epoch(s, model, 0)
+    assert np.abs(np.array(bn.moving_mean)).sum() > 0
+    s.on_epoch_begin(1)
+    np.testing.assert_array_equal(np.array(bn.moving_mean), np.zeros(16))
+    np.testing.assert_array_equal(np.array(bn.moving_variance), np.ones(16))
+    np.testing.assert_array_equal(np.array(bn.gamma), np.ones(16))
+    np.testing.assert_array_equal(np.array(bn.beta), np.zeros(16))
+
+
+def _zoo():
+    """A layer of every initializer name `"reinit"` must draw again."""
+    tokens = keras.Input((4,), dtype="int32", name="tokens")
+    images = keras.Input((6, 6, 2), name="images")
+    e = lth.layers.MaskedEmbedding(20, 6, name="emb")(tokens)
+    r = lth.layers.MaskedLSTM(5, name="lstm")(e)
+    c = lth.layers.MaskedSeparableConv2D(3, 3, name="sep")(images)
+    c = lth.layers.MaskedDepthwiseConv2D(2, name="dw")(c)
+    c = keras.layers.BatchNormalization(name="bn")(c)
+    c = keras.layers.Flatten()(c)
+    out = MaskedDense(2, name="out")(keras.layers.Concatenate()([r, c]))
+    model = keras.Model([tokens, images], out)
+    model.compile("sgd", "mse")
+    return model
+
+
+def test_reinit_draws_every_initialized_variable_with_a_fresh_seed():
+    def run(seed, model_seed=0):
+        keras.utils.set_random_seed(model_seed)
+        model = _zoo()
+        s = PruningScheduler(
+            IterativeSchedule(rounds=2, epochs_per_round=1, rate=0.5),
+            rewind="reinit",
+            seed=seed,
+            verbose=0,
+        )
+        begin(s, model)
+        theta0 = {v.path: np.array(v) for v in model.weights}
+        epoch(s, model, 0, np.random.default_rng(0))
+        s.on_epoch_begin(1)
+        first = {v.path: np.array(v) for v in model.weights}
+        s.on_epoch_end(1, {"loss": 1.0})
+        s.on_epoch_begin(2)
+        second = {v.path: np.array(v) for v in model.weights}
+        return {v.path: v.path for v in model.weights}, theta0, first, second
+
+    names, theta0, first, second = run(seed=3)
+    drawn = [
+        "emb/embeddings",
+        "lstm/lstm_cell/kernel",
+        "lstm/lstm_cell/recurrent_kernel",
+        "sep/depthwise_kernel",
+        "sep/pointwise_kernel",
+        "dw/kernel",
+        "out/kernel",
+    ]
+    by_name = {names[p]: p for p in names}
+    for name in drawn:
+        p = by_name[name]
+        assert np.mean(first[p] == theta0[p]) < 0.05, name
+        assert np.mean(second[p] == first[p]) < 0.05, name  # a fresh seed per round
+    # constant initializers: zeros, ones, the LSTM's forget-gate bias of 1
+    lstm_bias = first[by_name["lstm/lstm_cell/bias"]]
+    np.testing.assert_array_equal(lstm_bias, np.r_[np.zeros(5), np.ones(5), np.zeros(10)])
+    for name, value in (("bn/gamma", 1), ("bn/beta", 0), ("bn/moving_mean", 0)):
+        np.testing.assert_array_equal(first[by_name[name]], value)
+    # deterministic for a seed whatever the initial model, different for another
+    _, _, again, _ = run(seed=3, model_seed=7)
+    _, _, other, _ = run(seed=4)
+    for name in drawn:
+        p = by_name[name]
+        np.testing.assert_array_equal(again[p], first[p])
+        assert np.mean(other[p] == first[p]) < 0.05, name
+
+
+# --------------------------------------------------------------------- #
+# Batch hooks: only where needed, so Keras dispatches batches asynchronously
+# --------------------------------------------------------------------- #
+def _async_train(callback):
+    """Keras's own decision (CallbackList checks `on_train_batch_end` when fit starts)."""
+    return keras.callbacks.CallbackList([callback])._async_train
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(rewind=1, structure="neuron", scope="global"),
+        dict(rewind="reinit", backup_dir="/tmp/unused"),
+        dict(reintroduce=lth.DoublePruning("feedback")),  # epoch events: no batch hook
+    ],
+)
+def test_iterative_pruning_registers_no_batch_hook(kwargs):
+    s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=2), verbose=0, **kwargs)
+    assert "on_train_batch_end" not in vars(s)
+    assert _async_train(s) is keras.callbacks.CallbackList([keras.callbacks.History()])._async_train
+
+
+def test_gradual_and_step_events_register_a_batch_hook(tfmot):
+    gradual = PruningScheduler(tfmot.sparsity.keras.ConstantSparsity(0.5, 0), rewind=None)
+    steps = PruningScheduler(
+        IterativeSchedule(rounds=1, epochs_per_round=2),
+        reintroduce=lth.ScoredPruning(unit="step", every=5),
+        verbose=0,
+    )
+    for s in (gradual, steps):
+        assert "on_train_batch_end" in vars(s)
+        assert _async_train(s) is False
 
 
 # --------------------------------------------------------------------- #
