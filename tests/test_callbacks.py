@@ -1088,6 +1088,8 @@ def test_gradual_pruning_never_empties_a_tiny_layer(tfmot):
 
 def test_import_keras_lth_never_imports_tfmot():
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])  # this keras_lth
     code = (
         "import os, sys, keras_lth\n"
         "assert 'tensorflow_model_optimization' not in sys.modules\n"
