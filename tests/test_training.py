@@ -465,3 +465,121 @@ def test_reintroduce_rejects_tfmot_schedules(tfmot):
     schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0)
     with pytest.raises(ValueError, match="tfmot schedule"):
         lth.PruningScheduler(schedule, reintroduce=lth.DoublePruning())
+
+
+# --------------------------------------------------------------------- #
+# What the step relies on, and every masked family
+# --------------------------------------------------------------------- #
+def test_loss_metric_is_the_loss_that_fit_reports():
+    """`training.loss_metric` finds Keras's own loss tracker through `model.metrics`."""
+    from keras_lth import training
+
+    model = make_model()
+    tracker = training.loss_metric(model)
+    assert tracker is model.metrics[0] and tracker.name == "loss"
+    history = model.fit(X, Y, batch_size=64, epochs=1, verbose=0, shuffle=False)
+    assert float(tracker.result()) == pytest.approx(history.history["loss"][0], rel=1e-6)
+
+
+def test_step_logs_the_loss_keras_would_log():
+    """fraction=0 feedback and Keras's own step log the same loss on the same batches."""
+    logs = []
+    for strategy in (None, STRATEGIES["feedback"](fraction=0.0)):
+        keras.utils.set_random_seed(3)
+        model = make_model(keras.optimizers.SGD(0.0))  # lr 0: the same weights every step
+        s = scheduler(strategy, rounds=1, epochs=1)
+        history = model.fit(X, Y, batch_size=32, epochs=2, callbacks=[s], verbose=0, shuffle=False)
+        logs.append(history.history)
+    assert logs[0]["loss"] == pytest.approx(logs[1]["loss"], rel=1e-6)
+    assert logs[0]["accuracy"] == pytest.approx(logs[1]["accuracy"])
+
+
+def test_complement_pass_keeps_batchnorm_statistics_and_metrics_to_the_kept_network():
+    def build():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential(
+            [
+                keras.Input((10,)),
+                MaskedDense(16, name="h1", kernel_regularizer="l2"),
+                keras.layers.BatchNormalization(name="bn"),
+                keras.layers.Activation("relu"),
+                MaskedDense(3, name="out"),
+            ]
+        )
+        model.compile(
+            keras.optimizers.SGD(0.0),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        return model
+
+    results = []
+    for strategy in (None, STRATEGIES["complement"](fraction=0.0)):
+        model = build()
+        s = scheduler(strategy, rounds=1, epochs=1, layer_rates={})
+        history = model.fit(X, Y, batch_size=32, epochs=2, callbacks=[s], verbose=0, shuffle=False)
+        bn = model.get_layer("bn")
+        results.append((history.history, np.array(bn.moving_mean), np.array(bn.moving_variance)))
+    (plain, mean0, var0), (comp, mean1, var1) = results
+    # with lr 0 only the statistics move: the complement pass changed none of them
+    np.testing.assert_allclose(mean1, mean0, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(var1, var0, rtol=1e-6, atol=1e-7)
+    assert plain["loss"] == pytest.approx(comp["loss"], rel=1e-6)
+
+
+def test_reintroduction_needs_the_tensorflow_backend(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    model = make_model()
+    s = scheduler(lth.ScoredPruning(), rounds=1, epochs=1)
+    with pytest.raises(ValueError, match="need the TensorFlow backend. Received: backend 'jax'"):
+        begin(s, model)
+
+
+def _cnn():
+    inputs = keras.Input((6, 6, 2))
+    x = lth.layers.MaskedConv2D(6, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = lth.layers.MaskedSeparableConv2D(5, 2, activation="relu", name="sep")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = MaskedDense(3, name="out")(lth.layers.MaskedDense(8, name="dense")(x))
+    return keras.Model(inputs, outputs), np.random.default_rng(0).normal(size=(96, 6, 6, 2))
+
+
+def _sequence():
+    inputs = keras.Input((5,), dtype="int32")
+    x = lth.layers.MaskedEmbedding(20, 8, name="emb")(inputs)
+    x = lth.layers.MaskedMultiHeadAttention(2, 4, name="mha")(x, x)
+    x = lth.layers.MaskedGRU(6, name="gru")(x)
+    outputs = MaskedDense(3, name="out")(x)
+    return keras.Model(inputs, outputs), np.random.default_rng(0).integers(0, 20, (96, 5))
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("structure", ["weight", "neuron"])
+@pytest.mark.parametrize("build", [_cnn, _sequence], ids=["cnn", "sequence"])
+def test_every_family_swaps_at_constant_density(build, structure, name):
+    keras.utils.set_random_seed(0)
+    model, x = build()
+    model.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    y = np.random.default_rng(1).integers(0, 3, len(x))
+    s = lth.PruningScheduler(
+        lth.IterativeSchedule(rounds=1, epochs_per_round=3, rate=0.4),
+        structure=structure,
+        reintroduce=STRATEGIES[name](fraction=0.5, decay="constant"),
+        verbose=0,
+    )
+    densities = []
+
+    class Density(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            densities.append(lth.density(self.model, per_layer=True))
+
+    model.fit(x, y, batch_size=32, epochs=s.total_epochs, callbacks=[s, Density()], verbose=0)
+    swaps = s.rounds[1]["swaps"]
+    assert swaps["events"] == 2 and swaps["reintroduced"] > 0
+    # layer scope: every layer's density stays what the pruning made it
+    for later in densities[4:]:
+        assert later[1] == pytest.approx(densities[3][1])
+    assert all(np.isfinite(np.array(v)).all() for v in model.weights)
