@@ -222,7 +222,8 @@ class PruningScheduler(keras.callbacks.Callback):
         self.verbose = verbose
         # The parts; each owns its state.
         self._records = RoundRecords(test_data, verbose)
-        self._rewinding = Rewinding(rewind, seed)
+        # (gradual pruning never rewinds: no rewind point to keep)
+        self._rewinding = Rewinding(None if self.gradual else rewind, seed)
         self._optimizer = OptimizerReset()
         self._gradual = GradualPruning(schedule) if self.gradual else None
         self._reintroducer = None
@@ -399,21 +400,18 @@ class PruningScheduler(keras.callbacks.Callback):
         state = None
         if epoch > 0 and self._backup is not None:
             state = self._backup.load(epoch - 1)
-            saved = self._backup.epochs()
-            if state is None and saved:
-                warnings.warn(
-                    f"Resuming at epoch {epoch}, but the scheduler's backup in "
-                    f"'{self.backup_dir}' is of epochs {saved}: the rewind point "
-                    "is taken from the current weights and earlier rounds have "
-                    "no records.",
-                    stacklevel=2,
+        if epoch > 0 and state is None and self._gradual is None:
+            if self._backup is None:
+                why = "has no backup of its state (pass `backup_dir` to resume with `BackupAndRestore`)"
+            else:
+                why = (
+                    f"has no backup of epoch {epoch - 1} in '{self.backup_dir}' "
+                    f"(it has epochs {self._backup.epochs()})"
                 )
-        if epoch > 0 and state is None and self._gradual is None and not self._backup:
             warnings.warn(
-                f"`fit` starts at epoch {epoch}, but the scheduler has no "
-                "backup of its state (pass `backup_dir` to resume with "
-                "`BackupAndRestore`): the rewind point is taken from the "
-                "current weights and earlier rounds have no records.",
+                f"`fit` starts at epoch {epoch}, but the scheduler {why}: the "
+                "rewind point is taken from the current weights and earlier "
+                "rounds have no records.",
                 stacklevel=2,
             )
         self._rewinding.start(self.model, fresh=state is None)

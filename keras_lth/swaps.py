@@ -70,17 +70,20 @@ class Reintroducer:
                         aggregation="only_first_replica",
                         name=f"{w.key.replace('/', '_')}_score",
                     )
-        modes = {}
+        own_step = model.__dict__.get("train_step")
+        left_over = getattr(own_step, "keras_lth_step", False)  # a run that crashed
+        modes = []
         for layer in targets.layers.values():
-            modes[id(layer)] = (layer, layer.gradient_mode)
+            modes.append((layer, "masked" if left_over else layer.gradient_mode))
             layer.gradient_mode = "dense" if self.strategy.dense_gradient else "masked"
         biases = [l.bias_weight for l in targets.layers.values() if l.bias_weight is not None]
-        own_step = model.__dict__.get("train_step")
-        model.train_step = training.make_train_step(
+        step = training.make_train_step(
             model, self.strategy, weights, biases, self.scores, self._shared(biases)
         )
+        step.keras_lth_step = True
+        model.train_step = step
         model.make_train_function(force=True)
-        self._installed = (own_step, list(modes.values()))
+        self._installed = (None if left_over else own_step, modes)
 
     def uninstall(self):
         """Restores the model's own training step and the layers' gradient modes."""

@@ -26,6 +26,7 @@ from keras_lth.layers import MaskedDense, masked_layers
 from keras_lth.schedules import IterativeSchedule, OneShotSchedule
 
 NAMES = ("h1", "h2", "out")
+pytestmark = pytest.mark.jax  # backend-agnostic: also run under KERAS_BACKEND=jax
 
 
 def _data(n=256, seed=0):
@@ -863,6 +864,19 @@ def test_warns_when_fit_epochs_differ_from_total_epochs():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         begin(s, make_model(), epochs=4)
+
+
+def test_resuming_without_a_backup_warns(tmp_path):
+    s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=2), verbose=0)
+    begin(s, make_model())
+    with pytest.warns(UserWarning, match=r"starts at epoch 3, but the scheduler has no backup"):
+        s.on_epoch_begin(3)
+    s = PruningScheduler(
+        IterativeSchedule(rounds=1, epochs_per_round=2), backup_dir=tmp_path, verbose=0
+    )
+    begin(s, make_model())
+    with pytest.warns(UserWarning, match=r"has no backup of epoch 2 in .*\(it has epochs \[\]\)"):
+        s.on_epoch_begin(3)
 
 
 def test_one_instance_reused_on_two_models_gives_fresh_records():

@@ -267,3 +267,29 @@ def test_mixed_precision_trains_prunes_rewinds_and_saves(name, policy, tmp_path)
         )
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = MaskedConv2D(4, 3, activation="relu", name="conv")
+        self.flat = keras.layers.Flatten()
+        self.hidden = MaskedDense(8, activation="relu", name="hidden")
+        self.head = MaskedDense(3, name="head")
+
+    def call(self, x):
+        return self.head(self.hidden(self.flat(self.conv(x))))
+
+
+def test_subclassed_model_is_found_and_its_last_masked_layer_is_never_neuron_pruned():
+    keras.utils.set_random_seed(0)
+    model = Subclassed()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model(IMAGES[:1])
+    s = lth.PruningScheduler(
+        lth.IterativeSchedule(rounds=2, epochs_per_round=1, rate=0.5), structure="neuron", verbose=0
+    )
+    model.fit(IMAGES, LABELS, batch_size=16, epochs=s.total_epochs, callbacks=[s], verbose=0)
+    density = s.rounds[-1]["layer_density"]
+    assert sorted(density) == ["conv", "head", "hidden"]
+    assert density["conv"] == density["hidden"] == 0.25 and density["head"] == 1.0

@@ -7,6 +7,8 @@ import pytest
 from keras_lth import IterativeSchedule, OneShotSchedule, PruningScheduler
 from keras_lth.rounds import RoundLayout
 
+pytestmark = pytest.mark.jax
+
 
 def test_layout_without_late_rewinding():
     layout = RoundLayout(rounds=3, epochs_per_round=2)

@@ -583,3 +583,13 @@ def test_every_family_swaps_at_constant_density(build, structure, name):
     for later in densities[4:]:
         assert later[1] == pytest.approx(densities[3][1])
     assert all(np.isfinite(np.array(v)).all() for v in model.weights)
+
+
+def test_a_crashed_run_leaves_no_step_behind():
+    model = make_model()
+    begin(scheduler(STRATEGIES["feedback"](), rounds=1, epochs=1), model)  # never ended
+    again = scheduler(STRATEGIES["scored"](), rounds=1, epochs=1)
+    begin(again, model)
+    again.on_train_end()
+    assert "train_step" not in model.__dict__
+    assert {l.gradient_mode for l in masked_layers(model)} == {"masked"}
