@@ -177,12 +177,19 @@ def _initialized_variables(model, variables):
 
 
 def _variable(layer, attr):
+    """The variable behind `layer.<attr>` (a masked layer's attributes read `raw * mask`)."""
     raw = getattr(layer, "raw_variable", None)
-    masked = getattr(layer, "masked_attributes", ())
-    try:
-        var = raw(attr) if raw is not None and attr in masked else getattr(layer, attr, None)
-    except (AttributeError, ValueError):
-        return None
+    var = None
+    if raw is not None:
+        try:
+            var = raw(attr)
+        except (AttributeError, ValueError):
+            var = None
+    if var is None:
+        try:
+            var = getattr(layer, attr, None)
+        except AttributeError:
+            return None
     return var if isinstance(var, keras.Variable) else None
 
 

@@ -378,7 +378,9 @@ def _zoo():
     c = lth.layers.MaskedDepthwiseConv2D(2, name="dw")(c)
     c = keras.layers.BatchNormalization(name="bn")(c)
     c = keras.layers.Flatten()(c)
-    out = MaskedDense(2, name="out")(keras.layers.Concatenate()([r, c]))
+    out = MaskedDense(2, name="out", bias_initializer=keras.initializers.RandomNormal(0.0, 0.5))(
+        keras.layers.Concatenate()([r, c])
+    )
     model = keras.Model([tokens, images], out)
     model.compile("sgd", "mse")
     return model
@@ -413,6 +415,7 @@ def test_reinit_draws_every_initialized_variable_with_a_fresh_seed():
         "sep/pointwise_kernel",
         "dw/kernel",
         "out/kernel",
+        "out/bias",
     ]
     by_name = {names[p]: p for p in names}
     for name in drawn:
