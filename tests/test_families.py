@@ -3,6 +3,9 @@
 - CNN: Conv2D -> BatchNormalization -> DepthwiseConv2D -> SeparableConv2D ->
   Flatten -> Dense -> Dense (output).
 - Sequence model: Embedding -> MultiHeadAttention -> LSTM -> Dense (output).
+- The other families: Conv1D, Conv1DTranspose, DepthwiseConv1D,
+  SeparableConv1D, GRU, SimpleRNN, Conv2DTranspose, Conv3D, Conv3DTranspose,
+  EinsumDense, Dense, on three inputs.
 
 Both train inside `model.fit` under the scheduler with weight and neuron
 structure, layer and global scope, rewinding to init, to epoch k and reinit;
@@ -63,7 +66,42 @@ def sequence_model():
     return keras.Model(inputs, outputs, name="sequence")
 
 
-MODELS = {"cnn": (cnn, IMAGES), "sequence": (sequence_model, TOKENS)}
+def other_families():
+    """Every other masked family: 1-D/3-D and transposed convolutions, einsum, GRU, SimpleRNN."""
+    series = keras.Input((6, 4))
+    x = lth.layers.MaskedConv1D(4, 2, padding="same", name="conv1d")(series)
+    x = lth.layers.MaskedConv1DTranspose(4, 2, padding="same", name="conv1d_t")(x)
+    x = lth.layers.MaskedDepthwiseConv1D(2, padding="same", name="depthwise1d")(x)
+    x = lth.layers.MaskedSeparableConv1D(4, 2, padding="same", name="separable1d")(x)
+    x = lth.layers.MaskedGRU(5, return_sequences=True, name="gru")(x)
+    x = lth.layers.MaskedSimpleRNN(4, name="rnn")(x)
+    image = keras.Input((4, 4, 2))
+    y = lth.layers.MaskedConv2DTranspose(3, 2, name="conv2d_t")(image)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    volume = keras.Input((4, 4, 4, 1))
+    z = lth.layers.MaskedConv3D(2, 2, name="conv3d")(volume)
+    z = lth.layers.MaskedConv3DTranspose(2, 2, name="conv3d_t")(z)
+    z = keras.layers.GlobalAveragePooling3D()(z)
+    h = keras.layers.Concatenate()([x, y, z])
+    h = MaskedEinsumDense("ab,bc->ac", output_shape=6, bias_axes="c", name="einsum")(h)
+    outputs = MaskedDense(3, name="out")(h)
+    return keras.Model([series, image, volume], outputs, name="others")
+
+
+OTHERS = [
+    RNG.normal(size=(48, 6, 4)).astype("float32"),
+    RNG.normal(size=(48, 4, 4, 2)).astype("float32"),
+    RNG.normal(size=(48, 4, 4, 4, 1)).astype("float32"),
+]
+MODELS = {
+    "cnn": (cnn, IMAGES),
+    "sequence": (sequence_model, TOKENS),
+    "others": (other_families, OTHERS),
+}
+
+
+def head(x, n):
+    return [a[:n] for a in x] if isinstance(x, list) else x[:n]
 
 
 def compiled(name, seed=0):
@@ -260,8 +298,8 @@ def test_mixed_precision_trains_prunes_rewinds_and_saves(name, policy, tmp_path)
         for k, m in masks(model).items():
             np.testing.assert_array_equal(masks(loaded)[k], m)
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(loaded.predict(x[:8], verbose=0)),
-            keras.ops.convert_to_numpy(model.predict(x[:8], verbose=0)),
+            keras.ops.convert_to_numpy(loaded.predict(head(x, 8), verbose=0)),
+            keras.ops.convert_to_numpy(model.predict(head(x, 8), verbose=0)),
             rtol=1e-3,
             atol=1e-3,
         )
