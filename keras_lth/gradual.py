@@ -8,6 +8,12 @@ mask to the scheduled sparsity, keeping
 masks change at the end of the previous batch (or at the start of
 training); with `steps_per_execution > 1` they can only change between
 executions, so the steps skipped in between are caught up at once.
+
+Two differences remain, both documented: where several weights have exactly
+the threshold's magnitude tfmot keeps all of them, keras-lth exactly the
+count (ties broken by position); and every masked weight is pruned, the
+depthwise kernel of a separable convolution included (tfmot prunes only its
+pointwise kernel).
 """
 
 from __future__ import annotations
