@@ -66,21 +66,21 @@ def _fast_gradual_scheduler(lth, schedule):
             self._first_iteration = int(ops.convert_to_numpy(self.model.optimizer.iterations))
 
         def on_train_batch_end(self, batch, logs=None):
-            self._gradual_update(self._first_iteration + batch + 1)
+            self._fast_update(self._first_iteration + batch + 1)
 
-        def _gradual_update(self, upto):
-            s = self.schedule
+        def _fast_update(self, upto):
+            s, gradual = self.schedule, self._gradual
             due = [
                 step
-                for step in range(self._next_step, upto + 1)
+                for step in range(gradual.next_step, upto + 1)
                 if step >= s.begin_step
                 and (s.end_step < 0 or step <= s.end_step)
                 and (step - s.begin_step) % s.frequency == 0
             ]
             if due:  # evaluate the schedule at the last due step only
-                self._next_step = due[-1]
-                super()._gradual_update(due[-1])
-            self._next_step = upto + 1
+                gradual.next_step = due[-1]
+                gradual.update(due[-1])
+            gradual.next_step = upto + 1
 
     return FastGradualScheduler(schedule, verbose=0)
 

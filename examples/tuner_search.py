@@ -51,7 +51,6 @@ EPOCHS_PER_ROUND = (2, 3)  # the searched range
 BATCH_SIZE = 60
 SEEDS = 2  # seeds of the final comparison
 OUT_DIR = "runs/tuner_search"
-REINTRODUCTION = hasattr(lth, "DoublePruning") and hasattr(lth, "ScoredPruning")
 
 """
 ## The model: LeNet-300-100, with the learning rate as a model hyperparameter
@@ -80,13 +79,10 @@ ranges, choices). Late rewinding needs a rewind epoch shorter than a round.
 def search_space():
     hp = keras_tuner.HyperParameters()
     hp.Int("prune/epochs_per_round", *EPOCHS_PER_ROUND)
-    # double / scored need keras-lth's re-introduction (DoublePruning, ScoredPruning).
-    methods = [m for m in lth.tuner.METHODS if m not in ("double", "scored") or REINTRODUCTION]
-    hp.Choice("prune/method", methods)
+    hp.Choice("prune/method", list(lth.tuner.METHODS))
     hp.Int("prune/rewind_epoch", 1, 1, parent_name="prune/method", parent_values=["lth-late"])
-    reintroducing = ["double", "scored"]
-    if REINTRODUCTION:  # the first event after a round's first epoch
-        hp.Int("prune/start", 1, 1, parent_name="prune/method", parent_values=reintroducing)
+    # re-introduction: the first event after a round's first epoch
+    hp.Int("prune/start", 1, 1, parent_name="prune/method", parent_values=["double", "scored"])
     return hp
 
 

@@ -359,13 +359,41 @@ def _check_lengths(kernels, masks):
         )
 
 
-def sparsity_mask(kernel: np.ndarray, mask: np.ndarray, sparsity: float) -> np.ndarray:
-    """Prunes the smallest alive |w| until `round(sparsity * size)` are pruned.
+def gradual_kept_count(size: int, sparsity) -> int:
+    """Weights a layer keeps at `sparsity`, counted exactly as tfmot counts them.
+
+    tfmot's `prune_low_magnitude` (`pruning_impl.Pruning._update_mask`)
+    keeps `max(1, round(float32(size) * (1 - sparsity)))` weights, in
+    float32 arithmetic and with TensorFlow's round half to even; a layer is
+    never emptied. `1 - sparsity` is a float32 subtraction when the schedule
+    returns a float32 value (tfmot's own schedules return float32 tensors),
+    and is cast to float32 after the subtraction for a Python number.
+
+    Example:
+
+    >>> gradual_kept_count(24, 0.99)  # 0.24 rounds to 0: one weight stays
+    1
+    >>> gradual_kept_count(10, np.float32(0.25))  # 7.5: half to even
+    8
+    """
+    if isinstance(sparsity, np.floating) and np.dtype(type(sparsity)).itemsize <= 4:
+        keep = np.float32(1) - np.float32(sparsity)
+    else:
+        keep = np.float32(1.0 - float(sparsity))
+    return max(1, int(np.rint(np.float32(size) * keep)))
+
+
+def sparsity_mask(kernel: np.ndarray, mask: np.ndarray, sparsity) -> np.ndarray:
+    """Shrinks `mask` to tfmot's kept count at `sparsity`, dropping the smallest |w|.
 
     The absolute-sparsity form used by gradual schedules (tfmot's
     `ConstantSparsity`, `PolynomialDecay`): `sparsity` is the target share of
-    the whole kernel that is pruned. Already pruned weights stay pruned, so a
-    target below the current sparsity changes nothing.
+    the whole kernel that is pruned, and the kernel keeps
+    `gradual_kept_count(kernel.size, sparsity)` weights, at least one.
+    Already pruned weights stay pruned (their raw values are ignored), so a
+    target below the current sparsity changes nothing. Ties in |w| are broken
+    by position, so exactly that many weights are kept (tfmot keeps every
+    weight equal to its threshold).
     """
     kernel, mask = _as_pair(kernel, mask)
     if isinstance(sparsity, (bool, str)) or not (
@@ -375,10 +403,8 @@ def sparsity_mask(kernel: np.ndarray, mask: np.ndarray, sparsity: float) -> np.n
             "Received an invalid value for `sparsity`, expected a number in "
             f"[0, 1). Received: sparsity={sparsity!r}"
         )
-    sparsity = float(sparsity)
     alive = mask > 0
-    target = prune_count(sparsity, mask.size)
-    count = max(0, target - int(mask.size - alive.sum()))
+    count = max(0, int(alive.sum()) - gradual_kept_count(mask.size, sparsity))
     drop = _prune_lowest(np.abs(kernel), alive, count)
     return np.where(drop, 0.0, mask).astype(np.float32)
 
@@ -433,3 +459,37 @@ def units_to_mask(alive: np.ndarray, shape, view_shape, unit_axes) -> np.ndarray
     fan_in = math.prod(tuple(view_shape)) // max(alive.size, 1)
     matrix = np.broadcast_to(alive.astype(np.float32), (fan_in, alive.size))
     return from_unit_matrix(matrix, shape, view_shape, unit_axes).astype(np.float32)
+
+
+def layer_unit_matrix(values: Sequence[np.ndarray], views: Sequence) -> np.ndarray:
+    """One layer's weights as a single `(fan_in, units)` matrix.
+
+    A layer whose units are computed from several weights (an LSTM's kernel
+    and recurrent kernel) has one column per unit over all of them: their
+    `unit_matrix` views stacked along the fan-in. `views` holds each
+    weight's `(view_shape, unit_axes)`.
+
+    Example:
+
+    >>> kernel, recurrent = np.ones((3, 8)), np.ones((2, 8))  # 2 LSTM units, 4 gates
+    >>> layer_unit_matrix([kernel, recurrent], [((3, 4, 2), (2,)), ((2, 4, 2), (2,))]).shape
+    (20, 2)
+    """
+    if not values:
+        raise ValueError("Expected at least one weight. Received: values=[]")
+    return np.concatenate([unit_matrix(v, *view) for v, view in zip(values, views)], axis=0)
+
+
+def split_unit_matrix(matrix: np.ndarray, shapes: Sequence, views: Sequence) -> list:
+    """The inverse of `layer_unit_matrix`: one array per weight, in its shape."""
+    out, start = [], 0
+    for shape, (view_shape, unit_axes) in zip(shapes, views):
+        rows = math.prod(view_shape) // np.shape(matrix)[1]
+        out.append(from_unit_matrix(matrix[start : start + rows], shape, view_shape, unit_axes))
+        start += rows
+    if start != np.shape(matrix)[0]:
+        raise ValueError(
+            f"Received an invalid value for `matrix`, expected {start} rows for "
+            f"the weights of shapes {list(shapes)}. Received: {np.shape(matrix)[0]} rows"
+        )
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 
 from keras_lth import pruning
+from keras_lth.rounds import RoundLayout
 
 
 def _check_positive_int(value, name):
@@ -44,6 +45,8 @@ class IterativeSchedule:
     >>> s = IterativeSchedule(rounds=10, epochs_per_round=8, rate=0.2)
     >>> s.total_epochs
     88
+    >>> s.layout(rewind=2).total_epochs  # late rewinding: later rounds train 6 epochs
+    68
     >>> round(s.density_after(10), 3)
     0.107
     """
@@ -86,10 +89,32 @@ class IterativeSchedule:
         """Nominal density of a layer after `round_index` pruning rounds."""
         return pruning.density_after(self.rate_for(layer_name), round_index)
 
+    def layout(self, rewind="init") -> RoundLayout:
+        """The round layout of a run with this schedule and `rewind`.
+
+        Args:
+            rewind: The `PruningScheduler`'s `rewind`: with an epoch index `k`
+                (late rewinding) the rounds after round 0 train
+                `epochs_per_round - k` epochs; any other setting keeps
+                `epochs_per_round`. Defaults to `"init"`.
+
+        Returns:
+            A `keras_lth.rounds.RoundLayout` (`total_epochs`, `round_of`,
+            `round_start`, `round_end`), the one the scheduler uses.
+        """
+        return RoundLayout.for_rewind(self.rounds, self.epochs_per_round, rewind)
+
     @property
     def total_epochs(self):
-        """Epochs of the whole run without late rewinding."""
-        return (self.rounds + 1) * self.epochs_per_round
+        """Epochs of a run whose rounds all train `epochs_per_round` epochs.
+
+        That is `(rounds + 1) * epochs_per_round`: the length of a run that
+        rewinds to `"init"`, `"reinit"` or not at all. Late rewinding
+        (`rewind=k`) shortens the later rounds: use
+        `schedule.layout(rewind=k).total_epochs`, or the scheduler's
+        `total_epochs`, which always agree.
+        """
+        return self.layout().total_epochs
 
     def get_config(self):
         config = {

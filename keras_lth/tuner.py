@@ -29,6 +29,7 @@ import keras
 
 from keras_lth import pruning
 from keras_lth.callbacks import PruningScheduler
+from keras_lth.rounds import RoundLayout
 from keras_lth.schedules import IterativeSchedule
 
 METHODS = ("lth", "lth-late", "imp-finetune", "double", "scored")
@@ -46,18 +47,9 @@ METHODS = ("lth", "lth-late", "imp-finetune", "double", "scored")
 _REINTRODUCING = ("double", "scored")
 
 
-def _available_methods():
-    # double / scored need keras-lth's re-introduction classes; without them
-    # the default space leaves them out rather than failing their trials.
-    import keras_lth
-
-    has = hasattr(keras_lth, "DoublePruning") and hasattr(keras_lth, "ScoredPruning")
-    return [m for m in METHODS if has or m not in _REINTRODUCING]
-
-
 # name -> (kind, arguments, parent condition): the default search space.
 SEARCH_SPACE = {
-    "prune/method": ("Choice", {"values": _available_methods(), "default": "lth"}, None),
+    "prune/method": ("Choice", {"values": list(METHODS), "default": "lth"}, None),
     "prune/rate": (
         "Float",
         {"min_value": 0.1, "max_value": 0.8, "step": 0.05, "default": 0.2},
@@ -318,8 +310,7 @@ class PruningHyperModel(keras_tuner.HyperModel):
                     f"event in rounds of {epochs_per_round} epochs. Received: "
                     f"epochs_per_round={epochs_per_round}"
                 )
-        late = rewind if isinstance(rewind, int) else 0
-        total_epochs = epochs_per_round + rounds * (epochs_per_round - late)
+        total_epochs = RoundLayout.for_rewind(rounds, epochs_per_round, rewind).total_epochs
         plan = {
             "method": method,
             "rate": rate,

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-import keras_lth as lth
 from keras_lth.bench import METHODS, cli, make_plan, results, run_benchmark, runner, settings
 from keras_lth.bench.report import agreement, epochs_to_target, summarize
 
@@ -41,7 +40,6 @@ NEURON_METRICS = {
 }
 MAIN_METHODS = [m.name for m in METHODS.values() if m.process == "main" and not m.reintroduce]
 REINTRODUCE = [m.name for m in METHODS.values() if m.reintroduce]
-HAS_REINTRODUCE = hasattr(lth, "DoublePruning") and hasattr(lth, "ScoredPruning")
 
 
 def tiny(**overrides):
@@ -71,7 +69,7 @@ def without_timing(line):
 def main_run(tmp_path_factory):
     """Every main-process method once, uninterrupted (the reference run)."""
     out = str(tmp_path_factory.mktemp("bench_all"))
-    methods = MAIN_METHODS + (REINTRODUCE if HAS_REINTRODUCE else [])
+    methods = MAIN_METHODS + REINTRODUCE
     plan = make_plan(tiny(), methods)
     lines = run_benchmark(plan, out, verbose=0)
     return plan, lines, out

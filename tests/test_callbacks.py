@@ -8,6 +8,7 @@ real training loop shows (logs, History, jit, steps_per_execution, tfmot
 step semantics).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -25,6 +26,7 @@ from keras_lth.layers import MaskedDense, masked_layers
 from keras_lth.schedules import IterativeSchedule, OneShotSchedule
 
 NAMES = ("h1", "h2", "out")
+pytestmark = pytest.mark.jax  # backend-agnostic: also run under KERAS_BACKEND=jax
 
 
 def _data(n=256, seed=0):
@@ -94,10 +96,15 @@ def epoch(scheduler, model, e, rng, logs=None, train=True):
     return logs
 
 
+def raw(layer):
+    """The raw kernel variable of a masked layer (`layer.kernel` reads raw * mask)."""
+    return layer.raw_variable("kernel")
+
+
 def set_kernels(model, rng):
     """Hand-set random raw kernels (distinct magnitudes)."""
     for layer in masked_layers(model):
-        layer._kernel.assign(rng.normal(size=layer._kernel.shape).astype("float32"))
+        raw(layer).assign(rng.normal(size=raw(layer).shape).astype("float32"))
 
 
 def assert_pruned_by_magnitude(kernels, before, after):
@@ -226,7 +233,7 @@ def test_rewind_reinit_draws_fresh_values_from_the_initializers():
                     assert abs(v.mean()) < 0.2 * limit, name
         elif name.endswith("/bias"):  # zeros initializer
             np.testing.assert_array_equal(v1, np.zeros_like(v1))
-        else:  # LayerNormalization has no kernel/bias initializer: back to θ0
+        else:  # LayerNormalization: gamma and beta drawn again from ones and zeros, θ0 values
             assert name.startswith("norm/")
             np.testing.assert_array_equal(v1, v0)
             np.testing.assert_array_equal(v2, v0)
@@ -297,6 +304,173 @@ def test_reset_optimizer_keeps_learning_rate(make_optimizer, rewind):
     assert float(np.array(opt.learning_rate)) == pytest.approx(lr_after, rel=1e-7)
 
 
+def _bn_model(optimizer=None):
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            MaskedDense(16, name="h1"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Activation("relu"),
+            MaskedDense(3, name="out"),
+        ]
+    )
+    model.compile(
+        optimizer or keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def train_epoch(scheduler, model, e):
+    """One real epoch by hand: BatchNormalization's statistics move too."""
+    scheduler.on_epoch_begin(e)
+    for i in range(0, 64, 16):
+        model.train_on_batch(X[i : i + 16], Y[i : i + 16])
+    scheduler.on_epoch_end(e, {"loss": 1.0})
+
+
+@pytest.mark.parametrize("rewind", ["init", 1])
+def test_rewinding_restores_batchnorm_moving_statistics(rewind):
+    model = _bn_model()
+    bn = model.get_layer("bn")
+    s = PruningScheduler(
+        IterativeSchedule(rounds=1, epochs_per_round=2, rate=0.5), rewind=rewind, verbose=0
+    )
+    begin(s, model)
+    stats = lambda: [np.array(bn.moving_mean), np.array(bn.moving_variance)]  # noqa: E731
+    start = stats()
+    train_epoch(s, model, 0)
+    after_one = stats()
+    train_epoch(s, model, 1)
+    assert not np.array_equal(stats()[0], after_one[0])
+    s.on_epoch_begin(2)
+    want = start if rewind == "init" else after_one
+    for got, w in zip(stats(), want):
+        np.testing.assert_array_equal(got, w)
+
+
+def test_reinit_resets_batchnorm_statistics_to_their_initializers():
+    model = _bn_model()
+    bn = model.get_layer("bn")
+    s = PruningScheduler(
+        IterativeSchedule(rounds=1, epochs_per_round=1, rate=0.5),
+        rewind="reinit",
+        seed=1,
+        verbose=0,
+    )
+    begin(s, model)
+    train_epoch(s, model, 0)
+    assert np.abs(np.array(bn.moving_mean)).sum() > 0
+    s.on_epoch_begin(1)
+    np.testing.assert_array_equal(np.array(bn.moving_mean), np.zeros(16))
+    np.testing.assert_array_equal(np.array(bn.moving_variance), np.ones(16))
+    np.testing.assert_array_equal(np.array(bn.gamma), np.ones(16))
+    np.testing.assert_array_equal(np.array(bn.beta), np.zeros(16))
+
+
+def _zoo():
+    """A layer of every initializer name `"reinit"` must draw again."""
+    tokens = keras.Input((4,), dtype="int32", name="tokens")
+    images = keras.Input((6, 6, 2), name="images")
+    e = lth.layers.MaskedEmbedding(20, 6, name="emb")(tokens)
+    r = lth.layers.MaskedLSTM(5, name="lstm")(e)
+    c = lth.layers.MaskedSeparableConv2D(3, 3, name="sep")(images)
+    c = lth.layers.MaskedDepthwiseConv2D(2, name="dw")(c)
+    c = keras.layers.BatchNormalization(name="bn")(c)
+    c = keras.layers.Flatten()(c)
+    out = MaskedDense(2, name="out", bias_initializer=keras.initializers.RandomNormal(0.0, 0.5))(
+        keras.layers.Concatenate()([r, c])
+    )
+    model = keras.Model([tokens, images], out)
+    model.compile("sgd", "mse")
+    return model
+
+
+def test_reinit_draws_every_initialized_variable_with_a_fresh_seed():
+    def run(seed, model_seed=0):
+        keras.utils.set_random_seed(model_seed)
+        model = _zoo()
+        s = PruningScheduler(
+            IterativeSchedule(rounds=2, epochs_per_round=1, rate=0.5),
+            rewind="reinit",
+            seed=seed,
+            verbose=0,
+        )
+        begin(s, model)
+        theta0 = {v.path: np.array(v) for v in model.weights}
+        epoch(s, model, 0, np.random.default_rng(0))
+        s.on_epoch_begin(1)
+        first = {v.path: np.array(v) for v in model.weights}
+        s.on_epoch_end(1, {"loss": 1.0})
+        s.on_epoch_begin(2)
+        second = {v.path: np.array(v) for v in model.weights}
+        return {v.path: v.path for v in model.weights}, theta0, first, second
+
+    names, theta0, first, second = run(seed=3)
+    drawn = [
+        "emb/embeddings",
+        "lstm/lstm_cell/kernel",
+        "lstm/lstm_cell/recurrent_kernel",
+        "sep/depthwise_kernel",
+        "sep/pointwise_kernel",
+        "dw/kernel",
+        "out/kernel",
+        "out/bias",
+    ]
+    by_name = {names[p]: p for p in names}
+    for name in drawn:
+        p = by_name[name]
+        assert np.mean(first[p] == theta0[p]) < 0.05, name
+        assert np.mean(second[p] == first[p]) < 0.05, name  # a fresh seed per round
+    # constant initializers: zeros, ones, the LSTM's forget-gate bias of 1
+    lstm_bias = first[by_name["lstm/lstm_cell/bias"]]
+    np.testing.assert_array_equal(lstm_bias, np.r_[np.zeros(5), np.ones(5), np.zeros(10)])
+    for name, value in (("bn/gamma", 1), ("bn/beta", 0), ("bn/moving_mean", 0)):
+        np.testing.assert_array_equal(first[by_name[name]], value)
+    # deterministic for a seed whatever the initial model, different for another
+    _, _, again, _ = run(seed=3, model_seed=7)
+    _, _, other, _ = run(seed=4)
+    for name in drawn:
+        p = by_name[name]
+        np.testing.assert_array_equal(again[p], first[p])
+        assert np.mean(other[p] == first[p]) < 0.05, name
+
+
+# --------------------------------------------------------------------- #
+# Batch hooks: only where needed, so Keras dispatches batches asynchronously
+# --------------------------------------------------------------------- #
+def _async_train(callback):
+    """Keras's own decision (CallbackList checks `on_train_batch_end` when fit starts)."""
+    return keras.callbacks.CallbackList([callback])._async_train
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(rewind=1, structure="neuron", scope="global"),
+        dict(rewind="reinit", backup_dir="/tmp/unused"),
+        dict(reintroduce=lth.DoublePruning("feedback")),  # epoch events: no batch hook
+    ],
+)
+def test_iterative_pruning_registers_no_batch_hook(kwargs):
+    s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=2), verbose=0, **kwargs)
+    assert "on_train_batch_end" not in vars(s)
+    assert _async_train(s) is keras.callbacks.CallbackList([keras.callbacks.History()])._async_train
+
+
+def test_gradual_and_step_events_register_a_batch_hook(tfmot):
+    gradual = PruningScheduler(tfmot.sparsity.keras.ConstantSparsity(0.5, 0), rewind=None)
+    steps = PruningScheduler(
+        IterativeSchedule(rounds=1, epochs_per_round=2),
+        reintroduce=lth.ScoredPruning(unit="step", every=5),
+        verbose=0,
+    )
+    for s in (gradual, steps):
+        assert "on_train_batch_end" in vars(s)
+        assert _async_train(s) is False
+
+
 # --------------------------------------------------------------------- #
 # Masks
 # --------------------------------------------------------------------- #
@@ -310,7 +484,7 @@ def test_layer_scope_exact_counts_per_layer_per_round():
     counts = [kept(model)]
     for r in (1, 2, 3):
         set_kernels(model, rng)
-        kernels = {l.name: np.array(l._kernel) for l in masked_layers(model)}
+        kernels = {l.name: np.array(raw(l)) for l in masked_layers(model)}
         before = masks(model)
         s.on_epoch_begin(r)
         after = masks(model)
@@ -338,8 +512,9 @@ def test_global_scope_one_threshold_over_layers(layer_rates):
     for r in (1, 2):
         set_kernels(model, rng)
         # scale the layers differently so a global threshold is not a per-layer one
-        model.get_layer("h2")._kernel.assign(np.array(model.get_layer("h2")._kernel) * 3.0)
-        kernels = {l.name: np.array(l._kernel) for l in masked_layers(model)}
+        h2 = raw(model.get_layer("h2"))
+        h2.assign(np.array(h2) * 3.0)
+        kernels = {l.name: np.array(raw(l)) for l in masked_layers(model)}
         before = masks(model)
         s.on_epoch_begin(r)
         after = masks(model)
@@ -366,9 +541,9 @@ def _neuron_kernels(model):
     h1[:, 0] = 1.0
     h1[:, 1] = 0.0
     h1[0, 1] = 5.0
-    model.get_layer("h1")._kernel.assign(h1)
+    raw(model.get_layer("h1")).assign(h1)
     h2 = np.tile(np.arange(1, 9, dtype="float32"), (16, 1))  # neuron j has norm ∝ j + 1
-    model.get_layer("h2")._kernel.assign(h2)
+    raw(model.get_layer("h2")).assign(h2)
 
 
 @pytest.mark.parametrize("norm, pruned_h1", [("l1", 1), ("l2", 0)])
@@ -446,7 +621,7 @@ def test_fit_masks_monotone_records_history_and_frozen_pruned_weights():
 
     class Spy(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.theta0 = {l.name: np.array(l._kernel) for l in masked_layers(self.model)}
+            self.theta0 = {l.name: np.array(raw(l)) for l in masked_layers(self.model)}
             self.masks = []
 
         def on_epoch_end(self, epoch, logs=None):
@@ -482,9 +657,7 @@ def test_fit_masks_monotone_records_history_and_frozen_pruned_weights():
     for layer in masked_layers(model):
         pruned = np.array(layer.kernel_mask) == 0
         assert pruned.any()
-        np.testing.assert_array_equal(
-            np.array(layer._kernel)[pruned], spy.theta0[layer.name][pruned]
-        )
+        np.testing.assert_array_equal(np.array(raw(layer))[pruned], spy.theta0[layer.name][pruned])
     a = X[:5]
     for layer in masked_layers(model):
         kernel, bias = layer.effective_weights()
@@ -668,7 +841,7 @@ def test_duplicate_masked_layer_names_raise():
     )
     s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=1), verbose=0)
     with pytest.raises(
-        ValueError, match=re.escape("unique `MaskedDense` names. Received: ['d', 'd']")
+        ValueError, match=re.escape("unique masked layer names. Received: ['d', 'd']")
     ):
         begin(s, model)
 
@@ -694,6 +867,19 @@ def test_warns_when_fit_epochs_differ_from_total_epochs():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         begin(s, make_model(), epochs=4)
+
+
+def test_resuming_without_a_backup_warns(tmp_path):
+    s = PruningScheduler(IterativeSchedule(rounds=1, epochs_per_round=2), verbose=0)
+    begin(s, make_model())
+    with pytest.warns(UserWarning, match=r"starts at epoch 3, but the scheduler has no backup"):
+        s.on_epoch_begin(3)
+    s = PruningScheduler(
+        IterativeSchedule(rounds=1, epochs_per_round=2), backup_dir=tmp_path, verbose=0
+    )
+    begin(s, make_model())
+    with pytest.warns(UserWarning, match=r"has no backup of epoch 2 in .*\(it has epochs \[\]\)"):
+        s.on_epoch_begin(3)
 
 
 def test_one_instance_reused_on_two_models_gives_fresh_records():
@@ -774,8 +960,8 @@ def test_jit_compile_and_steps_per_execution_give_the_plain_masks():
 # tfmot schedules (gradual pruning)
 # --------------------------------------------------------------------- #
 def _tfmot_kept(size, sparsity):
-    """Weights tfmot's `prune_low_magnitude` keeps at `sparsity` (pruning_impl._update_mask)."""
-    return max(int(np.round(np.float32(size) * np.float32(1 - sparsity))), 1)
+    """Weights tfmot's `prune_low_magnitude` keeps at `sparsity` (see test_pruning)."""
+    return pruning.gradual_kept_count(size, sparsity)
 
 
 def _expected_kept_per_step(schedule, size, steps):
@@ -790,7 +976,7 @@ def _expected_kept_per_step(schedule, size, steps):
     for s in range(steps):
         should, sparsity = schedule(np.int64(s + 1))
         if bool(np.array(should)):
-            current = min(current, _tfmot_kept(size, float(np.array(sparsity))))
+            current = min(current, _tfmot_kept(size, np.asarray(sparsity)[()]))
         out.append(current)
     return out
 
@@ -867,8 +1053,60 @@ def test_tfmot_schedule_arguments(tfmot):
     assert restored.schedule.get_config() == schedule.get_config()
 
 
+TFMOT_MASKS = os.path.join(os.path.dirname(__file__), "scripts", "tfmot_masks.py")
+
+
+def _tfmot_masks(cases):
+    """tfmot's own masks for `cases`, computed in a `TF_USE_LEGACY_KERAS=1` child."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, TFMOT_MASKS],
+        input=json.dumps(cases),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [np.array(m) for m in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def test_gradual_masks_are_tfmots_own_masks(tfmot):
+    rng = np.random.default_rng(0)
+    cases = []
+    # tiny layers, and sizes whose kept count is an exact half (ties of the rounding)
+    for size, sparsity in [(1, 0.9), (2, 0.75), (3, 0.5), (24, 0.99), (7, 0.5), (5, 0.5)]:
+        cases.append((size, sparsity))
+    cases += [(10, 0.25), (6, 0.25), (18, 0.25), (10, 0.85), (25, 0.42), (50, 0.41), (50, 0.59)]
+    cases += [(int(n), float(s)) for n, s in zip(rng.integers(1, 200, 25), rng.random(25) * 0.99)]
+    payload, ours = [], []
+    for size, sparsity in cases:
+        # distinct magnitudes: no ties in |w| at the threshold
+        w = (rng.permutation(size) + 1.0) * rng.choice([-1.0, 1.0], size)
+        payload.append({"weights": w.tolist(), "shape": [size], "sparsity": sparsity})
+        ours.append(pruning.sparsity_mask(w, np.ones(size, "float32"), np.float32(sparsity)))
+    # equal magnitudes: tfmot keeps every weight equal to its threshold
+    payload.append({"weights": [0.5] * 10, "shape": [10], "sparsity": 0.5})
+    theirs = _tfmot_masks(payload)
+    for (size, sparsity), mine, tf_mask in zip(cases, ours, theirs):
+        np.testing.assert_array_equal(mine, tf_mask, err_msg=f"size={size} sparsity={sparsity}")
+    ties = pruning.sparsity_mask(np.full(10, 0.5), np.ones(10, "float32"), np.float32(0.5))
+    assert int(ties.sum()) == 5 and int(theirs[-1].sum()) == 10  # the documented difference
+
+
+def test_gradual_pruning_never_empties_a_tiny_layer(tfmot):
+    model = make_model()  # "out" has 8 x 3 = 24 weights
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.99, begin_step=1, frequency=1)
+    s = PruningScheduler(schedule, rewind=None, verbose=0)
+    model.fit(X[:64], Y[:64], batch_size=32, epochs=1, callbacks=[s], verbose=0)
+    # tfmot keeps max(1, round(n * 0.01)): 2 of 160, 1 of 128, 1 of 24
+    assert kept(model) == {"h1": 2, "h2": 1, "out": 1}
+
+
 def test_import_keras_lth_never_imports_tfmot():
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])  # this keras_lth
     code = (
         "import os, sys, keras_lth\n"
         "assert 'tensorflow_model_optimization' not in sys.modules\n"

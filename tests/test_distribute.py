@@ -120,6 +120,9 @@ def test_strategy_has_two_replicas(strategy):
     assert isinstance(mask.value, tf.distribute.DistributedValues)  # mirrored
 
 
+# The optimizer's restart must work under the strategy too (its throwaway
+# copy is created in the strategy's scope): no fallback warning.
+@pytest.mark.filterwarnings("error::UserWarning")
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -400,9 +400,9 @@ def test_sparsity_mask_reaches_target_monotone_never_unprunes(km, targets):
     for s in targets:
         new = pruning.sparsity_mask(kernel, mask, s)
         assert np.all(new <= mask)
-        pruned = int(new.size - new.sum())
-        already = int(mask.size - mask.sum())
-        assert pruned == max(already, pruning.prune_count(s, mask.size))
+        kept_now, alive = int(new.sum()), int(mask.sum())
+        assert kept_now == min(alive, pruning.gradual_kept_count(mask.size, s))
+        assert kept_now >= min(alive, 1)  # a layer is never emptied
         gone, kept = np.abs(kernel)[(mask == 1) & (new == 0)], np.abs(kernel)[new == 1]
         if gone.size and kept.size:
             assert gone.max() <= kept.min()
@@ -420,6 +420,132 @@ def test_sparsity_mask_hand_set():
     np.testing.assert_array_equal(
         pruning.sparsity_mask(kernel, half, 0.7).ravel(), [0] * 7 + [1] * 3
     )
+
+
+@pytest.mark.parametrize(
+    "size, sparsity, kept",
+    [
+        (24, 0.99, 1),  # 0.24 rounds to 0: tfmot keeps one weight (half-up counting kept 0)
+        (1, 0.9, 1),
+        (10, 0.25, 8),  # 7.5: half to even -> 8
+        (6, 0.25, 4),  # 4.5: half to even -> 4 (half up would keep 5)
+        (18, 0.25, 14),  # 13.5 -> 14
+        (5, 0.5, 2),  # 2.5 -> 2
+        (7, 0.5, 4),  # 3.5 -> 4
+        (2, 0.75, 1),  # 0.5 -> 0, then at least 1
+        (100, 0.0, 100),
+    ],
+)
+def test_gradual_kept_count_is_tfmots_on_ties_and_tiny_layers(size, sparsity, kept):
+    # these sparsities are exact in binary, so the products are exact halves
+    assert pruning.gradual_kept_count(size, np.float32(sparsity)) == kept
+    assert pruning.gradual_kept_count(size, sparsity) == kept
+    kernel = np.arange(1, size + 1, dtype="float32")
+    new = pruning.sparsity_mask(kernel, np.ones(size, "float32"), np.float32(sparsity))
+    assert int(new.sum()) == kept
+    np.testing.assert_array_equal(new[size - kept :], 1)  # the largest |w| stay
+
+
+def test_gradual_kept_count_uses_float32_arithmetic():
+    # float32(1) - float32(0.85) = 0.14999998: 10 * it = 1.4999998 -> 1
+    assert pruning.gradual_kept_count(10, np.float32(0.85)) == 1
+    # a Python sparsity is subtracted in float64, then cast (how TensorFlow
+    # promotes a Python number): float32(0.15000000000000002) * 10 = 1.5000001 -> 2
+    assert pruning.gradual_kept_count(10, 0.85) == 2
+    # float32(1) - float32(0.42) = 0.58000004: 25 * it = 14.500001 -> 15
+    assert pruning.gradual_kept_count(25, np.float32(0.42)) == 15
+
+
+def test_gradual_kept_count_matches_tensorflow_rounding():
+    """The same arithmetic as tfmot's `_update_mask`, run by TensorFlow itself."""
+    tf = pytest.importorskip("tensorflow")
+    sizes = np.arange(1, 130)
+    for sparsity in np.float32(np.linspace(0.0, 0.995, 41)):
+        s = tf.constant(sparsity, tf.float32)
+        want = tf.cast(
+            tf.maximum(tf.round(tf.cast(sizes, tf.float32) * (1 - s)), 1), tf.int32
+        ).numpy()
+        got = [pruning.gradual_kept_count(int(n), sparsity) for n in sizes]
+        np.testing.assert_array_equal(got, want, err_msg=str(sparsity))
+
+
+# --------------------------------------------------------------------------- #
+# One layer's units over several weights
+# --------------------------------------------------------------------------- #
+_UNIT_LAYERS = {
+    # name: [(shape, (view_shape, unit_axes)), ...] of the weights that share units
+    "dense": [((3, 4), ((3, 4), (1,)))],
+    "conv2d": [((2, 2, 3, 5), ((2, 2, 3, 5), (3,)))],
+    "conv2d_transpose": [((2, 2, 5, 3), ((2, 2, 5, 3), (2,)))],
+    "lstm": [((3, 8), ((3, 4, 2), (2,))), ((2, 8), ((2, 4, 2), (2,)))],
+    "attention_query": [((6, 2, 3), ((6, 2, 3), (1, 2)))],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_UNIT_LAYERS))
+def test_layer_unit_matrix_round_trip_and_columns(name):
+    rng = np.random.default_rng(0)
+    layout = _UNIT_LAYERS[name]
+    values = [rng.normal(size=shape) for shape, _ in layout]
+    views = [view for _, view in layout]
+    matrix = pruning.layer_unit_matrix(values, views)
+    fan_in = sum(math.prod(shape) for shape, _ in layout) // matrix.shape[1]
+    assert matrix.shape[0] == fan_in
+    back = pruning.split_unit_matrix(matrix, [shape for shape, _ in layout], views)
+    for got, want in zip(back, values):
+        np.testing.assert_array_equal(got, want)
+    # killing unit j of the matrix kills exactly what units_to_mask says is unit j
+    units = matrix.shape[1]
+    for j in range(units):
+        alive = np.ones(units, bool)
+        alive[j] = False
+        dead = np.ones_like(matrix)
+        dead[:, j] = 0
+        for (shape, view), part in zip(
+            layout, pruning.split_unit_matrix(dead, [s for s, _ in layout], views)
+        ):
+            np.testing.assert_array_equal(part, pruning.units_to_mask(alive, shape, *view))
+
+
+@SETTINGS
+@given(st.integers(0, 2**31 - 1), _rates, st.sampled_from(["l1", "l2"]))
+def test_neuron_pruning_of_unit_matrices_invariants(seed, rate, norm):
+    """Structured pruning of any family: exact unit counts, monotone, norms ordered."""
+    rng = np.random.default_rng(seed)
+    names = sorted(_UNIT_LAYERS)
+    kernels, masks, alive0 = {}, {}, {}
+    for name in names:
+        layout = _UNIT_LAYERS[name]
+        views = [view for _, view in layout]
+        values = [rng.normal(size=shape).astype("float32") for shape, _ in layout]
+        kernels[name] = pruning.layer_unit_matrix(values, views)
+        units = kernels[name].shape[1]
+        alive = rng.random(units) < 0.8
+        masks[name] = np.broadcast_to(alive.astype("float32"), kernels[name].shape).copy()
+        alive0[name] = alive
+    frozen = ("dense",)
+    for scope in ("layer", "global"):
+        new = pruning.prune(
+            kernels, masks, rate, scope=scope, structure="neuron", norm=norm, frozen_neurons=frozen
+        )
+        np.testing.assert_array_equal(new["dense"], masks["dense"])  # skipped: as it was
+        pruned = [n for n in names if n not in frozen]
+        now = {n: pruning.alive_neurons(new[n]) for n in pruned}
+        for n in pruned:
+            assert not np.any(now[n] & ~alive0[n])  # monotone
+            assert np.all((new[n] == 0).all(axis=0) | (new[n] == masks[n]).all(axis=0))
+        if scope == "layer":
+            for n in pruned:
+                lost = int((alive0[n] & ~now[n]).sum())
+                assert lost == pruning.prune_count(rate, int(alive0[n].sum()))
+                norms = pruning.neuron_norms(kernels[n], masks[n], norm)
+                gone, kept = norms[alive0[n] & ~now[n]], norms[now[n]]
+                if gone.size and kept.size:
+                    assert gone.max() <= kept.min()
+        else:
+            total = sum(int(alive0[n].sum()) for n in pruned)
+            lost = sum(int((alive0[n] & ~now[n]).sum()) for n in pruned)
+            assert lost == pruning.prune_count(rate, total)
 
 
 # --------------------------------------------------------------------------- #

@@ -63,7 +63,12 @@ def effective(model):
 
 
 def raw(model):
-    return {l.name: np.array(l._kernel) for l in masked_layers(model)}
+    return {l.name: np.array(l.raw_variable("kernel")) for l in masked_layers(model)}
+
+
+def scores(s):
+    """The `ScoredPruning` scores of a scheduler's run, by weight key."""
+    return {k: np.array(v) for k, v in s._reintroducer.scores.items()}
 
 
 def scheduler(reintroduce, rounds=2, epochs=3, layer_rates=None, **kwargs):
@@ -158,7 +163,7 @@ def test_scores_accumulate_minus_w_times_dense_gradient_by_hand():
         model.train_function(iter([(XH, YH)]))
     g = _dense_grad(w, mask, np.array([0.1, -0.2]))
     assert np.all(g[mask == 0] != 0)  # pruned positions get a gradient too
-    np.testing.assert_allclose(np.array(layer.kernel_score), 2 * (-w * g), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scores(s)["only/kernel"], 2 * (-w * g), rtol=1e-5, atol=1e-7)
     s.on_train_end()
     assert "train_step" not in model.__dict__
 
@@ -170,7 +175,9 @@ def test_scored_step_trains_only_kept_weights():
     mask = np.array(layer.kernel_mask)
     model.train_function(iter([(XH, YH)]))
     g = _dense_grad(w, mask, np.array([0.1, -0.2]))
-    np.testing.assert_allclose(np.array(layer._kernel), w - 0.1 * g * mask, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.array(layer.raw_variable("kernel")), w - 0.1 * g * mask, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_feedback_step_trains_pruned_raw_weights_with_the_dense_gradient():
@@ -180,7 +187,9 @@ def test_feedback_step_trains_pruned_raw_weights_with_the_dense_gradient():
     mask = np.array(layer.kernel_mask)
     model.train_function(iter([(XH, YH)]))
     g = _dense_grad(w, mask, np.array([0.1, -0.2]))
-    np.testing.assert_allclose(np.array(layer._kernel), w - 0.1 * g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.array(layer.raw_variable("kernel")), w - 0.1 * g, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_complement_step_trains_pruned_weights_as_their_own_network():
@@ -193,7 +202,7 @@ def test_complement_step_trains_pruned_weights_as_their_own_network():
     g_kept = _dense_grad(w, mask, b) * mask
     g_comp = _dense_grad(w, 1 - mask, b) * (1 - mask)  # complement net: W * (1 - M), shared bias
     np.testing.assert_allclose(
-        np.array(layer._kernel), w - 0.1 * (g_kept + g_comp), rtol=1e-5, atol=1e-7
+        np.array(layer.raw_variable("kernel")), w - 0.1 * (g_kept + g_comp), rtol=1e-5, atol=1e-7
     )
     # the bias belongs to the kept network: only its gradient moves it
     pred = XH @ (w * mask) + b
@@ -240,11 +249,11 @@ def test_event_reintroduces_top_k_and_prunes_bottom_k_with_hand_set_weights():
     rng = np.random.default_rng(0)
     h1 = masked_layers(model)[0]
     k = rng.permutation(160).reshape(10, 16).astype("float32") + 1.0  # distinct |w|
-    h1._kernel.assign(k)
+    h1.raw_variable("kernel").assign(k)
     m = (rng.random((10, 16)) < 0.5).astype("float32")
     h1.set_masks(m)
     before = {l.name: np.array(l.kernel_mask) for l in masked_layers(model)}
-    s._reintroduce_event(1, 1, 3)
+    s._reintroducer.event(1, 1, 3)
     after = np.array(h1.kernel_mask)
     kept, pruned = m > 0, m == 0
     n = int(round(0.25 * kept.sum()))
@@ -252,32 +261,43 @@ def test_event_reintroduces_top_k_and_prunes_bottom_k_with_hand_set_weights():
     assert grown.sum() == dropped.sum() == n
     assert k[grown].min() > k[pruned & ~grown].max()  # exactly the top-k pruned
     assert k[dropped].max() < k[kept & ~dropped].min()  # exactly the bottom-k kept
-    assert np.all(np.array(h1._kernel)[grown] == 0.0)  # value="zero"
+    assert np.all(np.array(h1.raw_variable("kernel"))[grown] == 0.0)  # value="zero"
     for l in masked_layers(model)[1:]:  # nothing pruned there yet: no swap
         np.testing.assert_array_equal(np.array(l.kernel_mask), before[l.name])
 
 
-def test_event_resets_optimizer_slots_of_swapped_weights_only():
-    model = make_model(keras.optimizers.Adam(1e-2))
-    model.fit(X, Y, epochs=1, verbose=0)  # nonzero slots
+@pytest.mark.parametrize(
+    "make_optimizer, slot_names, initial",
+    [
+        (lambda: keras.optimizers.Adam(1e-2), ("momentum", "velocity"), 0.0),
+        (
+            lambda: keras.optimizers.Adagrad(1e-2, initial_accumulator_value=0.25),
+            ("accumulator",),
+            0.25,
+        ),
+    ],
+    ids=["adam", "adagrad"],
+)
+def test_event_resets_optimizer_slots_of_swapped_weights_only(make_optimizer, slot_names, initial):
+    model = make_model(make_optimizer())
+    model.fit(X, Y, epochs=1, verbose=0)  # trained slots
     s = scheduler(lth.DoublePruning("feedback", fraction=0.5, decay="constant"), rounds=1, epochs=3)
     begin(s, model)
     h1 = masked_layers(model)[0]
     rng = np.random.default_rng(1)
     h1.set_masks((rng.random((10, 16)) < 0.5).astype("float32"))
-    prefix = h1._kernel.path.replace("/", "_") + "_"  # Keras names slots so
-    for v in model.optimizer.variables:
-        if v.name.startswith(prefix):
-            v.assign(np.full(v.shape, 0.5, "float32"))
+    prefix = h1.raw_variable("kernel").path.replace("/", "_") + "_"  # Keras names slots so
+    slots = [v for v in model.optimizer.variables if v.name in [prefix + n for n in slot_names]]
+    assert len(slots) == len(slot_names)
+    for v in slots:
+        v.assign(np.full(v.shape, 0.5, "float32"))
     m0 = np.array(h1.kernel_mask)
-    s._reintroduce_event(1, 1, 3)
+    s._reintroducer.event(1, 1, 3)
     changed = np.array(h1.kernel_mask) != m0
     assert changed.any()
-    slots = [v for v in model.optimizer.variables if v.name.startswith(prefix)]
-    assert len(slots) == 2  # Adam's momentum and velocity
     for v in slots:
         v = np.array(v)
-        assert np.all(v[changed] == 0.0) and np.all(v[~changed] == 0.5)
+        assert np.all(v[changed] == initial) and np.all(v[~changed] == 0.5)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -312,15 +332,15 @@ def test_reintroduced_value(value):
     )
     with pytest.warns(UserWarning, match="does not match"):  # round 0 + 1 epoch of round 1
         model.fit(X, Y, batch_size=32, epochs=4, callbacks=[s], verbose=0)
-    init = {l.name: v for l, v in zip(masked_layers(model), s._rewind_values[0::2])}
     h1 = masked_layers(model)[0]
+    init = s._rewinding.target_of(1)[id(h1.raw_variable("kernel"))]
     # one more event by hand, then check the grown weights' values
-    m0, k0 = np.array(h1.kernel_mask), np.array(h1._kernel)
-    s._reintroduce_event(1, 1, 3)
+    m0, k0 = np.array(h1.kernel_mask), np.array(h1.raw_variable("kernel"))
+    s._reintroducer.event(1, 1, 3)
     grown = (np.array(h1.kernel_mask) > 0) & (m0 == 0)
     assert grown.any()
-    k1 = np.array(h1._kernel)
-    expected = {"current": k0, "zero": np.zeros_like(k0), "rewind": init["h1"]}[value]
+    k1 = np.array(h1.raw_variable("kernel"))
+    expected = {"current": k0, "zero": np.zeros_like(k0), "rewind": init}[value]
     np.testing.assert_array_equal(k1[grown], expected[grown])
     np.testing.assert_array_equal(k1[~grown], k0[~grown])
 
@@ -381,10 +401,7 @@ def test_mirrored_strategy_aggregates_across_replicas(name, mirrored_strategy):
             verbose=0,
             shuffle=False,
         )
-        scores = (
-            [np.array(l.kernel_score) for l in masked_layers(model)] if name == "scored" else []
-        )
-        results.append((watch, scores, model))
+        results.append((watch, list(scores(s).values()), model))
     (w1, sc1, m1), (w2, sc2, m2) = results
     for a, b in zip(w1.masks, w2.masks):
         for n in NAMES:
@@ -398,23 +415,17 @@ def test_mirrored_strategy_aggregates_across_replicas(name, mirrored_strategy):
 # --------------------------------------------------------------------- #
 # Saving, configuration, errors
 # --------------------------------------------------------------------- #
-def test_scores_save_and_load_with_the_model(tmp_path):
+def test_scores_are_not_model_weights(tmp_path):
     model, s, _ = run(lth.ScoredPruning(), rounds=1)
-    for l in masked_layers(model):
-        l.kernel_score.assign(np.random.default_rng(0).normal(size=l.kernel_score.shape))
+    assert scores(s) and all(np.abs(v).sum() > 0 for v in scores(s).values())
+    plain = make_model()
+    assert [(w.name, w.shape) for w in model.weights] == [(w.name, w.shape) for w in plain.weights]
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
     for a, b in zip(masked_layers(model), masked_layers(loaded)):
-        np.testing.assert_array_equal(np.array(a.kernel_score), np.array(b.kernel_score))
         np.testing.assert_array_equal(np.array(a.kernel_mask), np.array(b.kernel_mask))
     np.testing.assert_allclose(model.predict(X, verbose=0), loaded.predict(X, verbose=0), rtol=1e-6)
-    # and with weights files (as BackupAndRestore uses) into a fresh model
-    model.save_weights(str(tmp_path / "m.weights.h5"))
-    fresh = make_model()
-    fresh.load_weights(str(tmp_path / "m.weights.h5"))
-    for a, b in zip(masked_layers(model), masked_layers(fresh)):
-        np.testing.assert_array_equal(np.array(a.kernel_score), np.array(b.kernel_score))
 
 
 def test_scheduler_config_round_trip_with_reintroduce():
@@ -425,9 +436,20 @@ def test_scheduler_config_round_trip_with_reintroduce():
     assert again.get_config() == s.get_config()
 
 
-def test_model_train_step_is_restored_after_fit():
-    model, _, _ = run(lth.DoublePruning("complement"), rounds=1)
+@pytest.mark.parametrize("name", ["feedback", "scored"])
+def test_model_train_step_and_gradient_modes_are_restored_after_fit(name):
+    model = make_model()
+    seen = []
+
+    class Modes(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append({l.gradient_mode for l in masked_layers(self.model)})
+
+    s = scheduler(STRATEGIES[name](), rounds=1, epochs=1)
+    model.fit(X, Y, epochs=s.total_epochs, verbose=0, callbacks=[s, Modes()])
+    assert seen == [{"dense"}] * 2  # straight-through while the strategy trains
     assert "train_step" not in model.__dict__ and model.train_function is None
+    assert {l.gradient_mode for l in masked_layers(model)} == {"masked"}
     model.fit(X, Y, epochs=1, verbose=0)  # the model's own step again
 
 
@@ -443,3 +465,131 @@ def test_reintroduce_rejects_tfmot_schedules(tfmot):
     schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0)
     with pytest.raises(ValueError, match="tfmot schedule"):
         lth.PruningScheduler(schedule, reintroduce=lth.DoublePruning())
+
+
+# --------------------------------------------------------------------- #
+# What the step relies on, and every masked family
+# --------------------------------------------------------------------- #
+def test_loss_metric_is_the_loss_that_fit_reports():
+    """`training.loss_metric` finds Keras's own loss tracker through `model.metrics`."""
+    from keras_lth import training
+
+    model = make_model()
+    tracker = training.loss_metric(model)
+    assert tracker is model.metrics[0] and tracker.name == "loss"
+    history = model.fit(X, Y, batch_size=64, epochs=1, verbose=0, shuffle=False)
+    assert float(tracker.result()) == pytest.approx(history.history["loss"][0], rel=1e-6)
+
+
+def test_step_logs_the_loss_keras_would_log():
+    """fraction=0 feedback and Keras's own step log the same loss on the same batches."""
+    logs = []
+    for strategy in (None, STRATEGIES["feedback"](fraction=0.0)):
+        keras.utils.set_random_seed(3)
+        model = make_model(keras.optimizers.SGD(0.0))  # lr 0: the same weights every step
+        s = scheduler(strategy, rounds=1, epochs=1)
+        history = model.fit(X, Y, batch_size=32, epochs=2, callbacks=[s], verbose=0, shuffle=False)
+        logs.append(history.history)
+    assert logs[0]["loss"] == pytest.approx(logs[1]["loss"], rel=1e-6)
+    assert logs[0]["accuracy"] == pytest.approx(logs[1]["accuracy"])
+
+
+def test_complement_pass_keeps_batchnorm_statistics_and_metrics_to_the_kept_network():
+    def build():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential(
+            [
+                keras.Input((10,)),
+                MaskedDense(16, name="h1", kernel_regularizer="l2"),
+                keras.layers.BatchNormalization(name="bn"),
+                keras.layers.Activation("relu"),
+                MaskedDense(3, name="out"),
+            ]
+        )
+        model.compile(
+            keras.optimizers.SGD(0.0),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        return model
+
+    results = []
+    for strategy in (None, STRATEGIES["complement"](fraction=0.0)):
+        model = build()
+        s = scheduler(strategy, rounds=1, epochs=1, layer_rates={})
+        history = model.fit(X, Y, batch_size=32, epochs=2, callbacks=[s], verbose=0, shuffle=False)
+        bn = model.get_layer("bn")
+        results.append((history.history, np.array(bn.moving_mean), np.array(bn.moving_variance)))
+    (plain, mean0, var0), (comp, mean1, var1) = results
+    # with lr 0 only the statistics move: the complement pass changed none of them
+    np.testing.assert_allclose(mean1, mean0, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(var1, var0, rtol=1e-6, atol=1e-7)
+    assert plain["loss"] == pytest.approx(comp["loss"], rel=1e-6)
+
+
+def test_reintroduction_needs_the_tensorflow_backend(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    model = make_model()
+    s = scheduler(lth.ScoredPruning(), rounds=1, epochs=1)
+    with pytest.raises(ValueError, match="need the TensorFlow backend. Received: backend 'jax'"):
+        begin(s, model)
+
+
+def _cnn():
+    inputs = keras.Input((6, 6, 2))
+    x = lth.layers.MaskedConv2D(6, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = lth.layers.MaskedSeparableConv2D(5, 2, activation="relu", name="sep")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = MaskedDense(3, name="out")(lth.layers.MaskedDense(8, name="dense")(x))
+    return keras.Model(inputs, outputs), np.random.default_rng(0).normal(size=(96, 6, 6, 2))
+
+
+def _sequence():
+    inputs = keras.Input((5,), dtype="int32")
+    x = lth.layers.MaskedEmbedding(20, 8, name="emb")(inputs)
+    x = lth.layers.MaskedMultiHeadAttention(2, 4, name="mha")(x, x)
+    x = lth.layers.MaskedGRU(6, name="gru")(x)
+    outputs = MaskedDense(3, name="out")(x)
+    return keras.Model(inputs, outputs), np.random.default_rng(0).integers(0, 20, (96, 5))
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("structure", ["weight", "neuron"])
+@pytest.mark.parametrize("build", [_cnn, _sequence], ids=["cnn", "sequence"])
+def test_every_family_swaps_at_constant_density(build, structure, name):
+    keras.utils.set_random_seed(0)
+    model, x = build()
+    model.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    y = np.random.default_rng(1).integers(0, 3, len(x))
+    s = lth.PruningScheduler(
+        lth.IterativeSchedule(rounds=1, epochs_per_round=3, rate=0.4),
+        structure=structure,
+        reintroduce=STRATEGIES[name](fraction=0.5, decay="constant"),
+        verbose=0,
+    )
+    densities = []
+
+    class Density(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            densities.append(lth.density(self.model, per_layer=True))
+
+    model.fit(x, y, batch_size=32, epochs=s.total_epochs, callbacks=[s, Density()], verbose=0)
+    swaps = s.rounds[1]["swaps"]
+    assert swaps["events"] == 2 and swaps["reintroduced"] > 0
+    # layer scope: every layer's density stays what the pruning made it
+    for later in densities[4:]:
+        assert later[1] == pytest.approx(densities[3][1])
+    assert all(np.isfinite(np.array(v)).all() for v in model.weights)
+
+
+def test_a_crashed_run_leaves_no_step_behind():
+    model = make_model()
+    begin(scheduler(STRATEGIES["feedback"](), rounds=1, epochs=1), model)  # never ended
+    again = scheduler(STRATEGIES["scored"](), rounds=1, epochs=1)
+    begin(again, model)
+    again.on_train_end()
+    assert "train_step" not in model.__dict__
+    assert {l.gradient_mode for l in masked_layers(model)} == {"masked"}

@@ -130,10 +130,13 @@ def test_search_space_contents():
     lth_tuner.declare_search_space(hp)
     space = {p.name: p for p in hp.space}
     assert list(space) == list(lth_tuner.SEARCH_SPACE)
-    methods = {"lth", "lth-late", "imp-finetune", "double", "scored"}
-    if not hasattr(keras_lth, "DoublePruning"):
-        methods -= {"double", "scored"}  # until re-introduction lands
-    assert set(space["prune/method"].values) == methods
+    assert set(space["prune/method"].values) == {
+        "lth",
+        "lth-late",
+        "imp-finetune",
+        "double",
+        "scored",
+    }
     assert space["prune/scope"].values == ["layer", "global"]
     assert space["prune/structure"].values == ["weight", "neuron"]
     assert (space["prune/rate"].min_value, space["prune/rate"].max_value) == (0.1, 0.8)
@@ -368,10 +371,6 @@ def test_scheduler_from_best_reproduces_the_trial(tmp_path):
     )
 
 
-@pytest.mark.skipif(
-    not (hasattr(keras_lth, "DoublePruning") and hasattr(keras_lth, "ScoredPruning")),
-    reason="keras_lth has no re-introduction (DoublePruning, ScoredPruning) yet",
-)
 @pytest.mark.parametrize("method", ["double", "scored"])
 def test_reintroduction_methods(method):
     hm = lth_tuner.PruningHyperModel(build_model, target_density=0.25)

@@ -49,6 +49,7 @@ from keras_lth.bench.workers import (
     run_in_workers,
     threads_in_use,
 )
+from keras_lth.rounds import RoundLayout
 
 # Fields of a record that measure time rather than the training's outcome.
 TIMING_FIELDS = ("wall_s", "run_wall_s", "latency_ms", "dense_latency_ms", "latency_ratio")
@@ -191,8 +192,8 @@ class Plan:
         s = self.settings
         e = s.epochs_per_round
         if run.method.kind == "iterative":
-            late = s.late_rewind if run.method.rewind == "late" else 0
-            return e + self.rounds * (e - late)
+            rewind = s.late_rewind if run.method.rewind == "late" else run.method.rewind
+            return RoundLayout.for_rewind(self.rounds, e, rewind).total_epochs
         if run.method.name == "random-mask" or run.method.kind == "dense":
             return e
         return 2 * e
@@ -202,28 +203,11 @@ def make_plan(settings: Settings, methods="all") -> Plan:
     """Resolves densities and rounds; checks that every method can run.
 
     Raises:
-        ValueError: for unknown methods, or re-introduction methods named
-            explicitly when this keras_lth has no `DoublePruning` /
-            `ScoredPruning`.
+        ValueError: for unknown methods.
     """
     import keras_lth as lth
 
     chosen = get_methods(methods)
-    missing = [m for m in chosen if m.reintroduce and not _has_reintroduce(lth, m)]
-    if missing:
-        names = [m.name for m in missing]
-        if methods is None or methods == "all" or list(methods) == ["all"]:
-            warnings.warn(
-                f"Skipping {names}: this keras_lth has no DoublePruning / "
-                "ScoredPruning (the re-introduction methods).",
-                stacklevel=2,
-            )
-            chosen = [m for m in chosen if m not in missing]
-        else:
-            raise ValueError(
-                f"Received methods {names}, which need keras_lth.DoublePruning / "
-                "ScoredPruning; this keras_lth does not have them."
-            )
     _, _, _, info = load_data(settings, seed=0)
     model = build_model(settings, info)
     sizes = {l.name: int(np.prod(l.kernel_mask.shape)) for l in lth.masked_layers(model)}
@@ -246,10 +230,6 @@ def make_plan(settings: Settings, methods="all") -> Plan:
             stacklevel=2,
         )
     return Plan(settings, tuple(chosen), densities, rounds, sizes, info.num_train)
-
-
-def _has_reintroduce(lth, method):
-    return hasattr(lth, "ScoredPruning" if method.reintroduce == "scored" else "DoublePruning")
 
 
 # ---------------------------------------------------------------------- #
@@ -347,9 +327,8 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
             compact=method.structure == "neuron",
             dense_model=build_model(s, info, dense=True) if method.structure == "neuron" else None,
         )
-        # The recorder first: the scheduler's epoch-end re-introduction events
-        # change the network after Keras validated it, and the test set must
-        # see the network that was validated.
+        # The recorder first: the test set sees the network Keras validated
+        # (the scheduler changes the network only at epoch starts).
         callbacks = [recorder, scheduler] if scheduler is not None else [recorder]
         _fit(model, plan, train, val, plan.epochs(run), callbacks, verbose)
         records, versions = recorder.records, {}

@@ -2,8 +2,9 @@
 
 Helper of `tests/test_resume.py`. Each job trains (or resumes) one run in its
 own work directory; a job with a kill epoch SIGKILLs the whole process at the
-end of that epoch, after the backups of that epoch are written, the way a
-pre-empted machine would die. A job that finishes writes its final state
+end of that epoch, after the backups of that epoch are written (for the
+"between" config: after the scheduler's, before `BackupAndRestore`'s), the
+way a pre-empted machine would die. A job that finishes writes its final state
 (every model weight and the scheduler's round records) to `result.npz` and
 `result.json` in its work directory.
 
@@ -29,10 +30,21 @@ import numpy as np  # noqa: E402
 import keras_lth as lth  # noqa: E402
 
 # rewind: the scheduler's `rewind`; order: where the scheduler sits relative
-# to BackupAndRestore in `callbacks` (both orders must resume exactly).
+# to BackupAndRestore in `callbacks` (both orders must resume exactly;
+# "scheduler_kill_backup" dies between the two callbacks' epoch-end saves);
+# reintroduce: a re-introduction strategy (scores and swap counts to resume).
 CONFIGS = {
     "init": dict(rewind="init", epochs_per_round=3, order="backup_first"),
     "late": dict(rewind=2, epochs_per_round=4, order="scheduler_first"),
+    "scored_backup": dict(
+        rewind="init", epochs_per_round=3, order="backup_first", reintroduce="scored"
+    ),
+    "scored_scheduler": dict(
+        rewind="init", epochs_per_round=3, order="scheduler_first", reintroduce="scored"
+    ),
+    "between": dict(
+        rewind="init", epochs_per_round=3, order="scheduler_kill_backup", reintroduce="scored"
+    ),
 }
 ROUNDS = 2
 SEED = 7
@@ -77,6 +89,9 @@ def train(name, workdir, kill_epoch=None):
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    reintroduce = None
+    if config.get("reintroduce") == "scored":
+        reintroduce = lth.ScoredPruning(fraction=0.3, every=1, start=1, score_decay=0.5)
     scheduler = lth.PruningScheduler(
         lth.IterativeSchedule(
             rounds=ROUNDS,
@@ -89,13 +104,16 @@ def train(name, workdir, kill_epoch=None):
         seed=SEED,
         backup_dir=os.path.join(workdir, "scheduler"),
         verbose=0,
+        reintroduce=reintroduce,
     )
     backup = keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"))
-    callbacks = [scheduler, backup]
+    kill = [] if kill_epoch is None else [_Kill(kill_epoch)]
     if config["order"] == "backup_first":
-        callbacks.reverse()
-    if kill_epoch is not None:
-        callbacks.append(_Kill(kill_epoch))
+        callbacks = [backup, scheduler] + kill
+    elif config["order"] == "scheduler_first":
+        callbacks = [scheduler, backup] + kill
+    else:  # dies after the scheduler saved its epoch, before BackupAndRestore did
+        callbacks = [scheduler] + kill + [backup]
     history = model.fit(
         x,
         y,
