@@ -50,9 +50,7 @@ def train_tfmot(plan, run, verbose):
     ]
     model = tf_keras.Sequential([tf_keras.Input(info.input_shape)] + layers)
     for new, old in zip(layers, source.layers):
-        new.set_weights(
-            [keras.ops.convert_to_numpy(old.kernel), keras.ops.convert_to_numpy(old.bias)]
-        )
+        new.set_weights(old.effective_weights())
     schedule = tfmot.sparsity.keras.PolynomialDecay(**gradual_steps(plan, run))
     model = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
     model.compile(
