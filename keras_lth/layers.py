@@ -601,60 +601,75 @@ def _parse_einsum(equation):
     return match.groups()
 
 
-def _conv_doc(base):
-    return f"""A `{base}` layer with masked kernel and bias.
+@_leaf(keras.layers.Conv1D)
+class MaskedConv1D(MaskedLayer, keras.layers.Conv1D):
+    """A `Conv1D` layer with masked kernel and bias.
 
     Structured pruning (`structure="neuron"`) removes filters: output
     channels, with their bias.
     """
 
 
-@_leaf(keras.layers.Conv1D)
-class MaskedConv1D(MaskedLayer, keras.layers.Conv1D):
-    __doc__ = _conv_doc("Conv1D")
-
-
 @_leaf(keras.layers.Conv2D)
 class MaskedConv2D(MaskedLayer, keras.layers.Conv2D):
-    __doc__ = _conv_doc("Conv2D")
+    """A `Conv2D` layer with masked kernel and bias.
+
+    Structured pruning (`structure="neuron"`) removes filters: output
+    channels, with their bias.
+    """
 
 
 @_leaf(keras.layers.Conv3D)
 class MaskedConv3D(MaskedLayer, keras.layers.Conv3D):
-    __doc__ = _conv_doc("Conv3D")
+    """A `Conv3D` layer with masked kernel and bias.
+
+    Structured pruning (`structure="neuron"`) removes filters: output
+    channels, with their bias.
+    """
 
 
 @_leaf(keras.layers.Conv1DTranspose, units=_transpose_units)
 class MaskedConv1DTranspose(MaskedLayer, keras.layers.Conv1DTranspose):
-    __doc__ = _conv_doc("Conv1DTranspose")
+    """A `Conv1DTranspose` layer with masked kernel and bias.
+
+    Structured pruning (`structure="neuron"`) removes filters: output
+    channels, with their bias.
+    """
 
 
 @_leaf(keras.layers.Conv2DTranspose, units=_transpose_units)
 class MaskedConv2DTranspose(MaskedLayer, keras.layers.Conv2DTranspose):
-    __doc__ = _conv_doc("Conv2DTranspose")
+    """A `Conv2DTranspose` layer with masked kernel and bias.
+
+    Structured pruning (`structure="neuron"`) removes filters: output
+    channels, with their bias.
+    """
 
 
 @_leaf(keras.layers.Conv3DTranspose, units=_transpose_units)
 class MaskedConv3DTranspose(MaskedLayer, keras.layers.Conv3DTranspose):
-    __doc__ = _conv_doc("Conv3DTranspose")
+    """A `Conv3DTranspose` layer with masked kernel and bias.
+
+    Structured pruning (`structure="neuron"`) removes filters: output
+    channels, with their bias.
+    """
 
 
 @_leaf(keras.layers.DepthwiseConv1D, units=_depthwise_units)
 class MaskedDepthwiseConv1D(MaskedLayer, keras.layers.DepthwiseConv1D):
-    __doc__ = _conv_doc("DepthwiseConv1D")
+    """A `DepthwiseConv1D` layer with masked kernel and bias.
+
+    Structured pruning (`structure="neuron"`) removes filters: output
+    channels, with their bias.
+    """
 
 
 @_leaf(keras.layers.DepthwiseConv2D, units=_depthwise_units)
 class MaskedDepthwiseConv2D(MaskedLayer, keras.layers.DepthwiseConv2D):
-    __doc__ = _conv_doc("DepthwiseConv2D")
+    """A `DepthwiseConv2D` layer with masked kernel and bias.
 
-
-_SEPARABLE_DOC = """A `{base}` layer with masked depthwise and pointwise kernels.
-
-    `set_masks(kernel_mask, ...)` takes the depthwise kernel's mask first;
-    pass `pointwise_kernel_mask=` for the other. Structured pruning removes
-    filters (the pointwise kernel's output channels, with their bias) and
-    leaves the depthwise kernel as it is.
+    Structured pruning (`structure="neuron"`) removes filters: output
+    channels, with their bias.
     """
 
 
@@ -664,7 +679,13 @@ _SEPARABLE_DOC = """A `{base}` layer with masked depthwise and pointwise kernels
     units=_separable_units,
 )
 class MaskedSeparableConv1D(MaskedLayer, keras.layers.SeparableConv1D):
-    __doc__ = _SEPARABLE_DOC.replace("{base}", "SeparableConv1D")
+    """A `SeparableConv1D` layer with masked depthwise and pointwise kernels.
+
+    `set_masks(kernel_mask, ...)` takes the depthwise kernel's mask first;
+    pass `pointwise_kernel_mask=` for the other. Structured pruning removes
+    filters (the pointwise kernel's output channels, with their bias) and
+    leaves the depthwise kernel as it is.
+    """
 
 
 @_leaf(
@@ -673,7 +694,13 @@ class MaskedSeparableConv1D(MaskedLayer, keras.layers.SeparableConv1D):
     units=_separable_units,
 )
 class MaskedSeparableConv2D(MaskedLayer, keras.layers.SeparableConv2D):
-    __doc__ = _SEPARABLE_DOC.replace("{base}", "SeparableConv2D")
+    """A `SeparableConv2D` layer with masked depthwise and pointwise kernels.
+
+    `set_masks(kernel_mask, ...)` takes the depthwise kernel's mask first;
+    pass `pointwise_kernel_mask=` for the other. Structured pruning removes
+    filters (the pointwise kernel's output channels, with their bias) and
+    leaves the depthwise kernel as it is.
+    """
 
 
 @_leaf(keras.layers.Embedding, ("embeddings",), bias=False)
@@ -823,9 +850,11 @@ class _MaskedRNN(_CompositeMixin):
         return [self.cell] if self.built else []
 
 
-_RNN_DOC = """A `{base}` layer with masked input and recurrent kernels.
+@keras.saving.register_keras_serializable(package="keras_lth")
+class MaskedLSTM(_MaskedRNN, keras.layers.LSTM):
+    """A `LSTM` layer with masked input and recurrent kernels.
 
-    Its cell becomes a `Masked{base}Cell` when the layer is built; the masks
+    Its cell becomes a `MaskedLSTMCell` when the layer is built; the masks
     (`kernel_mask`, `recurrent_kernel_mask`, `bias_mask`) are weights of this
     layer. Pruning sees one layer named like this one. A unit (neuron) of
     the layer is a hidden state entry: structured pruning removes its
@@ -833,25 +862,45 @@ _RNN_DOC = """A `{base}` layer with masked input and recurrent kernels.
     stays zero.
 
     Args:
-        *args, **kwargs: The arguments of `keras.layers.{base}`.
+        *args, **kwargs: The arguments of `keras.layers.LSTM`.
     """
 
-
-@keras.saving.register_keras_serializable(package="keras_lth")
-class MaskedLSTM(_MaskedRNN, keras.layers.LSTM):
-    __doc__ = _RNN_DOC.replace("{base}", "LSTM")
     _cell_class = MaskedLSTMCell
 
 
 @keras.saving.register_keras_serializable(package="keras_lth")
 class MaskedGRU(_MaskedRNN, keras.layers.GRU):
-    __doc__ = _RNN_DOC.replace("{base}", "GRU")
+    """A `GRU` layer with masked input and recurrent kernels.
+
+    Its cell becomes a `MaskedGRUCell` when the layer is built; the masks
+    (`kernel_mask`, `recurrent_kernel_mask`, `bias_mask`) are weights of this
+    layer. Pruning sees one layer named like this one. A unit (neuron) of
+    the layer is a hidden state entry: structured pruning removes its
+    columns in every gate of both kernels and its biases, so that its state
+    stays zero.
+
+    Args:
+        *args, **kwargs: The arguments of `keras.layers.GRU`.
+    """
+
     _cell_class = MaskedGRUCell
 
 
 @keras.saving.register_keras_serializable(package="keras_lth")
 class MaskedSimpleRNN(_MaskedRNN, keras.layers.SimpleRNN):
-    __doc__ = _RNN_DOC.replace("{base}", "SimpleRNN")
+    """A `SimpleRNN` layer with masked input and recurrent kernels.
+
+    Its cell becomes a `MaskedSimpleRNNCell` when the layer is built; the masks
+    (`kernel_mask`, `recurrent_kernel_mask`, `bias_mask`) are weights of this
+    layer. Pruning sees one layer named like this one. A unit (neuron) of
+    the layer is a hidden state entry: structured pruning removes its
+    columns in every gate of both kernels and its biases, so that its state
+    stays zero.
+
+    Args:
+        *args, **kwargs: The arguments of `keras.layers.SimpleRNN`.
+    """
+
     _cell_class = MaskedSimpleRNNCell
 
 
