@@ -400,6 +400,8 @@ def table_rows(text):
 RESULTS = {
     "docs/results/bench-quick.md": ["docs/results/bench_quick/summary.md"],
     "docs/results/mnist-lth.md": ["docs/results/mnist_lth/results.md"],
+    "docs/results/mnist-cnn-lth.md": ["docs/results/mnist_cnn_lth/results.md"],
+    "docs/results/speech-cnn-lth.md": ["docs/results/speech_cnn_lth/results.md"],
     "docs/results/reintroduction.md": ["docs/results/mnist_reintroduce/results.md"],
     "docs/results/tuner-search.md": ["docs/results/tuner_search/results.md"],
 }
