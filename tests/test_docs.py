@@ -279,6 +279,29 @@ def _check_readme(ns, cwd):
     assert (kernel == 0).mean() == pytest.approx(0.36, abs=1e-3)
 
 
+def _check_any_model(ns, cwd):
+    names = ns["names"]
+    assert names(ns["masked"]) == ["conv1", "conv2", "fc", "logits"]
+    assert ns["scheduler"].rounds[-1]["layer_density"] == pytest.approx(
+        {"conv1": 0.64, "conv2": 0.64, "fc": 0.64, "logits": 0.81}, abs=5e-3
+    )
+    assert names(ns["converted"]) == ["head"]
+    assert names(ns["siamese"]) == ["shared"]
+    assert [r["density"] for r in ns["sub_scheduler"].rounds] == pytest.approx([1.0, 0.5, 0.25])
+    assert ns["text_scheduler"].rounds[-1]["layer_density"]["mha/attention_output"] == (
+        pytest.approx(0.75)
+    )
+    assert ns["f_scheduler"].rounds[-1]["layer_density"] == pytest.approx(
+        {"conv1": 0.5, "conv2": 0.5, "fc": 0.5, "logits": 1.0}
+    )
+    small = ns["small"]
+    assert [small.get_layer(n).filters for n in ("conv1", "conv2")] == [8, 16]
+    assert small.get_layer("fc").units == 32
+    assert (lth.strip(ns["filtered"]).count_params(), small.count_params()) == (300490, 75370)
+    assert "layer 'conv': read by 'norm' (LayerNormalization)" in ns["message"]
+    assert ns["words_small"].get_layer("embed").output_dim == 4
+
+
 def _check_getting_started(ns, cwd):
     assert ns["last"]["layer_density"] == pytest.approx(
         {"hidden_1": 0.64, "hidden_2": 0.64, "output": 0.81}
@@ -309,6 +332,7 @@ def _check_distributed(ns, cwd):
 
 PAGE_CHECKS = {
     "README.md": _check_readme,
+    "docs/guides/any-model.md": _check_any_model,
     "docs/getting-started.md": _check_getting_started,
     "docs/guides/lottery-tickets.md": _check_lottery_tickets,
     "docs/guides/structured-pruning.md": _check_structured,
@@ -498,6 +522,36 @@ def test_reintroduction_overhead_table_is_the_recorded_run():
         assert line.rstrip(" |").split(" | ")[-2:] == cells, line
 
 
+def test_compact_tables_are_the_recorded_run():
+    with open(DOCS / "results" / "compact.json") as f:
+        result = json.load(f)
+    page = read("docs/results/compact.md")
+    assert f"{result['config']['wall_s']} s in all" in page
+    for key, res in result["results"].items():
+        rate = key.split("_", 1)[1]
+        p = res["params"]
+        (row,) = [
+            l
+            for l in page.splitlines()
+            if l.startswith(f"| {rate} | ") and "(" in l and "–" not in l
+        ]
+        filters = ", ".join(
+            str(res["compacted_filters"][k]) for k in sorted(res["compacted_filters"])
+        )
+        diff = f"{res['max_abs_diff_vs_masked']['compacted']:.1e}"
+        assert row.endswith(
+            f"| {filters} | {p['masked']['total']:,} ({p['masked']['trainable']:,}) | "
+            f"{p['stripped']['total']:,} | {p['compacted']['total']:,} | {diff} |"
+        ), row
+        for batch, times in res["latency"].items():
+            cells = " | ".join(
+                f"{times[m]['median_ms']:.2f} ({times[m]['iqr_ms'][0]:.2f}–{times[m]['iqr_ms'][1]:.2f})"
+                for m in ("masked", "stripped", "compacted")
+            )
+            ratio = times["compacted"]["median_ms"] / times["stripped"]["median_ms"]
+            assert f"| {rate} | {batch.split('_')[1]} | {cells} | {ratio:.2f} |" in page, batch
+
+
 def test_design_layout_names_every_module_and_example():
     layout = read("docs/design.md").split("## Layout", 1)[1]
     for path in sorted((REPO / "keras_lth").glob("*.py")):
@@ -602,6 +656,8 @@ def test_tuner_example_reports_the_sample_std():
 
 API_PAGES = {
     "keras_lth.layers": "layers.md",
+    "keras_lth.conversion": "conversion.md",
+    "keras_lth.compaction": "compaction.md",
     "keras_lth.pruning": "pruning.md",
     "keras_lth.schedules": "schedules.md",
     "keras_lth.callbacks": "callbacks.md",
