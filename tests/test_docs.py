@@ -270,13 +270,28 @@ def test_page_code_blocks_run(page, tmp_path, monkeypatch):
 
 def _check_readme(ns, cwd):
     scheduler, model = ns["scheduler"], ns["model"]
+    # prunable masked the user's Conv2D and Dense layers, and only those
+    masked = [type(l).__name__ for l in lth.masked_layers(model)]
+    assert masked == ["MaskedConv2D", "MaskedDense", "MaskedDense"]
     assert [r["round"] for r in scheduler.rounds] == [0, 1, 2]
     assert lth.density(model) == pytest.approx(0.64, abs=1e-3)
     assert lth.density(model) == pytest.approx(scheduler.rounds[-1]["density"])
     ticket = keras.saving.load_model(cwd / "ticket.keras")
-    assert all(type(l) is keras.layers.Dense for l in ticket.layers)
-    kernel = ticket.layers[0].get_weights()[0]
-    assert (kernel == 0).mean() == pytest.approx(0.36, abs=1e-3)
+    assert [type(l) for l in ticket.layers] == [
+        keras.layers.Reshape,
+        keras.layers.Conv2D,
+        keras.layers.MaxPooling2D,
+        keras.layers.Flatten,
+        keras.layers.Dense,
+        keras.layers.Dense,
+    ]
+    # each stripped kernel has exactly the zeros of its layer's masks
+    layer_density = scheduler.rounds[-1]["layer_density"]
+    kernels = {l.name: l.get_weights()[0] for l in ticket.layers if l.get_weights()}
+    assert sorted(kernels) == sorted(layer_density)
+    for name, kernel in kernels.items():
+        assert (kernel == 0).mean() == pytest.approx(1 - layer_density[name], abs=1e-9), name
+        assert (kernel == 0).mean() == pytest.approx(0.36, abs=2e-3), name
 
 
 def _check_any_model(ns, cwd):
@@ -441,6 +456,15 @@ def test_results_tables_are_the_artifacts(page):
     stray = [r for r in rows if r not in known and "±" in r]
     assert not stray, stray
     assert copied, page
+
+
+def test_readme_numbers_with_std_come_from_the_artifacts():
+    """A `mean ± std` in the README appears in a committed results artifact."""
+    artifacts = "\n".join(p.read_text(encoding="utf-8") for p in (DOCS / "results").glob("*/*.md"))
+    quoted = set(re.findall(r"\d+\.\d+ ± \d+\.\d+", read("README.md")))
+    assert quoted
+    missing = sorted(q for q in quoted if q not in artifacts)
+    assert not missing, missing
 
 
 @pytest.mark.parametrize("page", sorted(RESULTS))
