@@ -220,29 +220,31 @@ def _vgg_like(name, filters, num_classes, input_shape, dense, seed):
     return keras.Sequential(layers, name=name)
 
 
-_CONV_DOC = """Conv-{n} of Frankle & Carbin (2019), a scaled-down VGG.
+def conv2(num_classes=10, input_shape=(32, 32, 3), dense=False, seed=None) -> keras.Sequential:
+    """Conv-2 of Frankle & Carbin (2019), a scaled-down VGG.
 
-    {layout}, each a 3 x 3 convolution with 'same' padding and ReLU, a 2 x 2
-    max-pool after every pair; then `flatten`, `hidden_1` and `hidden_2`
-    (256 units, ReLU) and the linear `output`. Named `conv_1` ... `conv_{n}`,
-    `pool_1` ..., so that `layer_rates` can name them. A 2-D `input_shape`
-    (height, width) gets a channel axis (`add_channel`).
+    Two convolutions of 64 filters, each a 3 x 3 convolution with 'same'
+    padding and ReLU, a 2 x 2 max-pool after every pair; then `flatten`,
+    `hidden_1` and `hidden_2` (256 units, ReLU) and the linear `output`.
+    Named `conv_1` ... `conv_2`, `pool_1` ..., so that `layer_rates` can
+    name them. A 2-D `input_shape` (height, width) gets a channel axis
+    (`add_channel`).
 
     The paper (Figure 2) trains it on CIFAR-10 with Adam, learning rate
-    {lr}, batch 60, for {iterations} iterations, and prunes per round
-    {conv_rate:.0%} of each convolution, 20% of each fully connected layer
-    and 10% of the output layer (half the fully connected rate):
+    2e-4, batch 60, for 20K iterations, and prunes per round 10% of each
+    convolution, 20% of each fully connected layer and 10% of the output
+    layer (half the fully connected rate):
     `IterativeSchedule(..., rate=0.2, layer_rates=frankle_carbin_rates(model))`.
 
-    Weights (kernels + biases) on CIFAR-10's 32 x 32 x 3: {cifar:,}
-    ({conv_weights:,} in convolution kernels{paper_note}); on MNIST's
-    28 x 28 x 1: {mnist:,}. The masked model's `count_params()` is twice
-    that: every kernel and bias has a mask of its size.
+    Weights (kernels + biases) on CIFAR-10's 32 x 32 x 3: 4,301,642 (38,592
+    in convolution kernels); on MNIST's 28 x 28 x 1: 3,317,450. The masked
+    model's `count_params()` is twice that: every kernel and bias has a mask
+    of its size.
 
     Args:
         num_classes: Number of output logits. Defaults to `10`.
         input_shape: `(height, width, channels)` or `(height, width)` of
-            one input; at least {side} x {side}. Defaults to `(32, 32, 3)`.
+            one input; at least 2 x 2. Defaults to `(32, 32, 3)`.
         dense: Build plain `keras.layers.Conv2D` / `Dense` layers instead
             of `MaskedConv2D` / `MaskedDense`. Defaults to `False`.
         seed: Integer seed for the initial weights; `None` draws from the
@@ -253,66 +255,96 @@ _CONV_DOC = """Conv-{n} of Frankle & Carbin (2019), a scaled-down VGG.
 
     Example:
 
-    >>> model = conv{n}(input_shape=(28, 28))
+    >>> model = conv2(input_shape=(28, 28))
     >>> [l.name for l in model.layers if l.name.startswith(("conv", "hidden", "out"))]
-    {names}
+    ['conv_1', 'conv_2', 'hidden_1', 'hidden_2', 'output']
     """
-
-
-def conv2(num_classes=10, input_shape=(32, 32, 3), dense=False, seed=None) -> keras.Sequential:
     return _vgg_like("conv2", (64, 64), num_classes, input_shape, dense, seed)
 
 
 def conv4(num_classes=10, input_shape=(32, 32, 3), dense=False, seed=None) -> keras.Sequential:
+    """Conv-4 of Frankle & Carbin (2019), a scaled-down VGG.
+
+    Four convolutions (64, 64, 128, 128 filters), each a 3 x 3 convolution
+    with 'same' padding and ReLU, a 2 x 2 max-pool after every pair; then
+    `flatten`, `hidden_1` and `hidden_2` (256 units, ReLU) and the linear
+    `output`. Named `conv_1` ... `conv_4`, `pool_1` ..., so that
+    `layer_rates` can name them. A 2-D `input_shape` (height, width) gets a
+    channel axis (`add_channel`).
+
+    The paper (Figure 2) trains it on CIFAR-10 with Adam, learning rate
+    3e-4, batch 60, for 25K iterations, and prunes per round 10% of each
+    convolution, 20% of each fully connected layer and 10% of the output
+    layer (half the fully connected rate):
+    `IterativeSchedule(..., rate=0.2, layer_rates=frankle_carbin_rates(model))`.
+
+    Weights (kernels + biases) on CIFAR-10's 32 x 32 x 3: 2,425,930 (259,776
+    in convolution kernels); on MNIST's 28 x 28 x 1: 1,933,258. The masked
+    model's `count_params()` is twice that: every kernel and bias has a mask
+    of its size.
+
+    Args:
+        num_classes: Number of output logits. Defaults to `10`.
+        input_shape: `(height, width, channels)` or `(height, width)` of
+            one input; at least 4 x 4. Defaults to `(32, 32, 3)`.
+        dense: Build plain `keras.layers.Conv2D` / `Dense` layers instead
+            of `MaskedConv2D` / `MaskedDense`. Defaults to `False`.
+        seed: Integer seed for the initial weights; `None` draws from the
+            global seed (`keras.utils.set_random_seed`). Defaults to `None`.
+
+    Returns:
+        An uncompiled `keras.Sequential` model.
+
+    Example:
+
+    >>> model = conv4(input_shape=(28, 28))
+    >>> [l.name for l in model.layers if l.name.startswith(("conv", "hidden", "out"))]
+    ['conv_1', 'conv_2', 'conv_3', 'conv_4', 'hidden_1', 'hidden_2', 'output']
+    """
     return _vgg_like("conv4", (64, 64, 128, 128), num_classes, input_shape, dense, seed)
 
 
 def conv6(num_classes=10, input_shape=(32, 32, 3), dense=False, seed=None) -> keras.Sequential:
+    """Conv-6 of Frankle & Carbin (2019), a scaled-down VGG.
+
+    Six convolutions (64, 64, 128, 128, 256, 256 filters), each a 3 x 3
+    convolution with 'same' padding and ReLU, a 2 x 2 max-pool after every
+    pair; then `flatten`, `hidden_1` and `hidden_2` (256 units, ReLU) and
+    the linear `output`. Named `conv_1` ... `conv_6`, `pool_1` ..., so that
+    `layer_rates` can name them. A 2-D `input_shape` (height, width) gets a
+    channel axis (`add_channel`).
+
+    The paper (Figure 2) trains it on CIFAR-10 with Adam, learning rate
+    3e-4, batch 60, for 30K iterations, and prunes per round 15% of each
+    convolution, 20% of each fully connected layer and 10% of the output
+    layer (half the fully connected rate):
+    `IterativeSchedule(..., rate=0.2, layer_rates=frankle_carbin_rates(model))`.
+
+    Weights (kernels + biases) on CIFAR-10's 32 x 32 x 3: 2,262,602
+    (1,144,512 in convolution kernels; the paper's Figure 2 gives 1.7M in
+    all, its convolutions and the other two networks match the counts here);
+    on MNIST's 28 x 28 x 1: 1,802,698. The masked model's `count_params()`
+    is twice that: every kernel and bias has a mask of its size.
+
+    Args:
+        num_classes: Number of output logits. Defaults to `10`.
+        input_shape: `(height, width, channels)` or `(height, width)` of
+            one input; at least 8 x 8. Defaults to `(32, 32, 3)`.
+        dense: Build plain `keras.layers.Conv2D` / `Dense` layers instead
+            of `MaskedConv2D` / `MaskedDense`. Defaults to `False`.
+        seed: Integer seed for the initial weights; `None` draws from the
+            global seed (`keras.utils.set_random_seed`). Defaults to `None`.
+
+    Returns:
+        An uncompiled `keras.Sequential` model.
+
+    Example:
+
+    >>> model = conv6(input_shape=(28, 28))
+    >>> [l.name for l in model.layers if l.name.startswith(("conv", "hidden", "out"))]
+    ['conv_1', 'conv_2', 'conv_3', 'conv_4', 'conv_5', 'conv_6', 'hidden_1', 'hidden_2', 'output']
+    """
     return _vgg_like("conv6", (64, 64, 128, 128, 256, 256), num_classes, input_shape, dense, seed)
-
-
-for _fn, _n, _layout, _lr, _iters, _rate, _cifar, _conv, _mnist, _note in (
-    (conv2, 2, "Two convolutions of 64 filters", "2e-4", "20K", 0.1, 4301642, 38592, 3317450, ""),
-    (
-        conv4,
-        4,
-        "Four convolutions (64, 64, 128, 128 filters)",
-        "3e-4",
-        "25K",
-        0.1,
-        2425930,
-        259776,
-        1933258,
-        "",
-    ),
-    (
-        conv6,
-        6,
-        "Six convolutions (64, 64, 128, 128, 256, 256 filters)",
-        "3e-4",
-        "30K",
-        0.15,
-        2262602,
-        1144512,
-        1802698,
-        "; the paper's Figure 2 gives 1.7M in all, its convolutions and the "
-        "other two networks match the counts here",
-    ),
-):
-    _names = [f"conv_{i}" for i in range(1, _n + 1)] + ["hidden_1", "hidden_2", "output"]
-    _fn.__doc__ = _CONV_DOC.format(
-        n=_n,
-        layout=_layout,
-        lr=_lr,
-        iterations=_iters,
-        conv_rate=_rate,
-        cifar=_cifar,
-        conv_weights=_conv,
-        mnist=_mnist,
-        paper_note=_note,
-        side=2 ** (_n // 2),
-        names=_names,
-    )
 
 
 def lenet5(num_classes=10, input_shape=(28, 28, 1), dense=False, seed=None) -> keras.Sequential:

@@ -717,6 +717,16 @@ def test_every_masked_class_has_a_docstring_that_the_api_page_shows():
     assert not missing, missing
 
 
+def test_every_model_builder_has_a_docstring_that_the_api_page_shows():
+    import ast
+
+    tree = ast.parse((REPO / "keras_lth" / "models.py").read_text(encoding="utf-8"))
+    public = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name[0] != "_"]
+    assert {"conv2", "conv4", "conv6", "lenet5", "speech_cnn"} <= {n.name for n in public}
+    missing = [n.name for n in public if not ast.get_docstring(n)]
+    assert not missing, missing
+
+
 def test_the_api_index_lists_the_whole_public_api():
     index = read("docs/api/index.md")
     for name in lth.__all__ + ["tuner"]:
