@@ -18,6 +18,8 @@ from keras import ops
 import keras_lth as lth
 from keras_lth import pruning
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also run under KERAS_BACKEND=jax
+
 K = keras.layers
 
 

@@ -19,6 +19,8 @@ import keras_lth as lth
 from keras_lth import layers as ML
 from keras_lth.conversion import is_graph_model
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also run under KERAS_BACKEND=jax
+
 K = keras.layers
 
 

@@ -12,6 +12,8 @@ import pytest
 from keras_lth import MaskedDense, compact, masked_layers, strip
 from keras_lth.layers import sublayers as _sublayers
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also run under KERAS_BACKEND=jax
+
 
 def _init(seed):
     return {

@@ -14,6 +14,8 @@ from keras import ops
 import keras_lth.layers as L
 from keras_lth import MaskedDense, density, masked_layers, pruning
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also run under KERAS_BACKEND=jax
+
 DATA = pathlib.Path(__file__).parent / "data"
 
 KERNEL = np.array([[1.0, -2.0, 0.5], [3.0, 0.25, -1.0]], "float32")

@@ -7,6 +7,8 @@ import pytest
 import keras_lth as lth
 from keras_lth import models
 
+pytestmark = pytest.mark.jax  # backend-agnostic: also run under KERAS_BACKEND=jax
+
 
 def _kernels(model):
     return [np.asarray(layer.kernel) for layer in model.layers if hasattr(layer, "kernel")]
