@@ -587,6 +587,37 @@ def test_every_family_swaps_at_constant_density(build, structure, name):
     assert all(np.isfinite(np.array(v)).all() for v in model.weights)
 
 
+@pytest.mark.parametrize("structure", ["weight", "neuron"])
+@pytest.mark.parametrize("build", [_cnn, _sequence], ids=["cnn", "sequence"])
+def test_every_family_reselects_at_the_pruning_step_with_imp_counts(build, structure):
+    def prune_twice(reintroduce):
+        # hook level: round 1's and round 2's pruning steps, with the weights
+        # of every kernel redrawn in between as if the round had trained them
+        keras.utils.set_random_seed(0)
+        model, _ = build()
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+        s = lth.PruningScheduler(
+            lth.IterativeSchedule(rounds=2, epochs_per_round=1, rate=0.4),
+            rewind=None,
+            structure=structure,
+            reintroduce=reintroduce,
+            verbose=0,
+        )
+        begin(s, model)
+        s.on_epoch_begin(0)
+        s.on_epoch_begin(1)
+        rng = np.random.default_rng(2)
+        for w in lth.layers.masked_weights(model):
+            w.variable.assign(rng.normal(size=w.variable.shape).astype("float32"))
+        s.on_epoch_begin(2)
+        return lth.density(model, per_layer=True)[1], s
+
+    density, s = prune_twice(lth.DoublePruning("feedback", fraction=1.0, when="prune"))
+    plain, _ = prune_twice(None)
+    assert density == pytest.approx(plain)  # every layer keeps IMP's count
+    assert s._reintroducer.record(2)["reselected"]["count"] > 0
+
+
 def test_a_crashed_run_leaves_no_step_behind():
     model = make_model()
     begin(scheduler(STRATEGIES["feedback"](), rounds=1, epochs=1), model)  # never ended
