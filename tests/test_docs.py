@@ -401,6 +401,7 @@ RESULTS = {
     "docs/results/bench-quick.md": ["docs/results/bench_quick/summary.md"],
     "docs/results/mnist-lth.md": ["docs/results/mnist_lth/results.md"],
     "docs/results/reintroduction.md": ["docs/results/mnist_reintroduce/results.md"],
+    "docs/results/reintroduction-sweep.md": ["docs/results/reintroduction_sweep/results.md"],
     "docs/results/tuner-search.md": ["docs/results/tuner_search/results.md"],
 }
 
