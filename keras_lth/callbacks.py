@@ -110,8 +110,8 @@ class PruningScheduler(keras.callbacks.Callback):
             resumed run then needs the seed it started with to re-draw the
             same values, so pass one when using `backup_dir`).
         backup_dir: Optional directory where the callback keeps its state
-            (rewind point, seed, round records, re-introduction scores and
-            swap counts) at every epoch end, so that a `fit` interrupted and
+            (rewind point, seed, round records, re-introduction scores,
+            swap counts and pruned-at rounds) at every epoch end, so that a `fit` interrupted and
             resumed with `keras.callbacks.BackupAndRestore` (epoch-level
             saving) continues exactly, whether the scheduler comes before or
             after it in `callbacks` (see `keras_lth.resume`). Masks live in
@@ -120,15 +120,20 @@ class PruningScheduler(keras.callbacks.Callback):
             `BackupAndRestore` does.
         verbose: `1` prints one line per finished round. Defaults to `1`.
         reintroduce: Optional `keras_lth.DoublePruning` or
-            `keras_lth.ScoredPruning`: swaps weights between the pruned and
-            the kept sets during every pruning round, at constant density
-            (see `keras_lth.reintroduce`). The callback then trains with the
-            strategy's training step (TensorFlow backend only) and restores
-            the model's own step when training ends. Epoch-unit events
-            happen at the start of the epoch after the one they follow, so
-            the model never changes after an epoch's end. Round records gain
-            `swaps` (events and weights or neurons re-introduced). Not with
-            a tfmot schedule. Defaults to `None`.
+            `keras_lth.ScoredPruning`: brings pruned weights back at the
+            schedule's density (see `keras_lth.reintroduce`), by swaps during
+            every pruning round (`when="round"`) or by re-selection over the
+            kept and the pruned weights at every pruning step
+            (`when="prune"`). The callback then trains with the strategy's
+            training step (TensorFlow backend only) and restores the model's
+            own step when training ends. Epoch-unit events happen at the
+            start of the epoch after the one they follow, so the model never
+            changes after an epoch's end. Round records gain `swaps` (events
+            and weights or neurons re-introduced), or with `when="prune"`
+            `reselected`: `{"count": n, "pruned_in": {"1": k1, ...}}`, the
+            weights (neurons) that re-entered at the round's start and the
+            rounds whose pruning had removed them. Not with a tfmot schedule.
+            Defaults to `None`.
 
     Example:
 
@@ -232,7 +237,7 @@ class PruningScheduler(keras.callbacks.Callback):
                 reintroduce, scope, structure, norm, tuple(schedule.layer_rates)
             )
         self._backup = None if backup_dir is None else ResumeState(self.backup_dir)
-        needs_batches = self.gradual or (reintroduce is not None and reintroduce.unit == "step")
+        needs_batches = self.gradual or self._events_in_rounds("step")
         own_hook = type(self).on_train_batch_end is not keras.callbacks.Callback.on_train_batch_end
         if needs_batches and not own_hook:
             # Only then a batch hook: Keras keeps dispatching batches
@@ -305,15 +310,20 @@ class PruningScheduler(keras.callbacks.Callback):
         if r >= 1 and epoch == start and self._pruned_at != epoch:
             self._prune_and_rewind(r)
             self._pruned_at = epoch
-        elif r >= 1 and self.reintroduce is not None and self.reintroduce.unit == "epoch":
+        elif r >= 1 and self._events_in_rounds("epoch"):
             # An event after `t` epochs of the round happens before the next
             # epoch, so the model never changes after `BackupAndRestore`
             # saved it at an epoch end.
             t, horizon = epoch - start, self.layout.round_length(r)
             if self.reintroduce.is_due(t, horizon):
                 self._reintroducer.event(r, t, horizon)
-        if self.reintroduce is not None and self.reintroduce.unit == "step":
+        if self._events_in_rounds("step"):
             self._steps_seen = self._iterations()
+
+    def _events_in_rounds(self, unit):
+        """Whether swap events fall inside the rounds, counted in `unit`."""
+        strategy = self.reintroduce
+        return strategy is not None and strategy.when == "round" and strategy.unit == unit
 
     def _on_train_batch_end(self, batch, logs=None):
         # Assigned as `on_train_batch_end` in `__init__` only when needed
@@ -369,7 +379,10 @@ class PruningScheduler(keras.callbacks.Callback):
     # ------------------------------------------------------------------ #
     def _prune_and_rewind(self, r):
         s = self.schedule
-        self._targets.prune(s.rate, s.layer_rates, self.scope, self.structure, self.norm)
+        if self._reintroducer is not None and self._reintroducer.at_prune:
+            self._reintroducer.reselect(r, s.rate, s.layer_rates)
+        else:
+            self._targets.prune(s.rate, s.layer_rates, self.scope, self.structure, self.norm)
         self._rewinding.rewind_to(r)
         self._optimizer.reset()
         if self._reintroducer is not None:
@@ -381,7 +394,7 @@ class PruningScheduler(keras.callbacks.Callback):
     def _finish_round(self, r, last_epoch):
         extra = None
         if self._reintroducer is not None:
-            extra = {"swaps": self._reintroducer.record(r)}
+            extra = self._reintroducer.record(r)
         self._records.finish_round(
             self.model,
             r,
@@ -397,6 +410,8 @@ class PruningScheduler(keras.callbacks.Callback):
     def _start(self, epoch):
         self._started = True
         self._targets.recount()  # the masks as `BackupAndRestore` left them
+        if self._reintroducer is not None:
+            self._reintroducer.begin()
         state = None
         if epoch > 0 and self._backup is not None:
             state = self._backup.load(epoch - 1)

@@ -1,11 +1,17 @@
 """Re-introducing prematurely pruned weights: Double-pruning and Scored-pruning.
 
 Magnitude pruning removes, early on, weights that would have become
-important. The two strategies here swap weights between the pruned and the
-kept sets *during* a round while keeping the density exactly on schedule:
-each event re-introduces `k` pruned weights (or neurons) and prunes the `k`
-weakest kept ones, in the same layer for `scope="layer"` or over all layers
-for `scope="global"`.
+important. The two strategies here bring pruned weights back at the density
+the schedule prescribes, in one of two places (`when`):
+
+- `when="round"`: swap events *during* a round; each event re-introduces `k`
+  pruned weights (or neurons) and prunes the `k` weakest kept ones, in the
+  same layer for `scope="layer"` or over all layers for `scope="global"`
+  (`swap_masks`);
+- `when="prune"`: re-selection *at the pruning step*; the next mask is
+  chosen over the kept and the pruned weights by the strategy's criterion,
+  at exactly the count that iterative pruning keeps (`reselect`), so a
+  weight pruned in round 1 may come back in round 5.
 
 - `DoublePruning`: the pruned weights keep training too, either as a network
   of their own (`mode="complement"`: a second forward/backward pass with the
@@ -19,14 +25,16 @@ for `scope="global"`.
 
 The strategies are passed to `PruningScheduler(reintroduce=...)`, which runs
 the training step that they need (see `keras_lth.training`) and calls
-`swap_masks` at every event. The functions below are pure NumPy: they take
-arrays and return new arrays.
+`swap_masks` at every event, or `reselect` at every pruning step (see
+`keras_lth.swaps`). The functions below are pure NumPy: they take arrays and
+return new arrays.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 
 import keras
@@ -37,6 +45,9 @@ from keras_lth import pruning
 UNITS = ("epoch", "step")
 DECAYS = ("cosine", "constant")
 VALUES = ("current", "zero", "rewind")
+WHEN = ("round", "prune")
+# the in-round event arguments' defaults (with when="prune" the others warn)
+_EVENT_DEFAULTS = {"every": 1, "unit": "epoch", "start": 1, "decay": "cosine", "value": "current"}
 
 
 # ---------------------------------------------------------------------- #
@@ -148,13 +159,8 @@ def swap_masks(
                 )
         units[n] = (np.ravel(grow_scores[n]), np.ravel(drop_scores[n]), alive)
 
-    if scope == "layer":
-        groups = [[n] for n in names]
-    else:
-        shared = [n for n in names if n not in own_layers]
-        groups = [[n] for n in names if n in own_layers] + ([shared] if shared else [])
     picks = {}
-    for group in groups:
+    for group in _groups(names, scope, own_layers):
         g = np.concatenate([units[n][0] for n in group])
         d = np.concatenate([units[n][1] for n in group])
         alive = np.concatenate([units[n][2] for n in group])
@@ -181,6 +187,206 @@ def _expand(unit_flags, mask, structure):
     if structure == "neuron":
         return np.broadcast_to(unit_flags, mask.shape).copy()
     return unit_flags.reshape(mask.shape)
+
+
+def _groups(names, scope, own_layers=()):
+    """The groups of layers that share one count.
+
+    Every layer alone for `scope="layer"`; for `"global"`, the layers of
+    `own_layers` (those with their own rate) alone and all others together.
+    """
+    if scope == "layer":
+        return [[n] for n in names]
+    shared = [n for n in names if n not in own_layers]
+    return [[n] for n in names if n in own_layers] + ([shared] if shared else [])
+
+
+def _unit_scores(scores, masks, names, structure, arg="scores"):
+    """`{name: flat scores}`, checked to hold one score per unit of the mask."""
+    out = {}
+    for n in names:
+        size = unit_alive(masks[n], structure).size
+        if np.size(scores[n]) != size:
+            raise ValueError(
+                f"Received an invalid value for `{arg}[{n!r}]`, expected {size} "
+                f"scores (one per {structure}). Received: shape {np.shape(scores[n])}"
+            )
+        out[n] = np.asarray(scores[n], dtype=np.float64).ravel()
+    return out
+
+
+def _check_names(**mappings):
+    first, *rest = mappings.items()
+    if any(set(m) != set(first[1]) for _, m in rest):
+        listed = ", ".join(f"`{k}` {sorted(m)}" for k, m in mappings.items())
+        raise ValueError(f"Expected the same layers in every argument. Received: {listed}")
+
+
+def keep_highest(
+    scores: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    rate: float,
+    layer_rates: Mapping[str, float] | None = None,
+    scope: str = "layer",
+    structure: str = "weight",
+    frozen_neurons: Sequence[str] = (),
+) -> dict:
+    """One pruning round by given scores: the lowest-scored alive units go.
+
+    The counts and ties of `keras_lth.pruning.prune`, with any score in
+    place of the magnitude: `round(rate * alive)` alive units (weights, or
+    neurons with `structure="neuron"`) are pruned per layer
+    (`scope="layer"`) or over the layers together (`"global"`; layers in
+    `layer_rates` prune on their own at their rate), the lowest scores first
+    and, among equal scores, the first position first. With `scores = |w|`
+    it is magnitude pruning.
+
+    Args:
+        scores: layer name -> one score per unit (the mask's shape for
+            weights, one value per neuron for `"neuron"`).
+        masks: layer name -> current 0/1 mask.
+        rate: share of the alive units pruned, in (0, 1).
+        layer_rates: per-layer overrides of `rate`.
+        scope: `"layer"` or `"global"`.
+        structure: `"weight"` or `"neuron"` (a neuron is a mask column).
+        frozen_neurons: layers left as they are with `structure="neuron"`.
+
+    Returns:
+        layer name -> new mask (float32), a subset of the old one.
+
+    Example:
+
+    >>> keep_highest({"a": np.array([3.0, -1.0, 2.0, 0.0])},
+    ...              {"a": np.array([1, 1, 1, 0], "float32")}, rate=0.34)["a"]
+    array([1., 0., 1., 0.], dtype=float32)
+    """
+    rate = pruning._check_rate(rate)
+    pruning.check_scope(scope)
+    pruning.check_structure(structure)
+    layer_rates = dict(layer_rates or {})
+    for n, r in layer_rates.items():
+        pruning._check_rate(r, f"layer_rates[{n!r}]")
+    _check_names(scores=scores, masks=masks)
+    masks = {n: np.asarray(m, dtype=np.float32) for n, m in masks.items()}
+    names = [n for n in masks if not (structure == "neuron" and n in frozen_neurons)]
+    flat = _unit_scores(scores, masks, names, structure)
+    new = dict(masks)
+    own = [n for n in names if n in layer_rates]
+    for group in _groups(names, scope, own):
+        group_rate = layer_rates.get(group[0], rate) if len(group) == 1 else rate
+        alive = np.concatenate([unit_alive(masks[n], structure) for n in group])
+        count = pruning.prune_count(group_rate, int(alive.sum()))
+        drop = pruning._prune_lowest(np.concatenate([flat[n] for n in group]), alive, count)
+        start = 0
+        for n in group:
+            size = flat[n].size
+            gone = _expand(drop[start : start + size], masks[n], structure)
+            new[n] = np.where(gone, 0.0, masks[n]).astype(np.float32)
+            start += size
+    return new
+
+
+def reselect(
+    scores: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    base: Mapping[str, np.ndarray],
+    fraction: float,
+    scope: str = "layer",
+    structure: str = "weight",
+    frozen_neurons: Sequence[str] = (),
+    own_layers: Sequence[str] = (),
+) -> tuple[dict, dict, dict]:
+    """Re-selection at a pruning step: pruned units may re-enter the next mask.
+
+    `base` is the next mask chosen among the kept units alone (iterative
+    magnitude pruning's choice, or the scores' lowest pruned); it has the
+    round's exact count. Units pruned *before* (0 in `masks`) then compete
+    with it on one scale, `scores`: the best-scored pruned units replace the
+    worst-scored units of `base`, one for one, as long as the candidate's
+    score is strictly higher, and at most `round(fraction * n)` of the `n`
+    units of `base` are replaced. The result is the top-`n` of
+    `base` together with the pruned units by score, subject to that cap;
+    with `fraction=1` and `base` the top of the kept units by the same
+    scores, it is the top-`n` of all units. Counts are per layer
+    (`scope="layer"`) or over the layers together (`"global"`, with the
+    `own_layers` on their own), in units (weights, or neurons with
+    `structure="neuron"`). Ties go to the first position.
+
+    Args:
+        scores: layer name -> one score per unit, comparable between kept
+            and pruned units (the mask's shape for weights, one per neuron
+            for `"neuron"`); higher is more worth keeping.
+        masks: layer name -> the mask of the round that ends (1 = kept).
+        base: layer name -> the next mask without re-entries, a subset of
+            `masks`.
+        fraction: the cap on re-entries, a share of the next mask's count
+            in [0, 1]; `0` returns `base`.
+        scope: `"layer"` or `"global"`.
+        structure: `"weight"` or `"neuron"`.
+        frozen_neurons: layers left as `base` has them with `"neuron"`.
+        own_layers: with `scope="global"`, layers that re-select within
+            themselves (those with their own rate in `layer_rates`).
+
+    Returns:
+        `(new_masks, entered, left)`: the next masks, and per layer the
+        boolean arrays (mask-shaped) of the pruned units that re-entered and
+        of the units of `base` they replaced. Each group keeps `base`'s count.
+
+    Example:
+
+    >>> new, entered, left = reselect(
+    ...     {"a": np.array([4.0, 1.0, 3.0, 9.0])},   # |w|, say
+    ...     {"a": np.array([1, 1, 1, 0], "float32")},  # unit 3 was pruned
+    ...     {"a": np.array([1, 0, 1, 0], "float32")},  # IMP keeps 0 and 2
+    ...     fraction=0.5)
+    >>> new["a"], np.flatnonzero(entered["a"]), np.flatnonzero(left["a"])
+    (array([1., 0., 0., 1.], dtype=float32), array([3]), array([2]))
+    """
+    fraction = check_fraction(fraction)
+    pruning.check_scope(scope)
+    pruning.check_structure(structure)
+    _check_names(scores=scores, masks=masks, base=base)
+    masks = {n: np.asarray(m, dtype=np.float32) for n, m in masks.items()}
+    base = {n: np.asarray(m, dtype=np.float32) for n, m in base.items()}
+    for n in masks:
+        if base[n].shape != masks[n].shape or np.any((base[n] > 0) & (masks[n] == 0)):
+            raise ValueError(
+                f"Received an invalid value for `base[{n!r}]`, expected a mask of "
+                f"shape {masks[n].shape} that keeps only units kept in "
+                f"`masks[{n!r}]`. Received: shape {base[n].shape}"
+            )
+    names = [n for n in masks if not (structure == "neuron" and n in frozen_neurons)]
+    flat = _unit_scores(scores, masks, names, structure)
+    new, entered, left = dict(base), {}, {}
+    for n in masks:
+        entered[n] = np.zeros(masks[n].shape, dtype=bool)
+        left[n] = np.zeros(masks[n].shape, dtype=bool)
+    for group in _groups(names, scope, own_layers):
+        s = np.concatenate([flat[n] for n in group])
+        was = np.concatenate([unit_alive(masks[n], structure) for n in group])
+        keep = np.concatenate([unit_alive(base[n], structure) for n in group])
+        n_keep = int(keep.sum())
+        cap = min(pruning.prune_count(fraction, n_keep), int((~was).sum()), n_keep)
+        if cap <= 0:
+            continue
+        candidates = np.flatnonzero(~was)
+        candidates = candidates[np.argsort(-s[candidates], kind="stable")][:cap]
+        weakest = np.flatnonzero(keep)
+        weakest = weakest[np.argsort(s[weakest], kind="stable")][:cap]
+        # candidates fall and the weakest rise: the swaps are a prefix
+        k = int(np.sum(s[candidates] > s[weakest]))
+        enter = np.zeros(s.size, dtype=bool)
+        leave = np.zeros(s.size, dtype=bool)
+        enter[candidates[:k]] = True
+        leave[weakest[:k]] = True
+        start = 0
+        for n in group:
+            size = flat[n].size
+            entered[n] = _expand(enter[start : start + size], masks[n], structure)
+            left[n] = _expand(leave[start : start + size], masks[n], structure)
+            new[n] = np.where(entered[n], 1.0, np.where(left[n], 0.0, base[n])).astype(np.float32)
+            start += size
+    return new, entered, left
 
 
 def neuron_scores(values: np.ndarray, norm: str | None = None) -> np.ndarray:
@@ -272,9 +478,12 @@ class Reintroduction:
     """Base class of the re-introduction strategies (shared parameters).
 
     Args:
-        fraction: Share of the kept weights (neurons) swapped per event, in
-            [0, 1]. `0` turns swapping off (the run is then plain iterative
-            pruning).
+        fraction: With `when="round"`: share of the kept weights (neurons)
+            swapped per event, in [0, 1]. With `when="prune"`: the most
+            re-entries at a pruning step, as a share of the next mask's
+            count (see `reselect`). `0` turns re-introduction off (the run
+            is then plain iterative pruning; with `ScoredPruning`'s
+            `prune_by="score"` and `when="prune"`, pruning by score).
         every: Epochs or steps (see `unit`) between two events, a positive
             integer.
         unit: `"epoch"` or `"step"`, the unit of `every` and `start`. Steps
@@ -286,9 +495,20 @@ class Reintroduction:
             integer.
         decay: `"cosine"` (the fraction anneals to 0 over the round, as in
             RigL: fewer swaps as the round converges) or `"constant"`.
-        value: Value of a re-introduced weight: `"current"` (its raw value,
-            kept while it was pruned), `"zero"`, or `"rewind"` (its value at
-            the start of the round, i.e. after rewinding).
+        value: Value of a weight re-introduced by an in-round event:
+            `"current"` (its raw value, kept while it was pruned), `"zero"`,
+            or `"rewind"` (its value at the start of the round, i.e. after
+            rewinding).
+        when: Where weights come back. `"round"`: swap events inside every
+            pruning round (`every`, `unit`, `start`, `decay`, `value` say
+            when and how), at constant density. `"prune"`: at every
+            pruning step, the next mask is chosen over the kept *and* the
+            pruned weights by the strategy's criterion, at the count
+            iterative pruning keeps (`keras_lth.reintroduce.reselect`); a
+            weight pruned in round 1 can come back in round 5, and a
+            re-entered weight is rewound as every kept weight is (with
+            `rewind=None` it keeps its raw value). `every`, `unit`,
+            `start`, `decay` and `value` are not used then.
     """
 
     #: The training step needs the dense gradient of the kept network.
@@ -298,13 +518,23 @@ class Reintroduction:
     #: The layers carry a per-weight score.
     scored = False
 
-    def __init__(self, fraction, every, unit, start, decay, value):
+    def __init__(self, fraction, every, unit, start, decay, value, when="round"):
+        self.when = _check_choice(when, "when", WHEN)
         self.fraction = check_fraction(fraction)
         self.every = pruning._check_int(every, "every", 1)
         self.unit = _check_choice(unit, "unit", UNITS)
         self.start = pruning._check_int(start, "start", 0)
         self.decay = _check_choice(decay, "decay", DECAYS)
         self.value = _check_choice(value, "value", VALUES)
+        given = {"every": every, "unit": unit, "start": start, "decay": decay, "value": value}
+        ignored = sorted(k for k, v in given.items() if v != _EVENT_DEFAULTS[k])
+        if self.when == "prune" and ignored:
+            warnings.warn(
+                f"{', '.join(f'`{k}`' for k in ignored)} only shape in-round swap events "
+                "(`when='round'`); with `when='prune'` they are not used. Received: "
+                + ", ".join(f"{k}={given[k]!r}" for k in ignored),
+                stacklevel=3,
+            )
 
     def fraction_at(self, t, horizon):
         """The swap fraction of an event `t` units into a round of `horizon`."""
@@ -318,6 +548,16 @@ class Reintroduction:
         """`(grow_scores, drop_scores)` per layer, in unit space."""
         raise NotImplementedError
 
+    @property
+    def keeps_by_magnitude(self) -> bool:
+        """Whether the kept units are ranked by magnitude at a pruning step.
+
+        With `when="prune"` the next mask starts from iterative magnitude
+        pruning's choice (exactly) when this is true, from the drop criterion's
+        lowest pruned (`keep_highest`) otherwise.
+        """
+        return True
+
     def get_config(self):
         return {
             "fraction": self.fraction,
@@ -326,6 +566,7 @@ class Reintroduction:
             "start": self.start,
             "decay": self.decay,
             "value": self.value,
+            "when": self.when,
         }
 
     @classmethod
@@ -347,6 +588,13 @@ class DoublePruning(Reintroduction):
     replace the kept weights with the smallest |w|, `k` for `k`, so the
     density stays exactly on schedule.
 
+    With `when="prune"` there are no events: at every pruning step the next
+    mask is iterative magnitude pruning's, except that the pruned weights
+    whose |w| (trained in the pruned network during the round) beats the
+    smallest |w| it keeps re-enter in their place, at most
+    `round(fraction * kept)` of them (`keras_lth.reintroduce.reselect`);
+    with `fraction=1` the next mask is the top of all weights by |w|.
+
     Args:
         mode: How the pruned weights train.
             `"complement"` (the algorithm as proposed): the pruned network is
@@ -363,8 +611,9 @@ class DoublePruning(Reintroduction):
             Adam or RMSprop the pruned weights train exactly as a second
             network would; not so with a global `clipnorm`). Defaults to
             `"complement"`.
-        fraction: Share of the kept weights swapped per event. Defaults to
-            `0.2`.
+        fraction: Share of the kept weights swapped per event
+            (`when="round"`), or the most re-entries per pruning step as a
+            share of the kept count (`when="prune"`). Defaults to `0.2`.
         every: Epochs or steps between events. Defaults to `1`.
         unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
         start: Warm-up epochs (steps) of each round before the first event.
@@ -374,6 +623,8 @@ class DoublePruning(Reintroduction):
         value: `"current"`, `"zero"` or `"rewind"`. Defaults to `"current"`:
             a re-introduced weight keeps the value the pruned network trained
             it to, which is what made it large.
+        when: `"round"` (swap events inside the rounds) or `"prune"`
+            (re-selection at the pruning steps). Defaults to `"round"`.
 
     Example:
 
@@ -395,8 +646,9 @@ class DoublePruning(Reintroduction):
         start=1,
         decay="cosine",
         value="current",
+        when="round",
     ):
-        super().__init__(fraction, every, unit, start, decay, value)
+        super().__init__(fraction, every, unit, start, decay, value, when)
         self.mode = _check_choice(mode, "mode", ("complement", "feedback"))
         self.dense_gradient = self.mode == "feedback"
         self.complement = self.mode == "complement"
@@ -427,16 +679,30 @@ class ScoredPruning(Reintroduction):
     weights with the lowest scores (or smallest |w|) are pruned, `k` for `k`;
     the scores then restart (or decay). Neurons are scored by the sum of
     their incoming weights' scores. Pruned weights do not train: their raw
-    values stay as they were when pruned.
+    values stay as they were when pruned (after rewinding: their rewind
+    values).
 
-    The scores are a non-trainable weight `kernel_score` of each
-    `MaskedDense` (added when training starts), so they are saved with the
-    model; under a distribution strategy each step adds the increments
-    summed over the replicas.
+    With `when="prune"` there are no events; the scores add up over the
+    whole round, and at every pruning step the next mask is chosen in two
+    steps (`keras_lth.reintroduce.reselect`): the kept weights are pruned at
+    the round's rate by `prune_by` (the lowest scores, or the smallest |w|
+    exactly as iterative magnitude pruning does), then the pruned weights
+    with the highest scores re-enter in place of the lowest-scored weights
+    of that choice, one for one, while their score is strictly higher, at
+    most `round(fraction * kept)` of them. Both steps compare scores, the
+    one criterion that kept and pruned weights share; `|w|` says nothing
+    about a pruned weight that did not train. `score_decay` then carries
+    the scores into the next round.
+
+    The scores are float32 variables that the scheduler keeps next to the
+    model (not model weights), saved with the scheduler's `backup_dir`;
+    under a distribution strategy each step adds the increments summed over
+    the replicas.
 
     Args:
-        fraction: Share of the kept weights swapped per event. Defaults to
-            `0.2`.
+        fraction: Share of the kept weights swapped per event
+            (`when="round"`), or the most re-entries per pruning step as a
+            share of the kept count (`when="prune"`). Defaults to `0.2`.
         every: Epochs or steps between events. Defaults to `1`.
         unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
         start: Warm-up epochs (steps) of each round before the first event.
@@ -447,12 +713,18 @@ class ScoredPruning(Reintroduction):
             with that value.
         prune_by: What decides which kept weights are pruned: `"score"`
             (the lowest scores) or `"magnitude"` (the smallest |w|, as
-            magnitude pruning does). Defaults to `"score"`.
+            magnitude pruning does; with `when="prune"` and `fraction=0` the
+            run is then iterative magnitude pruning exactly). Defaults to
+            `"score"`.
         score_decay: After every event the scores are multiplied by this
             factor in [0, 1): `0` restarts them (every event judges the last
             interval only), a value like `0.5` keeps an exponentially
-            decaying memory. Scores always restart at a round's start.
+            decaying memory. With `when="round"` scores always restart at a
+            round's start; with `when="prune"` the event is the pruning
+            step, so this is the memory from one round to the next.
             Defaults to `0.0`.
+        when: `"round"` (swap events inside the rounds) or `"prune"`
+            (re-selection at the pruning steps). Defaults to `"round"`.
 
     Example:
 
@@ -476,8 +748,9 @@ class ScoredPruning(Reintroduction):
         value="current",
         prune_by="score",
         score_decay=0.0,
+        when="round",
     ):
-        super().__init__(fraction, every, unit, start, decay, value)
+        super().__init__(fraction, every, unit, start, decay, value, when)
         self.prune_by = _check_choice(prune_by, "prune_by", ("score", "magnitude"))
         if isinstance(score_decay, (bool, str)) or not (
             isinstance(score_decay, numbers.Real) and 0.0 <= float(score_decay) < 1.0
@@ -499,6 +772,10 @@ class ScoredPruning(Reintroduction):
                 grow[n] = np.asarray(scores[n])
                 drop[n] = grow[n] if self.prune_by == "score" else np.abs(k)
         return grow, drop
+
+    @property
+    def keeps_by_magnitude(self) -> bool:
+        return self.prune_by == "magnitude"
 
     def get_config(self):
         return {

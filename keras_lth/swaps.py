@@ -1,13 +1,16 @@
-"""Re-introduction at run time: the training step, the scores and the swap events.
+"""Re-introduction at run time: the training step, the scores, the swaps and re-selections.
 
 `Reintroducer` is the part of `PruningScheduler` that runs a
 `keras_lth.DoublePruning` or `keras_lth.ScoredPruning` strategy: it installs
 the strategy's training step (`keras_lth.training`) for the run, owns the
 `ScoredPruning` scores (one float32 variable per masked weight, created in
-the model's distribution strategy scope, not layer weights) and the swap
-counts of every round, and performs the swap events: `k` pruned weights
-(neurons) come back and `k` kept ones go, with the selection maths of
-`keras_lth.reintroduce.swap_masks`.
+the model's distribution strategy scope, not layer weights), the swap
+counts of every round, and, for re-selection at the pruning step
+(`when="prune"`), the round at which every weight was pruned and the
+re-entry counts of every round. It performs the swap events (`k` pruned
+weights or neurons come back and `k` kept ones go, with the selection
+maths of `keras_lth.reintroduce.swap_masks`) and the re-selections (the
+pruning step itself, `keras_lth.reintroduce.reselect`).
 
 Weight swaps work per masked variable (with `scope="layer"` each variable
 swaps within itself); neuron swaps work on each layer's unit matrix (see
@@ -45,7 +48,14 @@ class Reintroducer:
         self.layer_rates = tuple(layer_rates)
         self.swaps = {}
         self.scores = {}
+        self.reselected = {}
+        self.pruned_at = {}
         self._installed = None
+
+    @property
+    def at_prune(self) -> bool:
+        """Whether weights come back at the pruning step (`when="prune"`)."""
+        return self.strategy.when == "prune"
 
     # -- the run ------------------------------------------------------------ #
     def install(self, model, targets, optimizer_reset, rewinding):
@@ -56,6 +66,8 @@ class Reintroducer:
         self.optimizer_reset = optimizer_reset
         self.rewinding = rewinding
         self.swaps = {}
+        self.reselected = {}
+        self.begin()
         weights = targets.all_weights()
         self.scores = {}
         if self.strategy.scored:
@@ -114,13 +126,81 @@ class Reintroducer:
         shared += [b.key for b in biases if b.key.rsplit("/", 1)[0] in frozen]
         return tuple(shared)
 
+    def begin(self):
+        """A fresh run's start (after `BackupAndRestore` restored the masks).
+
+        Weights already pruned when the run starts count as pruned at round 0.
+        """
+        self.pruned_at = {
+            w.key: np.where(ops.convert_to_numpy(w.mask) > 0, -1, 0).astype("int32")
+            for w in self.targets.all_weights()
+        }
+
     def round_started(self, r):
-        """Scores restart with every round."""
+        """Scores restart with every round (with `when="prune"`: they decayed at the prune)."""
+        if self.at_prune:
+            return
         for var in self.scores.values():
             var.assign(np.zeros(var.shape, "float32"))
 
     def record(self, r) -> dict:
-        return dict(self.swaps.get(r, {"events": 0, "reintroduced": 0}))
+        """What round `r`'s record gains: `swaps`, or `reselected` with `when="prune"`."""
+        if self.at_prune:
+            rec = self.reselected.get(r, {"count": 0, "pruned_in": {}})
+            return {"reselected": {"count": rec["count"], "pruned_in": dict(rec["pruned_in"])}}
+        return {"swaps": dict(self.swaps.get(r, {"events": 0, "reintroduced": 0}))}
+
+    # -- re-selection at the pruning step ------------------------------------ #
+    def reselect(self, r, rate, layer_rates):
+        """Round `r`'s pruning step, over the kept and the pruned weights.
+
+        The count is iterative pruning's (`rate`, `layer_rates`, the scope,
+        weights or units); the kept units are ranked by magnitude (exactly
+        `PruningTargets.prune`) or by the strategy's drop criterion, then
+        pruned units re-enter by `keras_lth.reintroduce.reselect`. Rewinding
+        comes after, as for every kept weight.
+        """
+        strategy, targets, structure = self.strategy, self.targets, self.structure
+        arrays = targets.space_arrays(structure)
+        values, masks = arrays
+        entered_total, pruned_in = 0, {}
+        if masks:
+            rates = targets.space_rates(layer_rates, structure)
+            scores = self._read_scores()
+            if scores is not None:
+                scores = targets.to_space(scores, structure)
+            grow, drop = strategy.criteria(values, masks, scores, structure, self.norm)
+            if strategy.keeps_by_magnitude:
+                _, base = targets.magnitude_masks(
+                    rate, layer_rates, self.scope, structure, self.norm, arrays
+                )
+            else:
+                base = reintro.keep_highest(drop, masks, rate, rates, self.scope, structure)
+            new, entered, _ = reintro.reselect(
+                grow, masks, base, strategy.fraction, self.scope, structure, own_layers=list(rates)
+            )
+            pruned_at = targets.to_space(self.pruned_at, structure)
+            for key in masks:
+                at = pruned_at[key]
+                if structure == "neuron":
+                    came = entered[key].any(axis=0)
+                    rounds = at.max(axis=0)[came]
+                else:
+                    rounds = at[entered[key]]
+                entered_total += int(rounds.size)
+                for past, n in zip(*np.unique(rounds, return_counts=True)):
+                    pruned_in[str(int(past))] = pruned_in.get(str(int(past)), 0) + int(n)
+                at = np.where((masks[key] > 0) & (new[key] == 0), r, at)
+                pruned_at[key] = np.where(new[key] > 0, -1, at).astype("int32")
+            self.pruned_at.update(targets.from_space(pruned_at, structure))
+            targets.write_masks(new, structure)
+        if strategy.scored:
+            for var in self.scores.values():
+                var.assign(ops.convert_to_numpy(var) * strategy.score_decay)
+        self.reselected[r] = {
+            "count": entered_total,
+            "pruned_in": dict(sorted(pruned_in.items(), key=lambda kv: int(kv[0]))),
+        }
 
     # -- events ------------------------------------------------------------- #
     def event(self, r, t, horizon):
@@ -215,12 +295,29 @@ class Reintroducer:
         variable.assign(raw)
 
     # -- resume ------------------------------------------------------------- #
+    # Array names in the backup: the scores under their weight keys, the
+    # pruned-at rounds under this prefix (weight keys never start with it).
+    _PRUNED_AT = "pruned_at:"
+
     def get_state(self):
-        swaps = {str(r): v for r, v in self.swaps.items()}
-        return {"swaps": swaps}, self._read_scores() or {}
+        state = {
+            "swaps": {str(r): v for r, v in self.swaps.items()},
+            "reselected": {str(r): v for r, v in self.reselected.items()},
+        }
+        arrays = dict(self._read_scores() or {})
+        if self.at_prune:
+            arrays.update({self._PRUNED_AT + k: v for k, v in self.pruned_at.items()})
+        return state, arrays
 
     def set_state(self, state, arrays):
         self.swaps = {int(r): dict(v) for r, v in state["swaps"].items()}
+        self.reselected = {
+            int(r): {"count": v["count"], "pruned_in": dict(v["pruned_in"])}
+            for r, v in state.get("reselected", {}).items()
+        }
         for key, var in self.scores.items():
             if key in arrays:
                 var.assign(np.asarray(arrays[key], "float32"))
+        for key in self.pruned_at:
+            if self._PRUNED_AT + key in arrays:
+                self.pruned_at[key] = np.asarray(arrays[self._PRUNED_AT + key], "int32")

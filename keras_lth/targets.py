@@ -135,7 +135,79 @@ class PruningTargets:
             if layer.bias_weight is not None:
                 layer.set_masks(bias_mask=layer.bias_mask_for(pruning.alive_neurons(matrix)))
 
+    # -- pruning's space ---------------------------------------------------- #
+    # Pruning compares units: with structure="weight" every masked variable
+    # is a "layer" of its own (keyed by weight key); with "neuron" every
+    # layer that neuron pruning touches is one unit matrix (keyed by layer
+    # key). The re-introduction part works in the same space.
+    def space_keys(self, structure) -> list:
+        """The keys pruning works on: weight keys, or the neuron-prunable layer keys."""
+        if structure == "weight":
+            return [w.key for w in self.all_weights()]
+        return [k for k in self.weights if k not in self.neuron_frozen()]
+
+    def to_space(self, arrays, structure) -> dict:
+        """`{weight key: array}` in pruning's space (unit matrices for `"neuron"`)."""
+        if structure == "weight":
+            return {k: arrays[k] for k in self.space_keys("weight")}
+        return {k: self.unit_matrix(k, arrays) for k in self.space_keys("neuron")}
+
+    def from_space(self, arrays, structure) -> dict:
+        """The inverse of `to_space`: `{weight key: array}` of the weights it covers."""
+        if structure == "weight":
+            return dict(arrays)
+        out = {}
+        for key, matrix in arrays.items():
+            out.update(self.split_units(key, matrix))
+        return out
+
+    def space_arrays(self, structure) -> tuple:
+        """`(values, masks)` of the model's weights, read once, in pruning's space."""
+        keys = self.space_keys(structure)
+        if structure == "weight":
+            weights = self.all_weights()
+        else:
+            weights = [w for k in keys for w in self.unit_weights(k)]
+        values, masks = values_of(weights), masks_of(weights)
+        return self.to_space(values, structure), self.to_space(masks, structure)
+
+    def space_rates(self, layer_rates, structure) -> dict:
+        """`layer_rates` (by layer key) for the keys of pruning's space."""
+        layer_rates = dict(layer_rates or {})
+        if structure == "weight":
+            return {
+                w.key: layer_rates[k]
+                for k, ws in self.weights.items()
+                if k in layer_rates
+                for w in ws
+            }
+        keys = self.space_keys("neuron")
+        return {k: r for k, r in layer_rates.items() if k in keys}
+
+    def write_masks(self, new, structure):
+        """Writes masks given in pruning's space (and, for neurons, their biases')."""
+        if structure == "weight":
+            self.set_masks(new, masks_of(self.all_weights()))
+            return
+        weights = [w for k in new for w in self.unit_weights(k)]
+        self.set_unit_masks(new, masks_of(weights))
+
     # -- pruning ------------------------------------------------------------ #
+    def magnitude_masks(
+        self, rate, layer_rates=None, scope="layer", structure="weight", norm="l1", arrays=None
+    ) -> tuple:
+        """`(masks, new)`: the current masks and magnitude pruning's next ones.
+
+        Both in pruning's space (`space_keys`); `new` is what `prune` writes
+        (see `keras_lth.pruning.prune`). `arrays` is `space_arrays(structure)`
+        when the caller has read it already.
+        """
+        values, masks = self.space_arrays(structure) if arrays is None else arrays
+        if not masks:
+            return masks, masks
+        rates = self.space_rates(layer_rates, structure)
+        return masks, pruning.prune(values, masks, rate, rates, scope, structure, norm)
+
     def prune(self, rate, layer_rates=None, scope="layer", structure="weight", norm="l1"):
         """One round of magnitude pruning (see `keras_lth.pruning.prune`).
 
@@ -146,29 +218,9 @@ class PruningTargets:
         alive units, with their bias entries; the output layers and the
         layers without units are left as they are.
         """
-        layer_rates = dict(layer_rates or {})
-        if structure == "weight":
-            weights = self.all_weights()
-            values, masks = values_of(weights), masks_of(weights)
-            rates = {
-                w.key: layer_rates[k]
-                for k, ws in self.weights.items()
-                if k in layer_rates
-                for w in ws
-            }
-            new = pruning.prune(values, masks, rate, rates, scope, "weight")
-            self.set_masks(new, masks)
-            return
-        keys = [k for k in self.weights if k not in self.neuron_frozen()]
-        if not keys:
-            return
-        weights = [w for k in keys for w in self.unit_weights(k)]
-        values, masks = values_of(weights), masks_of(weights)
-        matrices = {k: self.unit_matrix(k, values) for k in keys}
-        unit_masks = {k: self.unit_matrix(k, masks) for k in keys}
-        rates = {k: r for k, r in layer_rates.items() if k in matrices}
-        new = pruning.prune(matrices, unit_masks, rate, rates, scope, "neuron", norm)
-        self.set_unit_masks(new, masks)
+        _, new = self.magnitude_masks(rate, layer_rates, scope, structure, norm)
+        if new:
+            self.write_masks(new, structure)
 
     def prune_to_sparsity(self, sparsity):
         """Gradual pruning: every masked variable keeps tfmot's count at `sparsity`."""

@@ -88,6 +88,16 @@ SEARCH_SPACE = {
         {"min_value": 1, "max_value": 3, "default": 1},
         ("prune/method", list(_REINTRODUCING)),
     ),
+    "prune/when": (
+        "Choice",
+        {"values": ["round", "prune"], "default": "round"},
+        ("prune/method", list(_REINTRODUCING)),
+    ),
+    "prune/prune_by": (
+        "Choice",
+        {"values": ["score", "magnitude"], "default": "score"},
+        ("prune/method", ["scored"]),
+    ),
 }
 """The schedule's hyperparameters: `{name: (kind, arguments, condition)}`.
 
@@ -295,16 +305,19 @@ class PruningHyperModel(keras_tuner.HyperModel):
         structure = get("prune/structure")
         reintroduce = None
         if method in _REINTRODUCING:
-            reintroduce = {
-                "fraction": float(get("prune/fraction")),
-                "every": int(get("prune/every")),
-                "start": int(get("prune/start")),
-            }
+            when = get("prune/when")
+            reintroduce = {"fraction": float(get("prune/fraction")), "when": when}
+            if when == "round":
+                # (with when="prune" there are no in-round events to time)
+                reintroduce["every"] = int(get("prune/every"))
+                reintroduce["start"] = int(get("prune/start"))
             if method == "double":
                 reintroduce = {"mode": get("prune/double_mode"), **reintroduce}
+            else:
+                reintroduce["prune_by"] = get("prune/prune_by")
             # Events fall after epochs start, start + every, ... of a round,
             # before its last epoch ends (keras_lth.reintroduce.event_due).
-            if max(reintroduce["start"], 1) >= epochs_per_round:
+            if when == "round" and max(reintroduce["start"], 1) >= epochs_per_round:
                 raise ValueError(
                     f"prune/start={reintroduce['start']} leaves no re-introduction "
                     f"event in rounds of {epochs_per_round} epochs. Received: "

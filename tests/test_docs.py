@@ -442,6 +442,7 @@ RESULTS = {
     "docs/results/mnist-cnn-lth.md": ["docs/results/mnist_cnn_lth/results.md"],
     "docs/results/speech-cnn-lth.md": ["docs/results/speech_cnn_lth/results.md"],
     "docs/results/reintroduction.md": ["docs/results/mnist_reintroduce/results.md"],
+    "docs/results/reintroduction-sweep.md": ["docs/results/reintroduction_sweep/results.md"],
     "docs/results/tuner-search.md": ["docs/results/tuner_search/results.md"],
 }
 

@@ -1,5 +1,7 @@
 """Tests for `keras_lth.reintroduce`: the swap maths and the strategies' arguments."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -177,6 +179,135 @@ def test_swap_invariants(case):
 
 
 # --------------------------------------------------------------------- #
+# keep_highest / reselect: re-selection at the pruning step (when="prune")
+# --------------------------------------------------------------------- #
+def test_reselect_hand_example_replaces_the_weakest_kept_by_the_best_pruned():
+    scores = {"a": np.array([4.0, 1.0, 3.0, 9.0, 2.0, 5.0])}
+    masks = {"a": np.array([1, 1, 1, 1, 0, 0], "float32")}  # 4 (2.0), 5 (5.0) pruned
+    base = {"a": np.array([1, 0, 1, 1, 0, 0], "float32")}  # kept 4.0, 3.0, 9.0
+    # cap = round(1.0 * 3) = 3, but only 5 (5.0 > 3.0) beats a kept one;
+    # 4 (2.0) loses to the next weakest (4.0)
+    new, entered, left = ri.reselect(scores, masks, base, fraction=1.0)
+    np.testing.assert_array_equal(new["a"], [1, 0, 0, 1, 0, 1])
+    assert np.flatnonzero(entered["a"]).tolist() == [5]
+    assert np.flatnonzero(left["a"]).tolist() == [2]
+    # the cap: fraction 0.2 of 3 kept rounds to 1 re-entry at most
+    scores["a"][4] = 8.0
+    new, entered, _ = ri.reselect(scores, masks, base, fraction=0.2)
+    assert np.flatnonzero(entered["a"]).tolist() == [4] and new["a"].sum() == 3
+
+
+def test_reselect_fraction_zero_returns_base_and_nothing_enters():
+    masks = {"a": np.array([1, 1, 0, 0], "float32")}
+    base = {"a": np.array([1, 0, 0, 0], "float32")}
+    new, entered, left = ri.reselect({"a": np.array([0, 0, 9, 9.0])}, masks, base, 0.0)
+    np.testing.assert_array_equal(new["a"], base["a"])
+    assert not entered["a"].any() and not left["a"].any()
+
+
+def test_reselect_global_scope_moves_weights_between_layers_and_keeps_own_layers_apart():
+    masks = {n: np.array([1, 1, 0, 0], "float32") for n in "abc"}
+    base = {n: np.array([1, 0, 0, 0], "float32") for n in "abc"}
+    scores = {
+        "a": np.array([1.0, 0, 0, 0]),
+        "b": np.array([2.0, 0, 7, 8]),
+        "c": np.array([5.0, 0, 0, 6]),
+    }
+    new, _, _ = ri.reselect(scores, masks, base, 1.0, scope="global", own_layers=("c",))
+    # a and b share 2 places: b's pruned 8 and 7 beat a's 1 and b's 2
+    assert new["a"].tolist() == [0, 0, 0, 0] and new["b"].tolist() == [0, 0, 1, 1]
+    assert new["c"].tolist() == [0, 0, 0, 1]  # within c only: 6 beats 5
+
+
+def test_reselect_neurons_moves_whole_columns_and_skips_frozen_layers():
+    masks = {"a": np.array([[1, 1, 0], [1, 1, 0]], "float32"), "out": np.ones((3, 2), "float32")}
+    base = {"a": np.array([[1, 0, 0], [1, 0, 0]], "float32"), "out": np.ones((3, 2), "float32")}
+    scores = {"a": np.array([3.0, 1.0, 5.0]), "out": np.array([0.0, 0.0])}
+    new, entered, _ = ri.reselect(
+        scores, masks, base, 1.0, structure="neuron", frozen_neurons=("out",)
+    )
+    np.testing.assert_array_equal(new["a"], [[0, 0, 1], [0, 0, 1]])
+    np.testing.assert_array_equal(entered["a"], [[0, 0, 1], [0, 0, 1]])
+    np.testing.assert_array_equal(new["out"], masks["out"])
+
+
+@pytest.mark.parametrize(
+    "base, match",
+    [
+        ({"a": np.array([1, 0, 1, 0], "float32")}, r"base\['a'\]"),  # keeps a pruned one
+        ({"a": np.ones(3, "float32")}, r"base\['a'\]"),
+        ({"b": np.zeros(4, "float32")}, "same layers"),
+    ],
+)
+def test_reselect_bad_base_names_the_argument(base, match):
+    masks = {"a": np.array([1, 1, 0, 0], "float32")}
+    with pytest.raises(ValueError, match=match):
+        ri.reselect({"a": np.zeros(4)}, masks, base, 0.5)
+
+
+def test_reselect_and_keep_highest_bad_arguments():
+    m = {"a": np.ones(3, "float32")}
+    with pytest.raises(ValueError, match="fraction=1.5"):
+        ri.reselect({"a": np.zeros(3)}, m, m, 1.5)
+    with pytest.raises(ValueError, match="scope='model'"):
+        ri.keep_highest({"a": np.zeros(3)}, m, 0.5, scope="model")
+    with pytest.raises(ValueError, match=r"scores\['a'\]"):
+        ri.keep_highest({"a": np.zeros(2)}, m, 0.5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(layers_case(), st.floats(0.05, 0.95))
+def test_keep_highest_by_magnitude_is_magnitude_pruning(case, rate):
+    masks, grow, _, _, scope = case
+    got = ri.keep_highest({n: np.abs(g) for n, g in grow.items()}, masks, rate, scope=scope)
+    expected = ri.pruning.prune(grow, masks, rate, scope=scope)
+    for n in masks:
+        np.testing.assert_array_equal(got[n], expected[n])
+
+
+@settings(max_examples=150, deadline=None)
+@given(layers_case(), st.floats(0.05, 0.95))
+def test_reselect_invariants(case, rate):
+    masks, scores, drop, fraction, scope = case
+    base = ri.keep_highest(drop, masks, rate, scope=scope)
+    new, entered, left = ri.reselect(scores, masks, base, fraction, scope=scope)
+    groups = [list(masks)] if scope == "global" else [[n] for n in masks]
+    for names in groups:
+        flat = lambda d, names=names: np.concatenate([np.ravel(d[n]) for n in names])  # noqa: E731
+        was, keep, now = flat(masks) > 0, flat(base) > 0, flat(new) > 0
+        e, l, s = flat(entered), flat(left), flat(scores)
+        assert now.sum() == keep.sum()  # the round's exact count
+        assert not (e & was).any()  # re-entered units come from the pruned set
+        assert not (l & ~keep).any() and not (now & ~was & ~e).any()
+        np.testing.assert_array_equal(now, (keep & ~l) | e)
+        cap = ri.pruning.prune_count(fraction, int(keep.sum()))
+        assert e.sum() == l.sum() <= cap
+        if e.any():
+            # the criterion's top-k of the pruned units is what re-enters ...
+            assert s[e].min() >= s[~was & ~e].max(initial=-np.inf)
+            # ... each in place of a weaker unit of the base
+            assert s[e].min() > s[l].max()
+        if e.sum() < min(cap, (~was).sum()):
+            # it stopped early: no further pruned unit beats a remaining one
+            assert s[~was & ~e].max(initial=-np.inf) <= s[now & was].min(initial=np.inf)
+
+
+@settings(max_examples=100, deadline=None)
+@given(layers_case(), st.floats(0.05, 0.95))
+def test_reselect_fraction_one_is_the_top_of_all_units(case, rate):
+    masks, scores, _, _, scope = case
+    base = ri.keep_highest(scores, masks, rate, scope=scope)
+    new, _, _ = ri.reselect(scores, masks, base, 1.0, scope=scope)
+    groups = [list(masks)] if scope == "global" else [[n] for n in masks]
+    for names in groups:
+        flat = lambda d, names=names: np.concatenate([np.ravel(d[n]) for n in names])  # noqa: E731
+        s, now = flat(scores), flat(new) > 0
+        n_keep = int(now.sum())
+        # the kept scores are the n_keep highest of all units (ties aside)
+        np.testing.assert_array_equal(np.sort(s[now]), np.sort(s)[s.size - n_keep :])
+
+
+# --------------------------------------------------------------------- #
 # Event timing and the fraction schedule
 # --------------------------------------------------------------------- #
 def test_event_times():
@@ -235,11 +366,22 @@ def test_scored_pruning_criteria():
         (lth.ScoredPruning, {"value": "init"}, "value='init'"),
         (lth.ScoredPruning, {"prune_by": "norm"}, "prune_by='norm'"),
         (lth.ScoredPruning, {"score_decay": 1.0}, "score_decay=1.0"),
+        (lth.DoublePruning, {"when": "epoch"}, "when='epoch'"),
+        (lth.ScoredPruning, {"when": None}, "when=None"),
     ],
 )
 def test_bad_arguments_raise_naming_argument_and_value(cls, kwargs, received):
     with pytest.raises(ValueError, match=received.replace(".", r"\.")):
         cls(**kwargs)
+
+
+def test_event_arguments_with_when_prune_warn_they_are_not_used():
+    with pytest.warns(UserWarning, match=r"`every`, `value`.*every=5, value='zero'"):
+        lth.DoublePruning(when="prune", every=5, value="zero")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lth.ScoredPruning(when="prune", fraction=0.5, score_decay=0.5)
+        lth.ScoredPruning(every=5)  # used by when="round"
 
 
 @pytest.mark.parametrize(
@@ -257,6 +399,8 @@ def test_bad_arguments_raise_naming_argument_and_value(cls, kwargs, received):
         ),
         lth.ScoredPruning(),
         lth.ScoredPruning(fraction=0.3, prune_by="magnitude", score_decay=0.5, value="rewind"),
+        lth.DoublePruning("feedback", fraction=0.5, when="prune"),
+        lth.ScoredPruning(fraction=1.0, prune_by="magnitude", score_decay=0.9, when="prune"),
     ],
 )
 def test_config_round_trip(strategy):

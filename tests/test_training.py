@@ -6,6 +6,8 @@ constant density, `fraction=0` equal to plain IMP bit for bit, `jit_compile`,
 `steps_per_execution`, `MirroredStrategy`, saving and configuration.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -585,6 +587,37 @@ def test_every_family_swaps_at_constant_density(build, structure, name):
     assert all(np.isfinite(np.array(v)).all() for v in model.weights)
 
 
+@pytest.mark.parametrize("structure", ["weight", "neuron"])
+@pytest.mark.parametrize("build", [_cnn, _sequence], ids=["cnn", "sequence"])
+def test_every_family_reselects_at_the_pruning_step_with_imp_counts(build, structure):
+    def prune_twice(reintroduce):
+        # hook level: round 1's and round 2's pruning steps, with the weights
+        # of every kernel redrawn in between as if the round had trained them
+        keras.utils.set_random_seed(0)
+        model, _ = build()
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+        s = lth.PruningScheduler(
+            lth.IterativeSchedule(rounds=2, epochs_per_round=1, rate=0.4),
+            rewind=None,
+            structure=structure,
+            reintroduce=reintroduce,
+            verbose=0,
+        )
+        begin(s, model)
+        s.on_epoch_begin(0)
+        s.on_epoch_begin(1)
+        rng = np.random.default_rng(2)
+        for w in lth.layers.masked_weights(model):
+            w.variable.assign(rng.normal(size=w.variable.shape).astype("float32"))
+        s.on_epoch_begin(2)
+        return lth.density(model, per_layer=True)[1], s
+
+    density, s = prune_twice(lth.DoublePruning("feedback", fraction=1.0, when="prune"))
+    plain, _ = prune_twice(None)
+    assert density == pytest.approx(plain)  # every layer keeps IMP's count
+    assert s._reintroducer.record(2)["reselected"]["count"] > 0
+
+
 def test_a_crashed_run_leaves_no_step_behind():
     model = make_model()
     begin(scheduler(STRATEGIES["feedback"](), rounds=1, epochs=1), model)  # never ended
@@ -593,3 +626,213 @@ def test_a_crashed_run_leaves_no_step_behind():
     again.on_train_end()
     assert "train_step" not in model.__dict__
     assert {l.gradient_mode for l in masked_layers(model)} == {"masked"}
+
+
+# --------------------------------------------------------------------- #
+# Re-selection at the pruning step (when="prune")
+# --------------------------------------------------------------------- #
+RESELECTING = {
+    "scored": lambda **kw: lth.ScoredPruning(when="prune", **kw),
+    "scored_magnitude": lambda **kw: lth.ScoredPruning(when="prune", prune_by="magnitude", **kw),
+    "feedback": lambda **kw: lth.DoublePruning("feedback", when="prune", **kw),
+    "complement": lambda **kw: lth.DoublePruning("complement", when="prune", **kw),
+}
+
+
+@functools.cache
+def _plain_imp(rounds, scope, structure):
+    """Plain IMP's run of `run(None, ...)`, once per configuration (the tests compare with it)."""
+    model, s, watch = run(None, rounds=rounds, scope=scope, structure=structure)
+    return {
+        "masks": watch.masks,
+        "density": watch.density,
+        "effective": effective(model),
+        "final": [r["final"] for r in s.rounds],
+        "round_density": [r["density"] for r in s.rounds],
+    }
+
+
+def _round_masks(watch, rounds, epochs=3):
+    """The kernel masks of every round (as they stood at its last epoch)."""
+    return [watch.masks[(r + 1) * epochs - 1] for r in range(rounds + 1)]
+
+
+@pytest.mark.parametrize(
+    "name, scope, structure",
+    [
+        ("scored", "layer", "weight"),
+        ("scored_magnitude", "global", "weight"),
+        ("complement", "layer", "weight"),
+        ("complement", "layer", "neuron"),
+    ],
+)
+def test_reselection_keeps_imp_counts_and_records_where_reentries_came_from(name, scope, structure):
+    rounds = 3
+    strategy = RESELECTING[name](fraction=1.0)
+    model, s, watch = run(strategy, rounds=rounds, scope=scope, structure=structure)
+    plain = _plain_imp(rounds, scope, structure)
+    # the count of every epoch is plain IMP's (per layer unless global)
+    for (d, d_layers), (p, p_layers) in zip(watch.density, plain["density"]):
+        assert d == pytest.approx(p)
+        if scope == "layer":
+            assert d_layers == pytest.approx(p_layers)
+    # masks change only at the pruning steps
+    for e in range(len(watch.masks)):
+        if e % 3:
+            for n in NAMES:
+                np.testing.assert_array_equal(watch.masks[e][n], watch.masks[e - 1][n])
+    # re-entries: pruned in an earlier round, kept again; the record counts
+    # them (neurons for "neuron") by the round that had removed them
+    per_round = _round_masks(watch, rounds)
+    pruned_in = {n: np.zeros(per_round[0][n].shape, int) for n in NAMES}
+    total = 0
+    assert s.rounds[0]["reselected"] == {"count": 0, "pruned_in": {}}
+    for r in range(1, rounds + 1):
+        expected = {}
+        for n in NAMES:
+            before, now = per_round[r - 1][n] > 0, per_round[r][n] > 0
+            entered = now & ~before
+            if structure == "neuron":
+                entered = entered.all(axis=0) & ~before.any(axis=0)
+                came = pruned_in[n].max(axis=0)[entered]
+            else:
+                came = pruned_in[n][entered]
+            for past in came.tolist():
+                expected[str(past)] = expected.get(str(past), 0) + 1
+            pruned_in[n] = np.where(before & ~now, r, pruned_in[n])
+        rec = s.rounds[r]["reselected"]
+        assert rec["count"] == sum(expected.values())
+        assert rec["pruned_in"] == expected
+        assert all(0 < int(k) < r for k in expected)  # from an earlier round
+        total += rec["count"]
+    assert total > 0  # the case exercises re-entries
+    assert [r["density"] for r in s.rounds] == pytest.approx(plain["round_density"])
+
+
+@pytest.mark.parametrize("name", ["scored_magnitude", "feedback", "complement"])
+def test_reselection_fraction_zero_equals_plain_imp_bit_for_bit(name):
+    model, s, watch = run(RESELECTING[name](fraction=0.0))
+    plain = _plain_imp(2, "layer", "weight")
+    for a, b in zip(watch.masks, plain["masks"]):
+        for n in NAMES:
+            np.testing.assert_array_equal(a[n], b[n])
+    for a, b in zip(effective(model), plain["effective"]):
+        np.testing.assert_array_equal(a, b)
+    assert [r["final"] for r in s.rounds] == plain["final"]
+    assert all(r["reselected"]["count"] == 0 for r in s.rounds)
+
+
+def _h1_values(h1, values):
+    h1.raw_variable("kernel").assign(np.asarray(values, "float32"))
+
+
+def test_a_weight_pruned_in_round_1_re_enters_in_round_2_by_hand():
+    model = make_model(keras.optimizers.SGD(0.0))
+    s = scheduler(RESELECTING["feedback"](fraction=1.0), rounds=2, epochs=1, rewind=None)
+    begin(s, model)
+    s.on_epoch_begin(0)
+    h1 = masked_layers(model)[0]
+    k = np.random.default_rng(0).permutation(160).reshape(10, 16).astype("float32") + 1.0
+    _h1_values(h1, k)
+    s.on_epoch_begin(1)  # round 1's pruning step: the 48 smallest |w| go
+    m1 = np.array(h1.kernel_mask)
+    assert m1.sum() == 112 and k[m1 == 0].max() == 48.0
+    assert s._reintroducer.record(1)["reselected"]["count"] == 0  # nothing pruned before
+    x = tuple(np.argwhere(k == 1.0)[0])  # the weakest, pruned in round 1
+    # in the pruned network it grew; the other pruned weights died out
+    grown = np.where(m1 > 0, k, 0.0)
+    grown[x] = -500.0
+    _h1_values(h1, grown)
+    s.on_epoch_begin(2)  # round 2: IMP keeps 78 of 112; x beats the weakest (83)
+    m2 = np.array(h1.kernel_mask)
+    assert m2[x] == 1 and m2.sum() == 78
+    assert k[(m2 > 0) & (m1 > 0)].min() == 84.0  # 83 left in x's place
+    assert s._reintroducer.record(2) == {"reselected": {"count": 1, "pruned_in": {"1": 1}}}
+
+
+def test_scored_reselection_takes_the_top_k_scores_of_the_pruned_and_decays_scores():
+    model = make_model(keras.optimizers.SGD(0.0))
+    s = scheduler(
+        RESELECTING["scored"](fraction=0.1, score_decay=0.5),
+        rounds=2,
+        epochs=1,
+        rewind=None,
+        layer_rates={},
+    )
+    begin(s, model)
+    s.on_epoch_begin(0)
+    h1 = masked_layers(model)[0]
+    var = s._reintroducer.scores["h1/kernel"]
+    rng = np.random.default_rng(1)
+    first = rng.permutation(160).reshape(10, 16).astype("float32")
+    var.assign(first)
+    s.on_epoch_begin(1)  # by score: the 48 lowest scores go
+    m1 = np.array(h1.kernel_mask)
+    assert first[m1 == 0].max() == 47.0 and first[m1 > 0].min() == 48.0
+    np.testing.assert_array_equal(np.array(var), first * 0.5)  # carried into round 2
+    second = rng.permutation(160).reshape(10, 16).astype("float32")
+    var.assign(second)
+    s.on_epoch_begin(2)  # 34 of 112 go by score, then up to round(0.1 * 78) = 8 re-enter
+    m2 = np.array(h1.kernel_mask)
+    kept, pruned = m1 > 0, m1 == 0
+    # by hand: the kept set's choice, the 8 best pruned against its 8 weakest
+    order = np.sort(second[kept])
+    base = kept & (second >= order[34])
+    best = np.sort(second[pruned])[::-1][:8]
+    weakest = np.sort(second[base])[:8]
+    k = int(np.sum(best > weakest))
+    assert k > 0
+    expected = (base & (second > weakest[k - 1])) | (pruned & (second >= best[k - 1]))
+    np.testing.assert_array_equal(m2 > 0, expected)
+    assert m2.sum() == 78
+    rec = s._reintroducer.record(2)["reselected"]
+    assert rec == {"count": k, "pruned_in": {"1": k}}
+
+
+def test_reselection_resumes_exactly_with_backup_and_restore(tmp_path):
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 5:  # the end of round 1, just before round 2's pruning
+                raise RuntimeError("pre-empted")
+
+    def fit(crash):
+        keras.utils.set_random_seed(3)
+        model = make_model()
+        s = scheduler(
+            RESELECTING["scored"](fraction=1.0, score_decay=0.5),
+            rounds=2,
+            backup_dir=tmp_path / f"scheduler_{crash}",
+            seed=0,
+        )
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / f"backup_{crash}"))
+        callbacks = [backup, s] + ([Crash()] if crash == "yes" else [])
+        kwargs = dict(batch_size=32, epochs=s.total_epochs, verbose=0, shuffle=False)
+        model.fit(X, Y, callbacks=callbacks, **kwargs)
+        return model, s
+
+    with pytest.raises(RuntimeError, match="pre-empted"):
+        fit("yes")
+    keras.utils.set_random_seed(3)
+    model = make_model()
+    s = scheduler(
+        RESELECTING["scored"](fraction=1.0, score_decay=0.5),
+        rounds=2,
+        backup_dir=tmp_path / "scheduler_yes",
+        seed=0,
+    )
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup_yes"))
+    model.fit(
+        X, Y, batch_size=32, epochs=s.total_epochs, verbose=0, shuffle=False, callbacks=[backup, s]
+    )
+    ref_model, ref = fit("no")
+    assert [r["reselected"] for r in s.rounds] == [r["reselected"] for r in ref.rounds]
+    assert "1" in ref.rounds[2]["reselected"]["pruned_in"]  # the restored memory is used
+    for a, b in zip(effective(model), effective(ref_model)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_scheduler_config_round_trip_with_reselection():
+    s = scheduler(lth.DoublePruning("feedback", fraction=0.3, when="prune"), scope="global")
+    again = lth.PruningScheduler.from_config(s.get_config())
+    assert again.reintroduce.when == "prune"
+    assert again.get_config() == s.get_config()

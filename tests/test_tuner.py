@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -147,8 +148,10 @@ def test_search_space_contents():
     assert parent("prune/rewind_epoch") == [{"name": "prune/method", "values": ["lth-late"]}]
     assert parent("prune/norm") == [{"name": "prune/structure", "values": ["neuron"]}]
     assert parent("prune/double_mode") == [{"name": "prune/method", "values": ["double"]}]
-    for name in ("prune/fraction", "prune/every", "prune/start"):
+    for name in ("prune/fraction", "prune/every", "prune/start", "prune/when"):
         assert parent(name) == [{"name": "prune/method", "values": ["double", "scored"]}]
+    assert parent("prune/prune_by") == [{"name": "prune/method", "values": ["scored"]}]
+    assert space["prune/when"].values == ["round", "prune"]
     # defaults: the lottery-ticket schedule, method-specific values inactive
     assert hp.values == {
         "prune/method": "lth",
@@ -217,7 +220,25 @@ def test_describe_maps_values_to_schedules():
             "prune/start": 1,
         }
     )
-    assert double["reintroduce"] == {"mode": "feedback", "fraction": 0.3, "every": 2, "start": 1}
+    assert double["reintroduce"] == {
+        "mode": "feedback",
+        "fraction": 0.3,
+        "when": "round",
+        "every": 2,
+        "start": 1,
+    }
+    # re-selection at the pruning step: no events to time, so any start fits
+    scored = hm.describe(
+        {
+            **base,
+            "prune/method": "scored",
+            "prune/when": "prune",
+            "prune/prune_by": "magnitude",
+            "prune/fraction": 0.5,
+            "prune/start": 3,
+        }
+    )
+    assert scored["reintroduce"] == {"fraction": 0.5, "when": "prune", "prune_by": "magnitude"}
     assert double["rewind"] == "init"
     # Hyperband's budget is the round length
     assert hm.describe({**base, "tuner/epochs": 2})["epochs_per_round"] == 2
@@ -369,6 +390,18 @@ def test_scheduler_from_best_reproduces_the_trial(tmp_path):
     assert scheduler.rounds[-1]["density"] == pytest.approx(
         best_trial.metrics.get_last_value("density")
     )
+
+
+@pytest.mark.parametrize("method", ["double", "scored"])
+def test_reselection_at_the_pruning_step_from_hyperparameters(method):
+    hm = lth_tuner.PruningHyperModel(build_model, target_density=0.25)
+    hp = _fixed(method=method, rate=0.5, **{"prune/fraction": 0.3, "prune/when": "prune"})
+    lth_tuner.declare_search_space(hp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no unused event arguments passed on
+        scheduler = hm.scheduler_from(hp)
+    assert scheduler.reintroduce.when == "prune"
+    assert scheduler.reintroduce.fraction == 0.3
 
 
 @pytest.mark.parametrize("method", ["double", "scored"])

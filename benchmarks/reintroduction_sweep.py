@@ -1,0 +1,276 @@
+"""A bounded keras-tuner sweep of the re-introduction settings on MNIST-5k.
+
+Issue 10, item 2, at the size that one ~30-minute hold of the shared 2-core
+machine allows: LeNet-300-100 on the embedded MNIST-5k (3,500 train, 500
+validation, 1,000 test digits, batch 60), pruned per layer, by weights, at
+rate 0.5 per round (4 rounds to 10% of the weights, 5 rounds to 3.6%), 2
+epochs per round, rewinding to the initial weights, Adam 1.2e-3.
+
+The candidates are plain `lth` and the two strategies with re-introduction
+in the rounds (`when="round"`, today's default, one event per round after
+its first epoch) or re-selection at the pruning step (`when="prune"`), at
+`fraction` 0.2 and 1.0 (`DoublePruning` in feedback mode, the cheap one;
+`ScoredPruning` with `prune_by="score"` in the rounds, its default, and
+`prune_by="magnitude"` at the pruning step, where `fraction=0` is plain
+IMP). keras-tuner's `GridSearch` runs every candidate through the
+project's own `keras_lth.tuner.PruningHyperModel` with 3 executions (seeds
+0, 1, 2: the initial weights and the data order, the same for every
+candidate) per trial; its objective, the validation accuracy of the last
+round averaged over the seeds, selects; test accuracy (scored on the
+scheduler's `test_data` at the last round's end) is reported, mean ± sample
+std over the seeds, with the project's noise bound
+(`keras_lth.bench.report.within_noise`: 2 standard errors).
+
+    python benchmarks/reintroduction_sweep.py --out docs/results/reintroduction_sweep
+
+writes `results.json` (every run's record, the tuner's scores, timings and
+the load average) after each density and `results.md` (the tables);
+`--report-only` rebuilds `results.md` from `results.json`. Needs
+keras-tuner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+
+import keras  # noqa: E402
+import keras_tuner  # noqa: E402
+
+import keras_lth as lth  # noqa: E402
+from keras_lth.bench.report import stats, within_noise  # noqa: E402
+
+DENSITIES = (0.10, 0.036)
+SEEDS = 3
+BATCH_SIZE = 60
+LEARNING_RATE = 1.2e-3
+COMMON = {
+    "prune/rate": 0.5,
+    "prune/epochs_per_round": 2,
+    "prune/scope": "layer",
+    "prune/structure": "weight",
+}
+_DOUBLE = {"prune/method": "double", "prune/double_mode": "feedback"}
+_ROUND = {"prune/when": "round", "prune/every": 1, "prune/start": 1}
+CANDIDATES = {
+    "lth": {"prune/method": "lth"},
+    "double round f=0.2": {**_DOUBLE, **_ROUND, "prune/fraction": 0.2},
+    "double prune f=0.2": {**_DOUBLE, "prune/when": "prune", "prune/fraction": 0.2},
+    "double prune f=1.0": {**_DOUBLE, "prune/when": "prune", "prune/fraction": 1.0},
+    "scored round f=0.2": {
+        "prune/method": "scored",
+        **_ROUND,
+        "prune/fraction": 0.2,
+        "prune/prune_by": "score",
+    },
+    "scored prune f=0.2": {
+        "prune/method": "scored",
+        "prune/when": "prune",
+        "prune/fraction": 0.2,
+        "prune/prune_by": "magnitude",
+    },
+    "scored prune f=1.0": {
+        "prune/method": "scored",
+        "prune/when": "prune",
+        "prune/fraction": 1.0,
+        "prune/prune_by": "magnitude",
+    },
+}
+
+
+def build_model(hp):
+    model = lth.models.lenet_300_100()
+    model.compile(
+        keras.optimizers.Adam(LEARNING_RATE),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+class SweepHyperModel(lth.tuner.PruningHyperModel):
+    """`PruningHyperModel` over a fixed list of candidates (one `candidate` choice).
+
+    Every `fit` starts the next seed (the tuner's executions of a trial run in
+    order) from fresh weights drawn with it, every trial's scheduler also
+    scores `test_data`, and every run's last record is kept in `runs`.
+    """
+
+    def __init__(self, names, seeds, **kwargs):
+        super().__init__(build_model, **kwargs)
+        self.names = list(names)
+        self.test_data = None
+        self.runs = []
+        self._seeds = itertools.cycle(range(seeds))
+        self._seed = None
+
+    def build(self, hp):
+        hp.Choice("candidate", self.names)
+        return self.build_model(hp)
+
+    def fit(self, hp, model, *args, **kwargs):
+        name = hp.get("candidate")
+        # the seed of this execution: its initial weights and its data order,
+        # the same for every candidate (a paired comparison)
+        self._seed = next(self._seeds)
+        keras.utils.set_random_seed(self._seed)
+        model.set_weights(self.build_model(hp).get_weights())
+        train_ds, val_ds, self.test_data, _ = lth.data.mnist(batch_size=BATCH_SIZE, seed=self._seed)
+        t0 = time.time()
+        values = {**COMMON, **CANDIDATES[name]}
+        metrics = super().fit(values, model, train_ds, validation_data=val_ds, **kwargs)
+        record = self._scheduler.rounds[-1]
+        self.runs.append(
+            {
+                "candidate": name,
+                "seed": self._seed,
+                "seconds": time.time() - t0,
+                "val_accuracy": record["final"]["val_accuracy"],
+                "test_accuracy": record["test"]["accuracy"],
+                "density": record["density"],
+                "rounds": [
+                    {k: r[k] for k in ("round", "density", "swaps", "reselected") if k in r}
+                    for r in self._scheduler.rounds
+                ],
+            }
+        )
+        print(
+            f"  {name:20s} seed {self._seed}: val {100 * self.runs[-1]['val_accuracy']:.2f}% "
+            f"test {100 * self.runs[-1]['test_accuracy']:.2f}% at "
+            f"{100 * record['density']:.2f}% ({self.runs[-1]['seconds']:.0f}s)",
+            flush=True,
+        )
+        return metrics
+
+    def scheduler_from(self, hp, **kwargs):
+        self._scheduler = super().scheduler_from(hp, test_data=self.test_data, **kwargs)
+        return self._scheduler
+
+
+def sweep(density, names, seeds):
+    hypermodel = SweepHyperModel(names, seeds, target_density=density, seed=0)
+    tuner = keras_tuner.GridSearch(
+        hypermodel,
+        objective=keras_tuner.Objective("val_accuracy", "max"),
+        max_trials=len(names),
+        executions_per_trial=seeds,
+        seed=0,
+        directory=tempfile.mkdtemp(prefix="reintroduction_sweep_"),  # trial files: not kept
+        project_name=f"density_{density}",
+        overwrite=True,
+    )
+    start = time.time()
+    tuner.search(verbose=0)  # every execution builds its seed's data (`SweepHyperModel.fit`)
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id))
+    best = tuner.get_best_hyperparameters()[0].get("candidate")
+    return {
+        "density": density,
+        "plans": {n: hypermodel.describe({**COMMON, **CANDIDATES[n]}) for n in names},
+        "trials": [
+            {"candidate": t.hyperparameters.get("candidate"), "status": t.status, "score": t.score}
+            for t in trials
+        ],
+        "selected": best,
+        "runs": hypermodel.runs,
+        "seconds": time.time() - start,
+        "loadavg_after": os.getloadavg(),
+    }
+
+
+def write_report(result, out):
+    lines = [
+        "`python benchmarks/reintroduction_sweep.py --out docs/results/reintroduction_sweep`",
+        "",
+    ]
+    for part in result["densities"]:
+        names = [n for n in CANDIDATES if n in part["plans"]]
+        by = {n: [r for r in part["runs"] if r["candidate"] == n] for n in names}
+        ref = stats([100 * r["test_accuracy"] for r in by["lth"]])
+        plan = part["plans"]["lth"]
+        lines += [
+            f"## {100 * part['density']:.1f}% of the weights",
+            "",
+            f"{plan['rounds']} pruning rounds (after the dense round 0) at rate {plan['exact_rate']:.3f}, "
+            f"{plan['epochs_per_round']} epochs each ({plan['total_epochs']} epochs); "
+            f"selected on validation by the tuner: **{part['selected']}**; "
+            f"{part['seconds']:.0f} s, load average after "
+            f"{', '.join(f'{x:.1f}' for x in part['loadavg_after'])}.",
+            "",
+            "| candidate | val acc (%) | test acc (%) | test vs lth | re-entered / swapped "
+            "weights per run |",
+            "|---|---:|---:|---|---:|",
+        ]
+        for n in names:
+            runs = by[n]
+            if not runs:
+                continue
+            v = stats([100 * r["val_accuracy"] for r in runs])
+            t = stats([100 * r["test_accuracy"] for r in runs])
+            if n == "lth":
+                verdict = "—"
+            else:
+                diff = t[0] - ref[0]
+                verdict = (
+                    f"{diff:+.2f} ({'within noise' if within_noise(t, ref) else 'beyond noise'})"
+                )
+            moved = [
+                sum(
+                    (x.get("reselected") or {}).get("count", 0)
+                    + (x.get("swaps") or {}).get("reintroduced", 0)
+                    for x in r["rounds"]
+                )
+                for r in runs
+            ]
+            lines.append(
+                f"| {n} | {v[0]:.2f} ± {v[1]:.2f} | {t[0]:.2f} ± {t[1]:.2f} | {verdict} | "
+                f"{sum(moved) / len(moved):.0f} |"
+            )
+        lines += [
+            "",
+            f"Mean ± sample std (n − 1) over {len(by['lth'])} seeds; density at the end "
+            f'{100 * part["runs"][0]["density"]:.2f}%. "Within noise": the difference of '
+            "means is at most 2 standard errors.",
+            "",
+        ]
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/reintroduction_sweep")
+    parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument(
+        "--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES)
+    )
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    args.candidates = ["lth"] + [n for n in args.candidates if n != "lth"]  # the reference
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "results.json")
+    if args.report_only:
+        with open(path) as f:
+            write_report(json.load(f), args.out)
+        return
+    result = {"loadavg_before": os.getloadavg(), "densities": []}
+    for density in args.densities:
+        print(f"density {density}", flush=True)
+        result["densities"].append(sweep(density, args.candidates, args.seeds))
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+    write_report(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
