@@ -24,7 +24,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_lth import pruning
+from keras_lth import distributed, pruning
 from keras_lth import reintroduce as reintro
 from keras_lth.gradual import GradualPruning
 from keras_lth.optimizer_reset import OptimizerReset
@@ -294,7 +294,13 @@ class PruningScheduler(keras.callbacks.Callback):
                 stacklevel=2,
             )
         # State of one run; reset here so the callback can be reused.
-        self._records.test_data, self._records.verbose = self.test_data, self.verbose
+        # Several processes training together (JAX multi-process): the
+        # chief alone prints and writes the backup (`keras_lth.distributed`).
+        chief = distributed.is_chief()
+        self._records.test_data = self.test_data
+        self._records.verbose = self.verbose if chief else 0
+        if self._backup is not None:
+            self._backup.writer = chief
         self._records.start()
         self._optimizer.start(model)
         self._started = False
