@@ -137,3 +137,31 @@ def test_only_the_chief_writes_the_backup(runs):
 def test_reintroduction_raises_a_clear_error(runs):
     for _, found in runs:
         assert "need the TensorFlow backend. Received: backend 'jax'" in found["reintroduce"]
+
+
+# The parts, in this process (one process: the chief)
+
+
+def test_one_process_is_the_chief_and_keeps_its_seed():
+    from keras_lth import distributed
+
+    assert distributed.process_count() == 1
+    assert distributed.process_index() == 0 and distributed.is_chief()
+    assert distributed.same_seed(2**32 - 1) == 2**32 - 1
+
+
+def test_a_backup_that_does_not_write_leaves_the_files_alone(tmp_path):
+    from keras_lth.resume import STATE_FILE, ResumeState
+
+    class Part:
+        def get_state(self):
+            return {"x": 1}, {"values": np.ones(3)}
+
+    ResumeState(tmp_path).save(0, {"part": Part()})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert STATE_FILE in before
+    other = ResumeState(tmp_path, writer=False)
+    other.save(1, {"part": Part()})
+    other.clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert other.load(0)["part"][0] == {"x": 1}  # it reads what the chief wrote
