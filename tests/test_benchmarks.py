@@ -197,3 +197,38 @@ def test_documented_overhead_figures_come_from_the_recorded_run():
         for m in ("off", "on")
     ]
     assert line.rstrip(" |").split(" | ")[-2:] == cells, line
+
+
+def test_later_overhead_figures_come_from_the_recorded_run():
+    """The later overhead page's ratios and FLOP/s are its recorded run's, to 3 places."""
+    with open(os.path.join(ROOT, "docs", "results", "overhead_issue11", "overhead.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(ROOT, "docs", "results", "overhead-issue11.md")) as f:
+        page = f.read()
+    load = result["config"]["loadavg"].split()
+    assert f"load average {load[0]} before, {load[2]} after" in page
+    k3, child = result["keras3"], result["tfmot"]["results"]
+    rows = {
+        "| `masked` (iterative": lambda m: k3[m]["masked"]["vs_plain"],
+        "| `plain_again`": lambda m: k3[m]["plain_again"]["vs_plain"],
+        "| `masked_cnn`": lambda m: k3[m]["masked_cnn"]["vs_plain"],
+        "| `masked_gradual_poly`": lambda m: child[m]["masked_gradual_poly"]["vs_keras3"],
+        "| `masked_gradual` (": lambda m: child[m]["masked_gradual"]["vs_keras3"],
+        "| `tfmot`": lambda m: child[m]["tfmot"]["vs_tf_keras"],
+        "| `scored`": lambda m: k3[m]["scored"]["vs_masked"],
+        "| `double_feedback`": lambda m: k3[m]["double_feedback"]["vs_masked"],
+        "| `double_complement`": lambda m: k3[m]["double_complement"]["vs_masked"],
+    }
+    lines = page.splitlines()
+    for start, get in rows.items():
+        (line,) = [l for l in lines if l.startswith(start)]
+        cells = [f"{get(m)['ratio']:.3f} ({get(m)['cpu_ratio']:.3f})" for m in ("off", "on")]
+        assert line.rstrip(" |").split(" | ")[-2:] == cells, line
+    peak, flops = result["matmul_peak_flops"], result["lenet_step_flops"]
+    assert f"{peak / 1e9:.1f} GFLOP/s" in page
+    for name in ("plain", "masked"):
+        (line,) = [l for l in lines if l.startswith(f"| `{name}` |")]
+        for m in ("off", "on"):
+            ms = k3[m][name]["step_ms"]
+            rate = flops / (ms / 1e3)
+            assert f"{ms:.2f} ms, {rate / 1e9:.2f} GFLOP/s ({100 * rate / peak:.1f}%)" in line
