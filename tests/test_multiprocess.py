@@ -38,10 +38,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _launch(tmp_path):
+    """Starts the three processes; returns `(arrays, findings)` of worker 0, worker 1, alone."""
     pytest.importorskip("jax")
-    two, one = tmp_path_factory.mktemp("two"), tmp_path_factory.mktemp("one")
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir()
+    one.mkdir()
     env = {
         **os.environ,
         "KERAS_BACKEND": "jax",
@@ -83,20 +85,31 @@ def runs(tmp_path_factory):
     return load(two, 0), load(two, 1), load(one, 0)
 
 
-def test_the_workers_join_one_computation(runs):
+def test_two_processes_train_as_one(tmp_path):
+    # One test, so that pytest-xdist starts the processes once.
+    runs = _launch(tmp_path)
+    _check_the_workers_join_one_computation(runs)
+    _check_every_worker_has_the_same_masks_and_weights(runs)
+    for run in ("iterative", "gradual"):
+        _check_the_workers_train_as_one_process_on_the_global_batch(runs, run)
+    _check_reinit_without_seed_draws_with_the_chiefs_seed(runs)
+    _check_only_the_chief_writes_the_backup(runs)
+    _check_reintroduction_raises_a_clear_error(runs)
+
+
+def _check_the_workers_join_one_computation(runs):
     (_, w0), (_, w1), (_, single) = runs
     assert (w0["process_count"], w1["process_count"], single["process_count"]) == (2, 2, 1)
 
 
-def test_every_worker_has_the_same_masks_and_weights(runs):
+def _check_every_worker_has_the_same_masks_and_weights(runs):
     (a0, _), (a1, _), _ = runs
     assert sorted(a0) == sorted(a1)
     for key in a0:
         np.testing.assert_array_equal(a0[key], a1[key], err_msg=key)
 
 
-@pytest.mark.parametrize("run", ["iterative", "gradual"])
-def test_the_workers_train_as_one_process_on_the_global_batch(runs, run):
+def _check_the_workers_train_as_one_process_on_the_global_batch(runs, run):
     (a0, w0), _, (a, single) = runs
     keys = [k for k in a if k.startswith(run + "/")]
     assert keys
@@ -118,7 +131,7 @@ def test_the_workers_train_as_one_process_on_the_global_batch(runs, run):
             assert r0["final"]["loss"] == pytest.approx(r["final"]["loss"], rel=1e-5)
 
 
-def test_reinit_without_seed_draws_with_the_chiefs_seed(runs):
+def _check_reinit_without_seed_draws_with_the_chiefs_seed(runs):
     (a0, w0), (a1, w1), _ = runs
     assert w0["reinit_seed"] == w1["reinit_seed"]
     for key in a0:
@@ -126,7 +139,7 @@ def test_reinit_without_seed_draws_with_the_chiefs_seed(runs):
             np.testing.assert_array_equal(a0[key], a1[key], err_msg=key)
 
 
-def test_only_the_chief_writes_the_backup(runs):
+def _check_only_the_chief_writes_the_backup(runs):
     (_, w0), (_, w1), (_, single) = runs
     assert len(w0["backup_files"]) == 8  # one entry per epoch
     assert all(n > 0 for n in w0["backup_files"])
@@ -134,7 +147,7 @@ def test_only_the_chief_writes_the_backup(runs):
     assert single["backup_files"] == w0["backup_files"]
 
 
-def test_reintroduction_raises_a_clear_error(runs):
+def _check_reintroduction_raises_a_clear_error(runs):
     for _, found in runs:
         assert "need the TensorFlow backend. Received: backend 'jax'" in found["reintroduce"]
 
