@@ -12,6 +12,11 @@ Variants, timed interleaved on the same LeNet-300-100 set-up as `overhead.py`:
   `ConstantSparsity(0.5, begin_step=0, frequency=100)` and `UpdatePruningStep`;
 - `masked_gradual`: Keras 3 `keras_lth.MaskedDense` + `PruningScheduler`
   with the same tfmot schedule (gradual pruning through the batch hook);
+- `keras3`: plain Keras 3 `keras.layers.Dense`, no callback: the baseline of
+  the Keras 3 variants in this process (`vs_keras3`);
+- `masked_gradual_poly`: `masked_gradual` with tfmot's `PolynomialDecay`
+  (0 to 0.8 over `POLY_END` steps, every `FREQUENCY` steps; the timed fits
+  run before its end, so the masks keep changing);
 - `masked_gradual_fast` (opt-in): the same with a prototype of a cheaper
   batch hook (see `_fast_gradual_scheduler`).
 
@@ -42,8 +47,10 @@ from _overhead_common import (
 
 SPARSITY = 0.5
 FREQUENCY = 100
+POLY_END = 100_000
 BASELINE = "tf_keras"
-DEFAULT_VARIANTS = ("tf_keras", "tfmot", "masked_gradual")
+KERAS3_BASELINE = "keras3"
+DEFAULT_VARIANTS = ("tf_keras", "tfmot", "masked_gradual", "keras3", "masked_gradual_poly")
 VARIANT_NAMES = DEFAULT_VARIANTS + ("masked_gradual_fast",)
 
 
@@ -130,14 +137,16 @@ def main(argv=None):
         )
         return model
 
-    def keras3_model(jit):
+    def poly_schedule():
+        return tfmot.sparsity.keras.PolynomialDecay(
+            0.0, 0.8, begin_step=0, end_step=POLY_END, frequency=FREQUENCY
+        )
+
+    def keras3_model(jit, layer=lth.MaskedDense):
         keras.utils.set_random_seed(0)
         model = keras.Sequential(
             [keras.Input((784,))]
-            + [
-                lth.MaskedDense(u, activation=None if i == 2 else "relu")
-                for i, u in enumerate(UNITS)
-            ]
+            + [layer(u, activation=None if i == 2 else "relu") for i, u in enumerate(UNITS)]
         )
         model.compile(
             keras.optimizers.Adam(LEARNING_RATE),
@@ -158,6 +167,12 @@ def main(argv=None):
         "masked_gradual": (
             keras3_model,
             lambda: [lth.PruningScheduler(schedule(), verbose=0)],
+            KerasClock(),
+        ),
+        "keras3": (lambda jit: keras3_model(jit, keras.layers.Dense), list, KerasClock()),
+        "masked_gradual_poly": (
+            keras3_model,
+            lambda: [lth.PruningScheduler(poly_schedule(), verbose=0)],
             KerasClock(),
         ),
         "masked_gradual_fast": (
@@ -206,10 +221,17 @@ def main(argv=None):
             for name, entry in mode.items():
                 if name != BASELINE and "step_ms" in entry:
                     entry["vs_tf_keras"] = compare(entry, mode[BASELINE])
+        if "step_ms" in mode.get(KERAS3_BASELINE, {}):
+            for name, entry in mode.items():
+                if name.startswith("masked") and "step_ms" in entry:
+                    entry["vs_keras3"] = compare(entry, mode[KERAS3_BASELINE])
     out = {
         "data": source,
         "batch_size": BATCH_SIZE,
         "schedule": f"ConstantSparsity({SPARSITY}, begin_step=0, frequency={FREQUENCY})",
+        "poly_schedule": (
+            f"PolynomialDecay(0.0, 0.8, begin_step=0, end_step={POLY_END}, frequency={FREQUENCY})"
+        ),
         "versions": {
             "tfmot": tfmot.__version__,
             "tf_keras": tf_keras.__version__,

@@ -24,7 +24,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_lth import pruning
+from keras_lth import distributed, pruning
 from keras_lth import reintroduce as reintro
 from keras_lth.gradual import GradualPruning
 from keras_lth.optimizer_reset import OptimizerReset
@@ -36,6 +36,7 @@ from keras_lth.swaps import Reintroducer
 from keras_lth.targets import PruningTargets
 
 REWIND_MODES = ("init", "reinit", None)
+Callback = keras.callbacks.Callback
 
 
 @keras.saving.register_keras_serializable(package="keras_lth")
@@ -74,8 +75,12 @@ class PruningScheduler(keras.callbacks.Callback):
     which `schedule(n)` says to prune, each masked weight's mask is shrunk
     to the scheduled sparsity, keeping tfmot's count
     `max(1, round_half_even(size * (1 - sparsity)))` (see
-    `keras_lth.gradual`; done at the end of the previous batch, or at the
-    start of training). With `steps_per_execution > 1` the masks can only
+    `keras_lth.gradual`; done before the step's batch, or at the start of
+    training). tfmot's `ConstantSparsity` and `PolynomialDecay` are
+    evaluated only at their pruning steps (`begin_step`, `end_step`,
+    `frequency`): between those the batch hook reads nothing from the
+    device and batch ends stay asynchronous; a schedule of another class is
+    called at every step. With `steps_per_execution > 1` the masks can only
     change between executions; the steps skipped in between are caught up
     at once. There are no rounds and no rewinding then.
 
@@ -237,12 +242,17 @@ class PruningScheduler(keras.callbacks.Callback):
                 reintroduce, scope, structure, norm, tuple(schedule.layer_rates)
             )
         self._backup = None if backup_dir is None else ResumeState(self.backup_dir)
-        needs_batches = self.gradual or self._events_in_rounds("step")
-        own_hook = type(self).on_train_batch_end is not keras.callbacks.Callback.on_train_batch_end
-        if needs_batches and not own_hook:
-            # Only then a batch hook: Keras keeps dispatching batches
-            # asynchronously while no callback overrides `on_train_batch_end`
-            # (it checks when `fit` starts, before `on_train_begin`).
+        # Batch hooks only where needed. Keras keeps dispatching batch ends
+        # asynchronously while no callback overrides `on_train_batch_end`
+        # (it checks when `fit` starts, before `on_train_begin`); it calls
+        # `on_train_batch_begin` in the training loop whatever the callbacks.
+        # Gradual pruning therefore works at batch beginnings, where between
+        # two pruning steps its hook is one integer comparison.
+        own = type(self)
+        if self.gradual and own.on_train_batch_begin is Callback.on_train_batch_begin:
+            self.on_train_batch_begin = self._on_train_batch_begin
+        steps = self._events_in_rounds("step")
+        if steps and own.on_train_batch_end is Callback.on_train_batch_end:
             self.on_train_batch_end = self._on_train_batch_end
 
     # ------------------------------------------------------------------ #
@@ -289,7 +299,13 @@ class PruningScheduler(keras.callbacks.Callback):
                 stacklevel=2,
             )
         # State of one run; reset here so the callback can be reused.
-        self._records.test_data, self._records.verbose = self.test_data, self.verbose
+        # Several processes training together (JAX multi-process): the
+        # chief alone prints and writes the backup (`keras_lth.distributed`).
+        chief = distributed.is_chief()
+        self._records.test_data = self.test_data
+        self._records.verbose = self.verbose if chief else 0
+        if self._backup is not None:
+            self._backup.writer = chief
         self._records.start()
         self._optimizer.start(model)
         self._started = False
@@ -303,6 +319,9 @@ class PruningScheduler(keras.callbacks.Callback):
         if not self._started:
             self._start(epoch)
         self._epoch = epoch
+        if self._gradual is not None:
+            # tfmot's step of the epoch's batch 0; later batches count on the host
+            self._first_step = self._iterations() + 1
         if self.layout is None:
             return
         r = self.layout.round_of(epoch)
@@ -325,19 +344,32 @@ class PruningScheduler(keras.callbacks.Callback):
         strategy = self.reintroduce
         return strategy is not None and strategy.when == "round" and strategy.unit == unit
 
-    def _on_train_batch_end(self, batch, logs=None):
-        # Assigned as `on_train_batch_end` in `__init__` only when needed
-        # (gradual pruning, step-unit re-introduction): Keras dispatches batch
-        # hooks asynchronously when no callback overrides them.
+    def _on_train_batch_begin(self, batch, logs=None):
+        # Assigned as `on_train_batch_begin` in `__init__` for gradual
+        # pruning. Before batch `batch` (the first of an execution with
+        # `steps_per_execution > 1`) the next step is `first + batch`; only
+        # when the schedule may prune up to it is the model touched.
+        upto = self._first_step + batch
+        if not self._gradual.due(upto):
+            self._gradual.skip(upto)
+            return
+        self._sync_state()
+        self._gradual.update(upto)
+
+    def _sync_state(self):
         # JAX keeps the training state outside the variables during an
         # epoch: bring it back first (Keras 3.15's `Callback.model` already
-        # does when read; earlier Keras 3 releases did not).
+        # does when read; earlier Keras 3 releases did not). The trainer
+        # then reads the variables again before the next step.
         sync = getattr(self.model, "jax_state_sync", None)
         if sync is not None:
             sync()
-        if self._gradual is not None:
-            self._gradual.update(self._iterations() + 1)
-            return
+
+    def _on_train_batch_end(self, batch, logs=None):
+        # Assigned as `on_train_batch_end` in `__init__` only for step-unit
+        # re-introduction: Keras dispatches batch ends asynchronously when no
+        # callback overrides them.
+        self._sync_state()
         # Optimizer iterations restart with every round: they count the
         # round's steps. With steps_per_execution > 1, an event due at a
         # step inside the last execution happens now.
@@ -352,6 +384,9 @@ class PruningScheduler(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        if self._gradual is not None:
+            # The masks of the next step, before the logs and the backup see them.
+            self._gradual.update(self._iterations() + 1)
         r = self.round_of(epoch)
         logs["density"] = self._targets.density()
         logs["round"] = r

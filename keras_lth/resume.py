@@ -17,6 +17,11 @@ two newest generations are kept, so a run resumes exactly whether the
 scheduler comes before or after `BackupAndRestore` in `callbacks` (a crash
 between the two callbacks' saves leaves the scheduler one epoch ahead of the
 model; it then resumes from the generation of the model's epoch).
+
+When several processes train together (`keras_lth.distributed`), every
+process has the same state but only the chief writes (`writer=False` on the
+others); every process reads, so `directory` must be on a filesystem that
+all of them see for a resumed run.
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ class ResumeState:
 
     Args:
         directory: Where the files live (created when first needed).
+        writer: Whether this process writes and deletes the files (the
+            chief of a multi-process run). Defaults to `True`.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, writer=True):
         self.directory = os.fspath(directory)
+        self.writer = writer
         self._written = {}  # part -> (version, file name) of its last arrays file
 
     # -- saving ------------------------------------------------------------ #
@@ -50,7 +58,10 @@ class ResumeState:
         JSON-serialisable dict and `{name: array or list of arrays}`. A part
         whose arrays seldom change has a `state_version` that stays equal
         while they do not (without one they are written at every save).
+        Nothing is written unless `writer`.
         """
+        if not self.writer:
+            return
         os.makedirs(self.directory, exist_ok=True)
         generations = [g for g in self._generations() if g["epoch"] < epoch][-(_KEEP - 1) :]
         states, files = {}, {}
@@ -127,7 +138,7 @@ class ResumeState:
 
     def clear(self):
         """Deletes the backup (training ended), as `BackupAndRestore` does."""
-        if not os.path.isdir(self.directory):
+        if not self.writer or not os.path.isdir(self.directory):
             return
         for file in os.listdir(self.directory):
             if file.startswith("keras_lth_") or file == STATE_FILE + ".tmp":

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lth.distributed import same_seed
 from keras_lth.layers import masked_layers, sublayers
 from keras_lth.rounds import late_epoch
 
@@ -66,10 +67,12 @@ class Rewinding:
                     masks.add(id(w.mask))
         self.model = model
         self._variables = [v for v in model.weights if id(v) not in masks]
+        # Without a seed, every process of a multi-process run draws with
+        # the chief's (`keras_lth.distributed`).
         self.run_seed = (
             self.seed
             if self.seed is not None
-            else int(np.random.SeedSequence().generate_state(1)[0])
+            else same_seed(int(np.random.SeedSequence().generate_state(1)[0]))
         )
         self.values = None
         self._cache = (None, None)

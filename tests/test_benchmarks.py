@@ -71,6 +71,26 @@ def test_overhead_reports_tfmot_from_a_child_process(smoke):
         assert f"jit={mode}: masked/tfmot = {masked / tfmot['step_ms']:.3f}" in stdout
         assert "vs_tf_keras" in tfmot
         assert "cpu_ratio" in tfmot["vs_tf_keras"]
+        # gradual pruning against plain Keras 3, in the same child process
+        poly = child["results"][mode]["masked_gradual_poly"]
+        q = poly["vs_keras3"]["ratio"]
+        assert q == pytest.approx(poly["step_ms"] / child["results"][mode]["keras3"]["step_ms"])
+        assert f"jit={mode}: masked_gradual_poly/keras3 = {q:.3f}" in stdout
+
+
+def test_overhead_reports_the_cnn_and_the_flop_rate(smoke):
+    stdout, result = smoke
+    for mode, variants in result["keras3"].items():
+        cnn = variants["masked_cnn"]
+        assert cnn["density_when_timed"] < 1.0
+        assert cnn["vs_plain"]["ratio"] == pytest.approx(
+            cnn["step_ms"] / variants["plain_cnn"]["step_ms"]
+        )
+        assert f"jit={mode}: masked_cnn/plain_cnn = {cnn['vs_plain']['ratio']:.3f}" in stdout
+        assert f"jit={mode}: plain_again/plain = " in stdout
+    assert result["matmul_peak_flops"] > 1e8
+    assert result["lenet_step_flops"] == 3 * 2 * 60 * (784 * 300 + 300 * 100 + 100 * 10)
+    assert "% of the matmul peak" in stdout
 
 
 def test_unknown_variant_is_rejected(capsys):
@@ -83,8 +103,12 @@ def test_unknown_variant_is_rejected(capsys):
 def test_variant_table():
     names = [v.name for v in overhead.VARIANTS]
     assert len(set(names)) == len(names)
-    assert {v.name for v in overhead.VARIANTS if v.default} == {"plain", "masked"}
-    assert "plain_again" in names  # the A/A control, opt-in
+    default = {v.name for v in overhead.VARIANTS if v.default}
+    assert default == {"plain", "masked", "plain_again", "plain_cnn", "masked_cnn"}
+    assert "plain_again" in default  # the A/A control
+    for v in overhead.VARIANTS:
+        assert v.baseline in names
+        assert (v.budget is None) == (v.name not in {"masked", "masked_cnn"})
     assert not set(names) & set(overhead._tfmot_reference.VARIANT_NAMES)
 
 
@@ -173,3 +197,38 @@ def test_documented_overhead_figures_come_from_the_recorded_run():
         for m in ("off", "on")
     ]
     assert line.rstrip(" |").split(" | ")[-2:] == cells, line
+
+
+def test_later_overhead_figures_come_from_the_recorded_run():
+    """The later overhead page's ratios and FLOP/s are its recorded run's, to 3 places."""
+    with open(os.path.join(ROOT, "docs", "results", "overhead_issue11", "overhead.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(ROOT, "docs", "results", "overhead-issue11.md")) as f:
+        page = f.read()
+    load = result["config"]["loadavg"].split()
+    assert f"load average {load[0]} before, {load[2]} after" in page
+    k3, child = result["keras3"], result["tfmot"]["results"]
+    rows = {
+        "| `masked` (iterative": lambda m: k3[m]["masked"]["vs_plain"],
+        "| `plain_again`": lambda m: k3[m]["plain_again"]["vs_plain"],
+        "| `masked_cnn`": lambda m: k3[m]["masked_cnn"]["vs_plain"],
+        "| `masked_gradual_poly`": lambda m: child[m]["masked_gradual_poly"]["vs_keras3"],
+        "| `masked_gradual` (": lambda m: child[m]["masked_gradual"]["vs_keras3"],
+        "| `tfmot`": lambda m: child[m]["tfmot"]["vs_tf_keras"],
+        "| `scored`": lambda m: k3[m]["scored"]["vs_masked"],
+        "| `double_feedback`": lambda m: k3[m]["double_feedback"]["vs_masked"],
+        "| `double_complement`": lambda m: k3[m]["double_complement"]["vs_masked"],
+    }
+    lines = page.splitlines()
+    for start, get in rows.items():
+        (line,) = [l for l in lines if l.startswith(start)]
+        cells = [f"{get(m)['ratio']:.3f} ({get(m)['cpu_ratio']:.3f})" for m in ("off", "on")]
+        assert line.rstrip(" |").split(" | ")[-2:] == cells, line
+    peak, flops = result["matmul_peak_flops"], result["lenet_step_flops"]
+    assert f"{peak / 1e9:.1f} GFLOP/s" in page
+    for name in ("plain", "masked"):
+        (line,) = [l for l in lines if l.startswith(f"| `{name}` |")]
+        for m in ("off", "on"):
+            ms = k3[m][name]["step_ms"]
+            rate = flops / (ms / 1e3)
+            assert f"{ms:.2f} ms, {rate / 1e9:.2f} GFLOP/s ({100 * rate / peak:.1f}%)" in line

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import keras_lth as lth
-from keras_lth import pruning
+from keras_lth import gradual, pruning
 from keras_lth.callbacks import PruningScheduler
 from keras_lth.layers import MaskedDense, masked_layers
 from keras_lth.schedules import IterativeSchedule, OneShotSchedule
@@ -459,16 +459,22 @@ def test_iterative_pruning_registers_no_batch_hook(kwargs):
     assert _async_train(s) is keras.callbacks.CallbackList([keras.callbacks.History()])._async_train
 
 
-def test_gradual_and_step_events_register_a_batch_hook(tfmot):
-    gradual = PruningScheduler(tfmot.sparsity.keras.ConstantSparsity(0.5, 0), rewind=None)
+def test_step_events_register_a_batch_end_hook():
     steps = PruningScheduler(
         IterativeSchedule(rounds=1, epochs_per_round=2),
         reintroduce=lth.ScoredPruning(unit="step", every=5),
         verbose=0,
     )
-    for s in (gradual, steps):
-        assert "on_train_batch_end" in vars(s)
-        assert _async_train(s) is False
+    assert "on_train_batch_end" in vars(steps)
+    assert _async_train(steps) is False
+
+
+def test_gradual_pruning_keeps_batch_ends_asynchronous(tfmot):
+    """Gradual pruning hooks batch beginnings, which Keras calls in any case."""
+    gradual = PruningScheduler(tfmot.sparsity.keras.ConstantSparsity(0.5, 0), rewind=None)
+    assert "on_train_batch_begin" in vars(gradual)
+    assert "on_train_batch_end" not in vars(gradual)
+    assert _async_train(gradual) is _async_train(keras.callbacks.History())
 
 
 # --------------------------------------------------------------------- #
@@ -1019,6 +1025,87 @@ def test_tfmot_schedules_follow_tfmot_step_semantics(tfmot, which):
     assert [r["round"] for r in s.rounds] == [0]
     assert s.rounds[0]["density"] == pytest.approx(lth.density(model))
     assert s.rounds[0]["epochs"] == 2
+
+
+SCHEDULE_CASES = [
+    ("constant", dict(target_sparsity=0.5, begin_step=0, end_step=-1, frequency=1)),
+    ("constant", dict(target_sparsity=0.5, begin_step=0, end_step=-1, frequency=100)),
+    ("constant", dict(target_sparsity=0.6, begin_step=3, end_step=12, frequency=4)),
+    ("constant", dict(target_sparsity=0.3, begin_step=7, end_step=7, frequency=5)),
+    (
+        "polynomial",
+        dict(initial_sparsity=0.1, final_sparsity=0.85, begin_step=2, end_step=11, frequency=3),
+    ),
+    (
+        "polynomial",
+        dict(initial_sparsity=0.0, final_sparsity=0.9, begin_step=0, end_step=40, frequency=7),
+    ),
+]
+
+
+def _tfmot_schedule(tfmot, which, kwargs):
+    cls = {"constant": "ConstantSparsity", "polynomial": "PolynomialDecay"}[which]
+    return getattr(tfmot.sparsity.keras, cls)(**kwargs)
+
+
+@pytest.mark.parametrize("which, kwargs", SCHEDULE_CASES)
+def test_pruning_steps_by_arithmetic_are_the_schedules_own(tfmot, which, kwargs):
+    """The host arithmetic says `should_prune` exactly where tfmot's schedule does.
+
+    It stands in for `PruningSchedule._should_prune_in_step`: this test fails
+    if a tfmot release changes when its schedules prune.
+    """
+    schedule = _tfmot_schedule(tfmot, which, kwargs)
+    steps = gradual.pruning_steps(schedule)
+    assert steps == (kwargs["begin_step"], kwargs["end_step"], kwargs["frequency"])
+    theirs = [bool(np.array(schedule(np.int64(n))[0])) for n in range(0, 60)]
+    ours = [gradual.last_pruning_step(n, n, *steps) == n for n in range(0, 60)]
+    assert ours == theirs
+    # the last pruning step of every window [lo, hi]
+    due = [n for n in range(60) if theirs[n]]
+    for lo in range(0, 60, 5):
+        for hi in range(lo, 60, 3):
+            inside = [n for n in due if lo <= n <= hi]
+            assert gradual.last_pruning_step(lo, hi, *steps) == (inside[-1] if inside else None)
+
+
+def test_last_pruning_step_by_hand():
+    assert gradual.last_pruning_step(1, 10, 0, -1, 4) == 8
+    assert gradual.last_pruning_step(1, 7, 0, -1, 4) == 4
+    assert gradual.last_pruning_step(5, 7, 0, -1, 4) is None
+    assert gradual.last_pruning_step(1, 100, 3, 12, 4) == 11  # end_step caps it
+    assert gradual.last_pruning_step(1, 2, 3, 12, 4) is None  # before begin_step
+    assert gradual.last_pruning_step(13, 20, 3, 12, 4) is None  # after end_step
+
+
+def test_user_schedules_are_evaluated_at_every_step(tfmot):
+    class Subclass(tfmot.sparsity.keras.ConstantSparsity):
+        pass
+
+    assert gradual.pruning_steps(Subclass(0.5, 0)) is None  # may override __call__
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_tfmot_schedule_is_called_only_at_its_pruning_steps(
+    tfmot, monkeypatch, steps_per_execution
+):
+    cls = tfmot.sparsity.keras.ConstantSparsity
+    calls = []
+    original = cls.__call__
+
+    def counting(self, step):
+        calls.append(int(step))
+        return original(self, step)
+
+    monkeypatch.setattr(cls, "__call__", counting)
+    schedule = cls(0.5, begin_step=2, end_step=13, frequency=5)
+    model = make_model(steps_per_execution=steps_per_execution)
+    s = PruningScheduler(schedule, rewind=None, verbose=0)
+    model.fit(X, Y, batch_size=32, epochs=2, shuffle=False, callbacks=[s], verbose=0)
+    # 16 steps, pruning at steps 2, 7 and 12; with 3 steps per execution the
+    # executions start before steps 1, 4, 7 and 9, 12, 15: the same calls
+    assert calls == [2, 7, 12]
+    assert kept(model)["h1"] == 80
 
 
 def test_tfmot_user_subclass_schedule(tfmot):
