@@ -26,6 +26,8 @@ HAS_TFMOT = importlib.util.find_spec("tensorflow_model_optimization") is not Non
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "overhead.json"
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    # the benchmark imports the keras_lth under test, not an installed one
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
     cmd = [sys.executable, os.path.join(BENCH, "overhead.py")]
     cmd += ["--steps", "5", "--repeats", "1", "--out", str(out)]
     if not HAS_TFMOT:
