@@ -90,7 +90,12 @@ def parser() -> argparse.ArgumentParser:
         help="MNIST: embedded (quick default), tfds (paper default) or an IDX directory; "
         "Speech Commands: tfds or a directory tree",
     )
-    p.add_argument("--methods", type=_methods, default=["all"], help="comma-separated, or all")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        help="comma-separated, or all (default: the preset's methods; quick: the dense net, "
+        "the seed's algorithms and the baselines they are compared with)",
+    )
     p.add_argument(
         "--densities", type=_densities, help="target densities in (0, 1), comma-separated"
     )
@@ -194,7 +199,7 @@ def _bench(args, command) -> int:
         from keras_lth.bench.workers import hide_gpus
 
         hide_gpus()  # the GPUs are the workers'; before anything is built here
-    from keras_lth.bench.presets import settings
+    from keras_lth.bench.presets import default_methods, settings
     from keras_lth.bench.results import DirectoryError
     from keras_lth.bench.runner import make_plan, run_benchmark
 
@@ -209,7 +214,7 @@ def _bench(args, command) -> int:
             epochs_per_round=args.epochs_per_round,
             steps_per_epoch=args.steps_per_epoch,
         )
-        plan = make_plan(s, args.methods)
+        plan = make_plan(s, args.methods or default_methods(args.preset))
         _check_target(args.target)
     except ValueError as e:
         print(f"keras-lth bench: error: {e}", file=sys.stderr)

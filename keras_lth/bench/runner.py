@@ -34,6 +34,7 @@ from keras_lth.bench.results import (
     DirectoryError,
     Shard,
     WriterLock,
+    atomic_write,
     check_config,
     in_plan_order,
     line_key,
@@ -54,7 +55,7 @@ from keras_lth.rounds import RoundLayout
 # Fields of a record that measure time rather than the training's outcome.
 TIMING_FIELDS = ("wall_s", "run_wall_s", "latency_ms", "dense_latency_ms", "latency_ratio")
 # Fields of a results line that measure time or describe the process.
-LINE_TIMING_FIELDS = ("run_wall_s", "execution")
+LINE_TIMING_FIELDS = ("run_wall_s", "execution", "eval_s", "traces")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +130,26 @@ class Plan:
         return self.settings.steps_per_epoch or self.steps_per_pass
 
     def steps_per_execution(self, run: Run) -> int:
-        if run.method.process != "main":
-            return 1  # gradual and tfmot update masks between steps
-        return math.gcd(self.settings.steps_per_execution, self.steps_per_epoch)
+        """Keras's `steps_per_execution` for `run` (a divisor of the epoch's steps).
+
+        `tfmot` counts its steps in a batch hook, so 1; `gradual` changes its
+        masks between executions, so the epoch when its schedule prunes at
+        epoch boundaries (`gradual_frequency=None`), else 1.
+        """
+        s = self.settings
+        if run.method.name == "tfmot":
+            return 1
+        if run.method.process != "main" and s.gradual_frequency is not None:
+            return 1
+        return math.gcd(s.steps_per_execution or self.steps_per_epoch, self.steps_per_epoch)
+
+    def matched_rounds(self, density: float) -> int:
+        """The iterative round that reaches `density` (the first at or below it)."""
+        r = 0
+        nominal = self.round_densities()
+        while r < self.rounds and nominal[r] > density * 1.01:
+            r += 1
+        return r
 
     def round_densities(self) -> list:
         rates = layer_rates(self.settings, self.sizes)
@@ -196,7 +214,14 @@ class Plan:
             return RoundLayout.for_rewind(self.rounds, e, rewind).total_epochs
         if run.method.name == "random-mask" or run.method.kind == "dense":
             return e
+        if run.method.budget == "matched":
+            # the iterative methods' budget at this density: r + 1 rounds
+            return (self.matched_rounds(run.density) + 1) * e
         return 2 * e
+
+    def train_steps(self, run: Run) -> int:
+        """Training steps of one run."""
+        return self.epochs(run) * self.steps_per_epoch
 
 
 def make_plan(settings: Settings, methods="all") -> Plan:
@@ -272,15 +297,32 @@ def build_model(settings: Settings, info, dense=False):
 
 
 def gradual_steps(plan: Plan, run: Run) -> dict:
-    """`PolynomialDecay` arguments of a gradual / tfmot run."""
+    """`PolynomialDecay` arguments of a gradual / tfmot run.
+
+    With `gradual_frequency=None` the schedule prunes once per epoch, before
+    the first step of an epoch (tfmot's step `n` is the `n`-th step, so an
+    epoch's first step is `k * steps_per_epoch + 1`): the masks then change
+    only between executions of one epoch each, and `gradual` and `tfmot`
+    prune at the same steps.
+    """
     s = plan.settings
-    total = plan.epochs(run) * plan.steps_per_epoch
+    epochs, spe = plan.epochs(run), plan.steps_per_epoch
+    if s.gradual_frequency is None:
+        begin, end, frequency = (
+            round(s.gradual_begin * epochs) * spe + 1,
+            round(s.gradual_end * epochs) * spe + 1,
+            spe,
+        )
+    else:
+        total = epochs * spe
+        begin, end = round(s.gradual_begin * total), round(s.gradual_end * total)
+        frequency = s.gradual_frequency
     return {
         "initial_sparsity": 0.0,
         "final_sparsity": 1.0 - run.density,
-        "begin_step": round(s.gradual_begin * total),
-        "end_step": round(s.gradual_end * total),
-        "frequency": s.gradual_frequency,
+        "begin_step": begin,
+        "end_step": end,
+        "frequency": frequency,
     }
 
 
@@ -292,7 +334,7 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
     import keras
 
     import keras_lth as lth
-    from keras_lth.bench.recorder import Recorder
+    from keras_lth.bench.recorder import Recorder, eval_chunks
 
     method, s = run.method, plan.settings
     if method.process == "tfmot" and os.environ.get(LEGACY_ENV) != "1":
@@ -304,7 +346,7 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
     if method.name == "tfmot":
         from keras_lth.bench.child import train_tfmot
 
-        records, versions = train_tfmot(plan, run, verbose)
+        records, versions, recorder = train_tfmot(plan, run, verbose)
     else:
         keras.utils.set_random_seed(run.seed)
         train, val, test, info = load_data(s, run.seed)
@@ -317,7 +359,8 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
         )
         scheduler, keep = _scheduler(plan, run, model)
         recorder = Recorder(
-            test_data=test,
+            validation=eval_chunks(val),
+            test=eval_chunks(test),
             steps_per_epoch=plan.steps_per_epoch,
             steps_per_pass=plan.steps_per_pass,
             round_of=scheduler.round_of if scheduler is not None else None,
@@ -327,10 +370,10 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
             compact=method.structure == "neuron",
             dense_model=build_model(s, info, dense=True) if method.structure == "neuron" else None,
         )
-        # The recorder first: the test set sees the network Keras validated
-        # (the scheduler changes the network only at epoch starts).
+        # The recorder first: it validates and tests the network of the
+        # epoch's end, before the scheduler's epoch-end events change it.
         callbacks = [recorder, scheduler] if scheduler is not None else [recorder]
-        _fit(model, plan, train, val, plan.epochs(run), callbacks, verbose)
+        _fit(model, plan, train, plan.epochs(run), callbacks, verbose)
         records, versions = recorder.records, {}
         if method.reintroduce:
             swaps = {rec["round"]: rec.get("swaps") for rec in scheduler.rounds}
@@ -342,18 +385,24 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
         "versions": {**library_versions(), **versions},
         "run_wall_s": round(time.perf_counter() - start, 3),
         "execution": threads_in_use(),
+        "train_steps": plan.train_steps(run),
+        "eval_s": round(recorder.eval_s, 3),
+        "traces": recorder.traces,
         "records": records,
     }
 
 
-def _fit(model, plan, train, val, epochs, callbacks, verbose):
+def _fit(model, plan, train, epochs, callbacks, verbose):
+    """`fit` without `validation_data`: the recorder validates (see
+    `keras_lth.bench.recorder`)."""
     steps = plan.settings.steps_per_epoch
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+        # a budget-matched one-shot run fine-tunes past its schedule's end
+        warnings.filterwarnings("ignore", message=r"`fit\(epochs=\d+\)` does not match")
         model.fit(
             train.repeat() if steps else train,
             steps_per_epoch=steps,
-            validation_data=val,
             epochs=epochs,
             callbacks=callbacks,
             verbose=2 if verbose >= 2 else 0,
@@ -525,6 +574,7 @@ def run_benchmark(
             write_results(path, own)
             progress.finished(line)
 
+        clock = StepClock(plan, pending) if pending else None
         if jobs == 1:
             for run in [r for r in pending if r.method.process == "main"]:
                 progress.started(run)
@@ -534,6 +584,13 @@ def run_benchmark(
                 run_in_workers(plan, child_runs, 1, verbose, save, progress, split_resources=False)
         else:
             run_in_workers(plan, pending, jobs, verbose, save, progress)
+        if clock is not None:
+            timing = clock.stop(jobs, shard)
+            progress.say(timing_line(timing))
+            if shard is None:
+                from keras_lth.bench.report import TIMING_FILE
+
+                atomic_write(os.path.join(out, TIMING_FILE), json.dumps(timing, indent=1) + "\n")
     lines = in_plan_order(plan, merged_lines(out))
     missing = len({line_key(r) for r in plan.runs()} - {line_key(line) for line in lines})
     if report and not missing:
@@ -546,6 +603,62 @@ def run_benchmark(
             "(other shards); `keras-lth bench report DIR` writes the summary from what is there."
         )
     return lines
+
+
+def bare_model_step_ms(plan: Plan) -> float:
+    """`timing.bare_step_ms` of the plan's network (plain Keras layers)."""
+    from keras_lth.bench.timing import bare_step_ms
+
+    s = plan.settings
+    _, _, _, info = load_data(s, seed=0)
+    return bare_step_ms(build_model(s, info, dense=True), s.batch_size, s.learning_rate, steps=100)
+
+
+class StepClock:
+    """The benchmark's own wall time per training step against a bare step.
+
+    `bare_step_ms` is measured when the clock starts and when it stops, in
+    this process; the benchmark's figure is its wall time (runs, evaluations,
+    process starts, everything) over the training steps of the runs it
+    trained (issue 11, item 4: within 2x of the bare step).
+    """
+
+    def __init__(self, plan, runs):
+        self.steps = sum(plan.train_steps(r) for r in runs)
+        self.runs = len(runs)
+        self.plan = plan
+        self.load_before = [round(x, 2) for x in os.getloadavg()]
+        self.bare_before = bare_model_step_ms(plan)
+        self.start = time.perf_counter()
+
+    def stop(self, jobs, shard) -> dict:
+        wall = time.perf_counter() - self.start
+        bare_after = bare_model_step_ms(self.plan)
+        bare = (self.bare_before + bare_after) / 2
+        per_step = 1e3 * wall / self.steps
+        return {
+            "runs": self.runs,
+            "train_steps": self.steps,
+            "wall_s": round(wall, 1),
+            "ms_per_step": round(per_step, 3),
+            "bare_step_ms": [round(self.bare_before, 3), round(bare_after, 3)],
+            "ratio": round(per_step / bare, 2),
+            "jobs": jobs,
+            "shard": None if shard is None else str(shard),
+            "load_before": self.load_before,
+            "load_after": [round(x, 2) for x in os.getloadavg()],
+            "cpus": os.cpu_count(),
+        }
+
+
+def timing_line(t) -> str:
+    """One line on the benchmark's speed (a `StepClock.stop` dict)."""
+    return (
+        f"{t['runs']} runs, {t['train_steps']:,} training steps in {t['wall_s']:.0f} s: "
+        f"{t['ms_per_step']:.2f} ms per step, {t['ratio']:.2f}x the bare tf.function step "
+        f"({t['bare_step_ms'][0]:.2f} / {t['bare_step_ms'][1]:.2f} ms at start / end); "
+        f"load average {t['load_before'][0]:.2f} -> {t['load_after'][0]:.2f}"
+    )
 
 
 class Progress:
