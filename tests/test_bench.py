@@ -305,6 +305,10 @@ def test_resume_skips_finished_runs_and_ends_identical(main_run, tmp_path, monke
     assert calls == [{"method": "random-mask", "seed": 0, "density": 0.8}]
     after = read(path).splitlines()
     assert after[:2] == before  # finished lines untouched
+    with open(os.path.join(out, report.TIMING_FILE)) as f:
+        got = json.load(f)  # the killed call's two runs, then the resumed call's one
+    assert [p["runs"] for p in got["pieces"]] == [2, 1] and got["runs"] == 3
+    assert [p["complete"] for p in got["pieces"]] == [False, True]
     expected = [without_timing(line) for line in reference if line["key"]["method"] in methods]
     assert [without_timing(json.loads(line)) for line in after] == expected
 
@@ -458,8 +462,11 @@ def test_bare_step_ms_is_positive():
 
 
 def test_the_benchmark_records_its_speed(main_run):
-    _, _, out = main_run
+    _, lines, out = main_run
     with open(os.path.join(out, report.TIMING_FILE)) as f:
         got = json.load(f)
-    assert got["train_steps"] > 0 and got["ratio"] > 0 and len(got["bare_step_ms"]) == 2
+    (piece,) = got["pieces"]
+    assert piece["complete"] and len(piece["bare_step_ms"]) == 2
+    assert got["train_steps"] == sum(line["train_steps"] for line in lines) > 0
+    assert got["runs"] == len(lines) and got["ratio"] > 0
     assert "The benchmark's own speed" in read(os.path.join(out, "summary.md"))

@@ -370,10 +370,11 @@ def markdown(plan, summary, command=None, timing=None) -> str:
             "## The benchmark's own speed",
             "",
             (
-                "Wall time of the last `keras-lth bench` call that trained (every run, "
-                "evaluations and process starts included) per training step, against a bare "
-                "`tf.function` training step (forward, backward, Adam) of the same network "
-                f"measured in the same process at its start and end (`{TIMING_FILE}`):"
+                "Wall time of the `keras-lth bench` calls that trained the runs (every run, "
+                "evaluations and process starts included, up to each call's last finished "
+                "run) per training step, against a bare `tf.function` training step "
+                "(forward, backward, Adam) of the same network measured in the same process "
+                f"at each call's start and end (`{TIMING_FILE}`):"
             ),
             "",
             timing_line(timing) + ".",

@@ -573,8 +573,9 @@ def run_benchmark(
             own[:] = in_plan_order(plan, own)
             write_results(path, own)
             progress.finished(line)
+            clock.finished(line)
 
-        clock = StepClock(plan, pending) if pending else None
+        clock = StepClock(plan, out, len(runs) - len(pending), jobs, shard) if pending else None
         if jobs == 1:
             for run in [r for r in pending if r.method.process == "main"]:
                 progress.started(run)
@@ -585,12 +586,7 @@ def run_benchmark(
         else:
             run_in_workers(plan, pending, jobs, verbose, save, progress)
         if clock is not None:
-            timing = clock.stop(jobs, shard)
-            progress.say(timing_line(timing))
-            if shard is None:
-                from keras_lth.bench.report import TIMING_FILE
-
-                atomic_write(os.path.join(out, TIMING_FILE), json.dumps(timing, indent=1) + "\n")
+            progress.say(timing_line(clock.stop()))
     lines = in_plan_order(plan, merged_lines(out))
     missing = len({line_key(r) for r in plan.runs()} - {line_key(line) for line in lines})
     if report and not missing:
@@ -619,44 +615,87 @@ class StepClock:
 
     `bare_step_ms` is measured when the clock starts and when it stops, in
     this process; the benchmark's figure is its wall time (runs, evaluations,
-    process starts, everything) over the training steps of the runs it
-    trained (issue 11, item 4: within 2x of the bare step).
+    process starts, everything) up to its last finished run, over the
+    training steps of the runs it trained (issue 11, item 4: within 2x of
+    the bare step). `OUT/timing.json` is rewritten after every finished run,
+    so a killed benchmark keeps its figures; a resumed one adds a piece
+    (`pieces`) to those of the calls before it, and the totals cover them
+    all.
     """
 
-    def __init__(self, plan, runs):
-        self.steps = sum(plan.train_steps(r) for r in runs)
-        self.runs = len(runs)
-        self.plan = plan
-        self.load_before = [round(x, 2) for x in os.getloadavg()]
-        self.bare_before = bare_model_step_ms(plan)
+    def __init__(self, plan, out, skipped, jobs, shard):
+        from keras_lth.bench.report import TIMING_FILE
+
+        self.plan, self.jobs, self.shard = plan, jobs, shard
+        self.path = None if shard is not None else os.path.join(out, TIMING_FILE)
+        self.pieces = []
+        if skipped and self.path and os.path.exists(self.path):
+            with open(self.path) as f:
+                before = json.load(f)
+            if before.get("runs", skipped + 1) <= skipped:  # earlier calls into `out`
+                self.pieces = before.get("pieces", [])
+        self.piece = {
+            "runs": 0,
+            "train_steps": 0,
+            "wall_s": 0.0,
+            "bare_step_ms": [round(bare_model_step_ms(plan), 3)],
+            "jobs": jobs,
+            "load_before": [round(x, 2) for x in os.getloadavg()],
+            "load_after": None,
+            "complete": False,
+        }
         self.start = time.perf_counter()
 
-    def stop(self, jobs, shard) -> dict:
-        wall = time.perf_counter() - self.start
-        bare_after = bare_model_step_ms(self.plan)
-        bare = (self.bare_before + bare_after) / 2
-        per_step = 1e3 * wall / self.steps
+    def finished(self, line):
+        self.piece["runs"] += 1
+        self.piece["train_steps"] += line["train_steps"]
+        self.piece["wall_s"] = round(time.perf_counter() - self.start, 1)
+        self.piece["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        self._write()
+
+    def stop(self) -> dict:
+        self.piece["bare_step_ms"].append(round(bare_model_step_ms(self.plan), 3))
+        self.piece["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        self.piece["complete"] = True
+        return self._write()
+
+    def totals(self) -> dict:
+        pieces = [*self.pieces, self.piece]
+        steps = sum(p["train_steps"] for p in pieces)
+        wall = sum(p["wall_s"] for p in pieces)
+        bare = [b for p in pieces for b in p["bare_step_ms"]]
+        per_step = 1e3 * wall / steps if steps else None
         return {
-            "runs": self.runs,
-            "train_steps": self.steps,
+            "runs": sum(p["runs"] for p in pieces),
+            "train_steps": steps,
             "wall_s": round(wall, 1),
-            "ms_per_step": round(per_step, 3),
-            "bare_step_ms": [round(self.bare_before, 3), round(bare_after, 3)],
-            "ratio": round(per_step / bare, 2),
-            "jobs": jobs,
-            "shard": None if shard is None else str(shard),
-            "load_before": self.load_before,
-            "load_after": [round(x, 2) for x in os.getloadavg()],
+            "ms_per_step": None if per_step is None else round(per_step, 3),
+            "bare_step_ms": round(float(np.mean(bare)), 3),
+            "ratio": None if per_step is None else round(per_step / np.mean(bare), 2),
+            "load_before": pieces[0]["load_before"],
+            "load_after": pieces[-1]["load_after"],
             "cpus": os.cpu_count(),
+            "pieces": pieces,
         }
+
+    def _write(self) -> dict:
+        t = self.totals()
+        if self.path:
+            atomic_write(self.path, json.dumps(t, indent=1) + "\n")
+        return t
 
 
 def timing_line(t) -> str:
-    """One line on the benchmark's speed (a `StepClock.stop` dict)."""
+    """One line on the benchmark's speed (a `StepClock.totals` dict)."""
+    if not t.get("train_steps"):
+        return "no run finished"
+    pieces = t["pieces"]
+    calls = f" over {len(pieces)} calls (resumed)" if len(pieces) > 1 else ""
+    bare = ", ".join(f"{b:.2f}" for p in pieces for b in p["bare_step_ms"])
     return (
-        f"{t['runs']} runs, {t['train_steps']:,} training steps in {t['wall_s']:.0f} s: "
-        f"{t['ms_per_step']:.2f} ms per step, {t['ratio']:.2f}x the bare tf.function step "
-        f"({t['bare_step_ms'][0]:.2f} / {t['bare_step_ms'][1]:.2f} ms at start / end); "
+        f"{t['runs']} runs, {t['train_steps']:,} training steps in {t['wall_s']:.0f} s"
+        f"{calls}: {t['ms_per_step']:.2f} ms per step, {t['ratio']:.2f}x the bare "
+        f"tf.function step (mean of {bare} ms, measured at each call's start and end); "
         f"load average {t['load_before'][0]:.2f} -> {t['load_after'][0]:.2f}"
     )
 
