@@ -124,7 +124,8 @@ def test_every_named_method_is_listed(capsys):
         ({"dataset": "speech_commands"}, ["`source`", "None"]),
         ({"dataset": "speech_commands", "source": "/no/such"}, ["`source`", "/no/such"]),
         ({"seeds": 0}, ["`seeds`", "positive integer", "seeds=0"]),
-        ({"late_rewind": 9}, ["`late_rewind`", "late_rewind=9"]),
+        ({"late_rewind": 12}, ["`late_rewind`", "late_rewind=12"]),
+        ({"model": "rnn"}, ["`model`", "rnn", "cnn"]),
     ],
 )
 def test_bad_settings_name_argument_expected_and_received(kwargs, words):
@@ -353,7 +354,8 @@ def test_gradual_refuses_to_run_in_this_process():
         runner.run_one(plan, run, verbose=0)
 
 
-def test_speech_commands_runs_on_the_speech_mlp(tmp_path):
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_speech_commands_runs_on_a_synthetic_tree(tmp_path, model):
     sys.path.insert(0, os.path.dirname(__file__))
     import speech_tree
 
@@ -364,17 +366,23 @@ def test_speech_commands_runs_on_the_speech_mlp(tmp_path):
     s = settings(
         "speech_commands",
         source=str(root),
+        model=model,
+        cnn_filters=4,
         seeds=1,
-        densities=(0.8,),
+        levels=(1,),  # round 1's density (the CNN's convolutions lose 10% only)
         epochs_per_round=1,
         steps_per_epoch=2,
         batch_size=16,
     )
     plan = make_plan(s, ["lth"])
-    assert plan.sizes == {"hidden_1": 1960 * 256, "hidden_2": 256 * 256, "output": 256 * 12}
+    if model == "mlp":
+        assert plan.sizes == {"hidden_1": 1960 * 256, "hidden_2": 256 * 256, "output": 256 * 12}
+    else:
+        assert set(plan.sizes) == {"conv_1", "conv_2", "linear", "hidden_1", "output"}
     (line,) = run_benchmark(plan, str(tmp_path / "out"), verbose=0)
-    assert [r["level"] for r in line["records"]] == [None, 0.8]
+    assert [r["level"] for r in line["records"]] == [None, plan.densities[0]]
     assert METRICS <= set(line["records"][-1])
+    assert f"model `{model}`" in read(str(tmp_path / "out" / "summary.md"))
 
 
 def test_densities_off_the_iterative_rounds_warn():
@@ -470,3 +478,15 @@ def test_the_benchmark_records_its_speed(main_run):
     assert got["train_steps"] == sum(line["train_steps"] for line in lines) > 0
     assert got["runs"] == len(lines) and got["ratio"] > 0
     assert "The benchmark's own speed" in read(os.path.join(out, "summary.md"))
+
+
+def test_cnn_model_trains_lenet5_with_the_conv_rate(tmp_path):
+    s = tiny(model="cnn", steps_per_epoch=2, epochs_per_round=1)
+    plan = make_plan(s, ["lth"])
+    assert set(plan.sizes) == {"conv_1", "conv_2", "hidden_1", "hidden_2", "output"}
+    (line,) = run_benchmark(plan, str(tmp_path), verbose=0)
+    (rec,) = [r for r in line["records"] if r["round"] == 1]
+    assert rec["layer_density"]["conv_1"] == pytest.approx(0.9, abs=0.01)  # conv_rate 0.1
+    assert rec["layer_density"]["hidden_1"] == pytest.approx(0.8, abs=0.01)
+    with pytest.raises(ValueError, match="`methods`.*tfmot.*cnn"):
+        make_plan(s, ["tfmot"])

@@ -19,7 +19,7 @@ import signal
 import sys
 
 from keras_lth.bench.methods import METHODS, listing
-from keras_lth.bench.presets import DATASETS, PRESETS
+from keras_lth.bench.presets import DATASETS, MODELS, PRESETS
 from keras_lth.bench.results import Shard, line_key
 from keras_lth.bench.workers import check_jobs
 
@@ -85,6 +85,13 @@ def parser() -> argparse.ArgumentParser:
         "seeds; writes OUT/results.jsonl (resumable), OUT/summary.md and plots.",
     )
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="mlp: LeNet-300-100 (MNIST) / speech_mlp; cnn: LeNet-5 (MNIST) / the "
+        "cnn-trad-fpool3 speech_cnn (default mlp)",
+    )
     p.add_argument(
         "--source",
         help="MNIST: embedded (quick default), tfds (paper default) or an IDX directory; "
@@ -203,12 +210,14 @@ def _bench(args, command) -> int:
     from keras_lth.bench.results import DirectoryError
     from keras_lth.bench.runner import make_plan, run_benchmark
 
-    out = args.out or os.path.join("runs", f"bench_{args.dataset}_{args.preset}")
+    model = "" if args.model == "mlp" else f"_{args.model}"
+    out = args.out or os.path.join("runs", f"bench_{args.dataset}{model}_{args.preset}")
     try:
         s = settings(
             args.dataset,
             args.preset,
             source=args.source,
+            model=args.model,
             seeds=args.seeds,
             densities=args.densities,
             epochs_per_round=args.epochs_per_round,

@@ -278,7 +278,8 @@ def markdown(plan, summary, command=None, timing=None) -> str:
     passes = plan.steps_per_epoch / plan.steps_per_pass
     out += [
         (
-            f"{s.dataset} (source `{s.source}`, {plan.num_train} training examples), preset "
+            f"{s.dataset} (source `{s.source}`, {plan.num_train} training examples), model "
+            f"`{getattr(s, 'model', 'mlp')}`, preset "
             f"`{s.preset}`: Adam {s.learning_rate:g}, batch {s.batch_size}, an evaluation "
             f'every {plan.steps_per_epoch} steps ("epoch" below: {passes:.2f} passes over the '
             f"training set), {s.epochs_per_round} epochs per round, rates {s.rate:g} (hidden) "

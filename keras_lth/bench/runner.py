@@ -79,8 +79,16 @@ class Run:
 # Densities: the iterative rounds and the target-density runs must agree
 # ---------------------------------------------------------------------- #
 def layer_rates(settings: Settings, names) -> dict:
-    """Per-round pruning rate of each masked layer (the output layer's apart)."""
-    return {n: settings.output_rate if n == "output" else settings.rate for n in names}
+    """Per-round pruning rate of each masked layer: `output_rate` for the
+    output layer, `conv_rate` for the convolutions (`conv_*` in
+    `lth.models.lenet5` and `speech_cnn`), `rate` for the others."""
+
+    def rate(name):
+        if name == "output":
+            return settings.output_rate
+        return settings.conv_rate if name.startswith("conv") else settings.rate
+
+    return {n: rate(n) for n in names}
 
 
 def nominal_density(sizes: dict, rates: dict, rounds: float) -> float:
@@ -233,6 +241,12 @@ def make_plan(settings: Settings, methods="all") -> Plan:
     import keras_lth as lth
 
     chosen = get_methods(methods)
+    if settings.model != "mlp" and any(m.name == "tfmot" for m in chosen):
+        raise ValueError(
+            "Received an invalid value for `methods`, expected no 'tfmot' with "
+            "`model='cnn'` (the tfmot reference copies a network of Dense layers "
+            f"only). Received: methods={[m.name for m in chosen]!r}"
+        )
     _, _, _, info = load_data(settings, seed=0)
     model = build_model(settings, info)
     sizes = {l.name: int(np.prod(l.kernel_mask.shape)) for l in lth.masked_layers(model)}
@@ -266,11 +280,14 @@ def load_data(settings: Settings, seed: int):
 
     import keras_lth as lth
 
+    flatten = settings.model == "mlp"  # the CNNs take (height, width) inputs
     if settings.dataset == "mnist":
-        splits = lth.data.mnist(source=settings.source, batch_size=settings.batch_size, seed=seed)
+        splits = lth.data.mnist(
+            source=settings.source, batch_size=settings.batch_size, seed=seed, flatten=flatten
+        )
     else:
         splits = lth.data.speech_commands(
-            source=settings.source, batch_size=settings.batch_size, seed=seed
+            source=settings.source, batch_size=settings.batch_size, seed=seed, flatten=flatten
         )
 
     # Batches of 1,000 instead of many small ones: evaluating is a large
@@ -286,14 +303,21 @@ def load_data(settings: Settings, seed: int):
 
 
 def build_model(settings: Settings, info, dense=False):
-    """The benchmark's network for the dataset, uncompiled (`MaskedDense`)."""
+    """The benchmark's network for the dataset and `model`, uncompiled
+    (masked layers, or plain Keras layers with `dense`): LeNet-300-100 or
+    LeNet-5 for MNIST, `speech_mlp` or `speech_cnn` for Speech Commands."""
     import keras_lth as lth
 
+    n = info.num_classes
     if settings.dataset == "mnist":
-        return lth.models.lenet_300_100(
-            num_classes=info.num_classes, input_shape=info.input_shape, dense=dense
+        if settings.model == "cnn":
+            return lth.models.lenet5(num_classes=n, input_shape=info.input_shape, dense=dense)
+        return lth.models.lenet_300_100(num_classes=n, input_shape=info.input_shape, dense=dense)
+    if settings.model == "cnn":
+        return lth.models.speech_cnn(
+            input_shape=info.input_shape, num_classes=n, filters=settings.cnn_filters, dense=dense
         )
-    return lth.models.speech_mlp(info.input_shape[0], num_classes=info.num_classes, dense=dense)
+    return lth.models.speech_mlp(info.input_shape[0], num_classes=n, dense=dense)
 
 
 def gradual_steps(plan: Plan, run: Run) -> dict:
