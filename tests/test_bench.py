@@ -6,7 +6,17 @@ import sys
 
 import pytest
 
-from keras_lth.bench import METHODS, cli, make_plan, results, run_benchmark, runner, settings
+from keras_lth.bench import (
+    METHODS,
+    cli,
+    make_plan,
+    report,
+    results,
+    run_benchmark,
+    runner,
+    settings,
+    timing,
+)
 from keras_lth.bench.report import agreement, epochs_to_target, summarize
 
 # Every metric a record carries, and those of the neuron methods on top.
@@ -22,7 +32,6 @@ METRICS = {
     "test_accuracy_early_stop",
     "val_accuracy",
     "val_loss",
-    "test_accuracy_curve",
     "epoch_density",
     "steps_per_epoch",
     "budget_steps",
@@ -84,6 +93,7 @@ def test_every_named_method_is_listed(capsys):
     expected = [
         "dense",
         "oneshot",
+        "oneshot-matched",
         "imp-finetune",
         "lth",
         "lth-late",
@@ -92,6 +102,7 @@ def test_every_named_method_is_listed(capsys):
         "neuron-l1",
         "neuron-l2",
         "gradual",
+        "gradual-matched",
         "tfmot",
         "double-complement",
         "double-feedback",
@@ -113,7 +124,8 @@ def test_every_named_method_is_listed(capsys):
         ({"dataset": "speech_commands"}, ["`source`", "None"]),
         ({"dataset": "speech_commands", "source": "/no/such"}, ["`source`", "/no/such"]),
         ({"seeds": 0}, ["`seeds`", "positive integer", "seeds=0"]),
-        ({"late_rewind": 9}, ["`late_rewind`", "late_rewind=9"]),
+        ({"late_rewind": 12}, ["`late_rewind`", "late_rewind=12"]),
+        ({"model": "rnn"}, ["`model`", "rnn", "cnn"]),
     ],
 )
 def test_bad_settings_name_argument_expected_and_received(kwargs, words):
@@ -158,10 +170,37 @@ def test_cli_target_outside_zero_one(capsys, tmp_path):
 
 def test_plan_rounds_reach_the_densities():
     plan = make_plan(settings("mnist", "quick"))
-    assert plan.rounds == 10
-    assert [round(100 * d, 1) for d in plan.densities] == [51.3, 26.3, 10.8]
+    assert plan.rounds == 15
+    assert [round(100 * d, 1) for d in plan.densities] == [51.3, 26.3, 10.8, 3.6]
     hit = [round(100 * d, 1) for d in plan.round_densities()]
-    assert hit[3] == 51.3 and hit[6] == 26.3 and hit[10] == 10.8
+    assert hit[3] == 51.3 and hit[6] == 26.3 and hit[10] == 10.8 and hit[15] == 3.6
+    assert [plan.matched_rounds(d) for d in plan.densities] == [3, 6, 10, 15]
+
+
+def test_matched_runs_get_the_iterative_budget_and_gradual_prunes_at_epoch_starts():
+    plan = make_plan(settings("mnist", "quick"), ["lth", "oneshot", "oneshot-matched", "gradual"])
+    e = plan.settings.epochs_per_round
+    epochs = {(r.method.name, r.density): plan.epochs(r) for r in plan.runs() if r.seed == 0}
+    assert epochs["lth", None] == 16 * e
+    assert [epochs["oneshot-matched", d] for d in plan.densities] == [4 * e, 7 * e, 11 * e, 16 * e]
+    assert {epochs["oneshot", d] for d in plan.densities} == {2 * e}
+    spe = plan.steps_per_epoch
+    for run in plan.runs():
+        if run.method.name == "gradual":
+            g = runner.gradual_steps(plan, run)
+            assert g["frequency"] == spe == plan.steps_per_execution(run)
+            assert g["begin_step"] % spe == 1 and g["end_step"] % spe == 1
+            assert (g["end_step"] - g["begin_step"]) % spe == 0
+
+
+def test_preset_methods():
+    from keras_lth.bench.presets import default_methods
+
+    quick = default_methods("quick")
+    assert {"dense", "lth", "double-complement", "double-feedback", "scored"} <= set(quick)
+    assert "oneshot-matched" in quick and "gradual-matched" not in quick  # in standard
+    assert default_methods("standard") == "all"
+    assert [m.name for m in make_plan(tiny(), quick).methods] == list(quick)
 
 
 def test_target_layer_rates_match_the_iterative_split():
@@ -194,10 +233,10 @@ def test_each_method_runs_and_records_every_metric(main_run):
             assert 0 < rec["test_accuracy"] <= 1
             assert 1 <= rec["early_stop_epoch"] <= rec["epochs"]
             best = rec["early_stop_epoch"] - 1
-            assert rec["test_accuracy_early_stop"] == pytest.approx(
-                rec["test_accuracy_curve"][best], abs=1e-6
-            )
-            assert rec["val_loss"][best] == min(rec["val_loss"])
+            final = [i for i, d in enumerate(rec["epoch_density"]) if d == rec["epoch_density"][-1]]
+            assert rec["val_loss"][best] == min(rec["val_loss"][i] for i in final)
+            if best == rec["epochs"] - 1:  # the early-stop network is the final one
+                assert rec["test_accuracy_early_stop"] == rec["test_accuracy"]
         levels = [rec["level"] for rec in line["records"]]
         assert (1.0 if name == "dense" else 0.8) in levels, name
     # iterative methods: one record per round, paying for every round before
@@ -207,6 +246,13 @@ def test_each_method_runs_and_records_every_metric(main_run):
     late = by_method["lth-late"]["records"]
     assert [r["budget_steps"] for r in late] == [8, 12]  # rewound to epoch 1
     assert by_method["oneshot"]["records"][0]["budget_steps"] == 16
+    # the budget-matched one-shot run: the iterative methods' passes at 0.8
+    assert (
+        by_method["oneshot-matched"]["records"][0]["budget_steps"] == lth_records[1]["budget_steps"]
+    )
+    for name, line in by_method.items():
+        assert line["train_steps"] == line["records"][-1]["budget_steps"], name
+        assert line["traces"]["train"] >= 1, name
     assert by_method["random-mask"]["records"][0]["budget_steps"] == 8
     for name in ("oneshot", "random-mask", "lth"):
         assert by_method[name]["records"][-1]["density"] == pytest.approx(0.8, abs=0.002)
@@ -260,6 +306,10 @@ def test_resume_skips_finished_runs_and_ends_identical(main_run, tmp_path, monke
     assert calls == [{"method": "random-mask", "seed": 0, "density": 0.8}]
     after = read(path).splitlines()
     assert after[:2] == before  # finished lines untouched
+    with open(os.path.join(out, report.TIMING_FILE)) as f:
+        got = json.load(f)  # the killed call's two runs, then the resumed call's one
+    assert [p["runs"] for p in got["pieces"]] == [2, 1] and got["runs"] == 3
+    assert [p["complete"] for p in got["pieces"]] == [False, True]
     expected = [without_timing(line) for line in reference if line["key"]["method"] in methods]
     assert [without_timing(json.loads(line)) for line in after] == expected
 
@@ -304,7 +354,8 @@ def test_gradual_refuses_to_run_in_this_process():
         runner.run_one(plan, run, verbose=0)
 
 
-def test_speech_commands_runs_on_the_speech_mlp(tmp_path):
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_speech_commands_runs_on_a_synthetic_tree(tmp_path, model):
     sys.path.insert(0, os.path.dirname(__file__))
     import speech_tree
 
@@ -315,20 +366,127 @@ def test_speech_commands_runs_on_the_speech_mlp(tmp_path):
     s = settings(
         "speech_commands",
         source=str(root),
+        model=model,
+        cnn_filters=4,
         seeds=1,
-        densities=(0.8,),
+        levels=(1,),  # round 1's density (the CNN's convolutions lose 10% only)
         epochs_per_round=1,
         steps_per_epoch=2,
         batch_size=16,
     )
     plan = make_plan(s, ["lth"])
-    assert plan.sizes == {"hidden_1": 1960 * 256, "hidden_2": 256 * 256, "output": 256 * 12}
+    if model == "mlp":
+        assert plan.sizes == {"hidden_1": 1960 * 256, "hidden_2": 256 * 256, "output": 256 * 12}
+    else:
+        assert set(plan.sizes) == {"conv_1", "conv_2", "linear", "hidden_1", "output"}
     (line,) = run_benchmark(plan, str(tmp_path / "out"), verbose=0)
-    assert [r["level"] for r in line["records"]] == [None, 0.8]
+    assert [r["level"] for r in line["records"]] == [None, plan.densities[0]]
     assert METRICS <= set(line["records"][-1])
+    assert f"model `{model}`" in read(str(tmp_path / "out" / "summary.md"))
 
 
 def test_densities_off_the_iterative_rounds_warn():
     with pytest.warns(UserWarning, match="No iterative round reaches the densities"):
         plan = make_plan(tiny(densities=(0.5,)), ["lth"])
     assert plan.rounds == 4  # 0.8 ** 4 < 0.5 * 1.01
+
+
+# ---------------------------------------------------------------------- #
+# The verdict (pure functions on hand-made statistics)
+# ---------------------------------------------------------------------- #
+def test_outcome_wins_ties_and_loses_by_the_noise_bound():
+    a, b = (0.90, 0.01, 3), (0.88, 0.01, 3)
+    bound = 2 * (2 * 0.01**2 / 3) ** 0.5  # 0.01633
+    word, diff, got = report.outcome(a, b)
+    assert (word, got) == ("wins", pytest.approx(bound)) and diff == pytest.approx(0.02)
+    assert report.outcome(b, a)[0] == "loses"
+    assert report.outcome((0.89, 0.01, 3), b)[0] == "ties"  # 0.01 < 0.0163
+    assert report.outcome((0.88, 0.0, 1), (0.88, 0.0, 1))[0] == "ties"
+
+
+def _entry(acc, budget):
+    return {"acc": acc, "budget": (budget, 0.0, 3)}
+
+
+def test_same_budget_and_seed_verdict_on_a_hand_made_table():
+    table = {
+        ("dense", 1.0): _entry((0.94, 0.002, 3), 12.0),
+        ("lth", 0.1): _entry((0.93, 0.002, 3), 48.0),
+        ("oneshot", 0.1): _entry((0.90, 0.002, 3), 24.0),
+        ("oneshot-matched", 0.1): _entry((0.935, 0.004, 3), 48.2),
+        ("scored", 0.1): _entry((0.933, 0.003, 3), 48.0),
+    }
+    methods = ["dense", "oneshot", "oneshot-matched", "lth", "scored"]
+    assert report.same_budget(table, 0.1, "scored", methods) == ["oneshot-matched", "lth"]
+    summary = {"columns": (1.0, 0.1), "methods": methods, "table": table}
+    (line,) = report.seed_verdict(summary)
+    assert "**10.0%**, `scored`" in line
+    density, budget = line.split("At equal budget (48.0 passes)")
+    # equal density: below the dense net, above oneshot, within noise of lth
+    assert "loses to `dense` (-0.70" in density
+    assert "wins over `oneshot` (+3.30" in density
+    assert "ties with `oneshot-matched` (-0.20" in density and "`lth` (+0.30" in density
+    assert "oneshot`" not in budget.replace("oneshot-matched`", "")
+    assert "ties with `oneshot-matched`" in budget and "`lth`" in budget
+
+
+def test_passes_to_target_total_adds_the_rounds_before():
+    row = {
+        "val_accuracy": [0.5, 0.91, 0.95],
+        "epoch_density": [0.5, 0.5, 0.5],
+        "steps_per_epoch": 10,
+        "epochs": 3,
+        "budget_epochs": 4.5,  # 1.5 passes of earlier rounds + this round's 3 epochs
+    }
+    assert report.passes_to_target_total(row, 0.9, steps_per_pass=10) == pytest.approx(3.5)
+    assert report.passes_to_target_total(row, 0.99, steps_per_pass=10) is None
+
+
+# ---------------------------------------------------------------------- #
+# The benchmark's own speed
+# ---------------------------------------------------------------------- #
+def test_trace_counts_sees_the_train_function_and_no_retrace():
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((8, 3), "float32"), np.ones((8, 2), "float32")
+    assert timing.trace_counts(model) == {}
+    model.fit(x, y, batch_size=4, epochs=3, verbose=0)
+    traced = timing.trace_counts(model)["train"]
+    assert traced >= 1  # 0 or a KeyError: the look into Keras's closures broke
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)  # the same function again
+    assert timing.trace_counts(model)["train"] == traced
+    model.fit(x[:6], y[:6], batch_size=3, epochs=1, verbose=0)  # another batch shape
+    assert timing.trace_counts(model)["train"] > traced
+
+
+def test_bare_step_ms_is_positive():
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert timing.bare_step_ms(model, batch_size=4, learning_rate=1e-3, steps=3, repeats=1) > 0
+
+
+def test_the_benchmark_records_its_speed(main_run):
+    _, lines, out = main_run
+    with open(os.path.join(out, report.TIMING_FILE)) as f:
+        got = json.load(f)
+    (piece,) = got["pieces"]
+    assert piece["complete"] and len(piece["bare_step_ms"]) == 2
+    assert got["train_steps"] == sum(line["train_steps"] for line in lines) > 0
+    assert got["runs"] == len(lines) and got["ratio"] > 0
+    assert "The benchmark's own speed" in read(os.path.join(out, "summary.md"))
+
+
+def test_cnn_model_trains_lenet5_with_the_conv_rate(tmp_path):
+    s = tiny(model="cnn", steps_per_epoch=2, epochs_per_round=1)
+    plan = make_plan(s, ["lth"])
+    assert set(plan.sizes) == {"conv_1", "conv_2", "hidden_1", "hidden_2", "output"}
+    (line,) = run_benchmark(plan, str(tmp_path), verbose=0)
+    (rec,) = [r for r in line["records"] if r["round"] == 1]
+    assert rec["layer_density"]["conv_1"] == pytest.approx(0.9, abs=0.01)  # conv_rate 0.1
+    assert rec["layer_density"]["hidden_1"] == pytest.approx(0.8, abs=0.01)
+    with pytest.raises(ValueError, match="`methods`.*tfmot.*cnn"):
+        make_plan(s, ["tfmot"])

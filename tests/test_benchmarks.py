@@ -234,3 +234,22 @@ def test_later_overhead_figures_come_from_the_recorded_run():
             ms = k3[m][name]["step_ms"]
             rate = flops / (ms / 1e3)
             assert f"{ms:.2f} ms, {rate / 1e9:.2f} GFLOP/s ({100 * rate / peak:.1f}%)" in line
+
+
+def test_convergence_describe_and_table_by_hand():
+    import convergence
+
+    curve = {"val_accuracy": [0.90, 0.93, 0.949, 0.95], "val_loss": [0.5, 0.3, 0.35, 0.4]}
+    assert convergence.describe(curve, tolerance=0.002) == {
+        "early_stop_pass": 2,
+        "best_val_accuracy": 0.95,
+        "pass_within_tolerance": 3,
+    }
+    runs = [
+        {"network": n, "density": d, "val_accuracy": acc, **convergence.describe(curve, 0.002)}
+        for n, d, acc in (("dense", 1.0, [0.9, 0.94]), ("dense", 1.0, [0.9, 0.96]))
+    ]
+    runs.append({**runs[0], "network": "lth", "density": 0.036})
+    text = convergence.table(runs, [2])
+    assert "| dense (100.0%) | 95.00 ± 1.41 | 2.0 ± 0.0 | 3.0 ± 0.0 |" in text
+    assert "| lth (3.6%) | 94.00 ± 0.00 |" in text

@@ -27,12 +27,12 @@ import sys
 
 
 def train_tfmot(plan, run, verbose):
-    """The `tfmot` method's training; returns `(records, versions)`."""
+    """The `tfmot` method's training; returns `(records, versions, recorder)`."""
     import keras
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    from keras_lth.bench.recorder import RecorderLogic
+    from keras_lth.bench.recorder import RecorderLogic, eval_chunks
     from keras_lth.bench.runner import _fit, _levels, build_model, gradual_steps, load_data
 
     class TfKerasRecorder(RecorderLogic, tf_keras.callbacks.Callback):
@@ -59,16 +59,17 @@ def train_tfmot(plan, run, verbose):
         metrics=["accuracy"],
     )
     recorder = TfKerasRecorder(
-        test_data=test,
+        validation=eval_chunks(val),
+        test=eval_chunks(test),
         steps_per_epoch=plan.steps_per_epoch,
         steps_per_pass=plan.steps_per_pass,
         levels=_levels(plan, run),
         density_fn=tfmot_density,
     )
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep(), recorder]
-    _fit(model, plan, train, val, plan.epochs(run), callbacks, verbose)
+    _fit(model, plan, train, plan.epochs(run), callbacks, verbose)
     versions = {"tfmot": tfmot.__version__, "tf_keras": tf_keras.__version__}
-    return recorder.records, versions
+    return recorder.records, versions, recorder
 
 
 def tfmot_density(model):

@@ -19,7 +19,7 @@ import signal
 import sys
 
 from keras_lth.bench.methods import METHODS, listing
-from keras_lth.bench.presets import DATASETS, PRESETS
+from keras_lth.bench.presets import DATASETS, MODELS, PRESETS
 from keras_lth.bench.results import Shard, line_key
 from keras_lth.bench.workers import check_jobs
 
@@ -86,11 +86,23 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="mlp: LeNet-300-100 (MNIST) / speech_mlp; cnn: LeNet-5 (MNIST) / the "
+        "cnn-trad-fpool3 speech_cnn (default mlp)",
+    )
+    p.add_argument(
         "--source",
         help="MNIST: embedded (quick default), tfds (paper default) or an IDX directory; "
         "Speech Commands: tfds or a directory tree",
     )
-    p.add_argument("--methods", type=_methods, default=["all"], help="comma-separated, or all")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        help="comma-separated, or all (default: the preset's methods; quick: the dense net, "
+        "the seed's algorithms and the baselines they are compared with)",
+    )
     p.add_argument(
         "--densities", type=_densities, help="target densities in (0, 1), comma-separated"
     )
@@ -194,22 +206,24 @@ def _bench(args, command) -> int:
         from keras_lth.bench.workers import hide_gpus
 
         hide_gpus()  # the GPUs are the workers'; before anything is built here
-    from keras_lth.bench.presets import settings
+    from keras_lth.bench.presets import default_methods, settings
     from keras_lth.bench.results import DirectoryError
     from keras_lth.bench.runner import make_plan, run_benchmark
 
-    out = args.out or os.path.join("runs", f"bench_{args.dataset}_{args.preset}")
+    model = "" if args.model == "mlp" else f"_{args.model}"
+    out = args.out or os.path.join("runs", f"bench_{args.dataset}{model}_{args.preset}")
     try:
         s = settings(
             args.dataset,
             args.preset,
             source=args.source,
+            model=args.model,
             seeds=args.seeds,
             densities=args.densities,
             epochs_per_round=args.epochs_per_round,
             steps_per_epoch=args.steps_per_epoch,
         )
-        plan = make_plan(s, args.methods)
+        plan = make_plan(s, args.methods or default_methods(args.preset))
         _check_target(args.target)
     except ValueError as e:
         print(f"keras-lth bench: error: {e}", file=sys.stderr)

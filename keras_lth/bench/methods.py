@@ -9,6 +9,10 @@ how many runs a method needs:
   (one record per round);
 - `"target"`: one run per seed and target density.
 
+A `"target"` method with `budget="matched"` trains as long as the iterative
+methods do to reach its density (their cumulative passes, as in Renda et al.,
+2020), so that methods compare at equal training budget too.
+
 `process="tfmot"` methods run in a child process started with
 `TF_USE_LEGACY_KERAS=1`, because importing tensorflow-model-optimization
 switches `tf.keras` to legacy Keras for the whole process (see
@@ -36,6 +40,11 @@ class Method:
             or `"scored"` (`lth.ScoredPruning`). Defaults to `None`.
         process: `"main"`, or `"tfmot"` for a child process with legacy
             Keras. Defaults to `"main"`.
+        budget: `"own"` (the method's own length: one round for `dense` and
+            `random-mask`, two for `oneshot`, `gradual` and `tfmot`) or
+            `"matched"` (a `"target"` method given the iterative methods'
+            budget at its density: `r + 1` rounds for the density of round
+            `r`). Defaults to `"own"`.
     """
 
     name: str
@@ -46,6 +55,7 @@ class Method:
     norm: str = "l1"
     reintroduce: str | None = None
     process: str = "main"
+    budget: str = "own"
 
     def config(self) -> dict:
         return dataclasses.asdict(self)
@@ -60,6 +70,13 @@ METHODS = {
             "train, prune once to the target density, fine-tune",
             "target",
             rewind=None,
+        ),
+        Method(
+            "oneshot-matched",
+            "oneshot with the iterative methods' budget at its density (fine-tunes longer)",
+            "target",
+            rewind=None,
+            budget="matched",
         ),
         Method(
             "imp-finetune",
@@ -95,6 +112,14 @@ METHODS = {
             "target",
             rewind=None,
             process="tfmot",
+        ),
+        Method(
+            "gradual-matched",
+            "gradual with the iterative methods' budget at its density",
+            "target",
+            rewind=None,
+            process="tfmot",
+            budget="matched",
         ),
         Method(
             "tfmot",

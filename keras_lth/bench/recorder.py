@@ -2,6 +2,13 @@
 
 The logic lives in `RecorderLogic`, a mixin, so the tfmot child process can
 put it on a `tf_keras` callback too (`keras_lth.bench.child`).
+
+Evaluation is what the metrics need and no more: the validation set at every
+epoch of a recorded round (epochs-to-target needs the curve, early stopping
+its minimum), the test set twice per recorded round (at its end, and on the
+weights of its early-stop epoch, kept as a copy when the validation loss
+improves). Both go through `test_on_batch` on tensors held in memory, in
+chunks, so no `evaluate` call (and its data iterator) is built per epoch.
 """
 
 from __future__ import annotations
@@ -12,20 +19,50 @@ import time
 import keras
 import numpy as np
 
+from keras_lth.bench.timing import trace_counts
+
+
+def eval_chunks(dataset, size=1000) -> list:
+    """`[(x, y), ...]`: a batched `(x, y)` dataset as eager tensors of at most
+    `size` examples each (what `evaluate_chunks` takes)."""
+    out = []
+    for x, y in dataset.rebatch(size):
+        out.append((x, y))
+    return out
+
+
+def evaluate_chunks(model, chunks) -> dict:
+    """The compiled loss and metrics of `model` on `chunks`, as floats.
+
+    Each chunk is one `test_on_batch` call (which resets the metrics first);
+    the results are averaged with the chunks' sizes as weights, which is what
+    `evaluate` computes for a mean loss and a mean metric such as accuracy.
+    """
+    totals, count = {}, 0
+    for x, y in chunks:
+        n = int(x.shape[0])
+        out = model.test_on_batch(x, y, return_dict=True)
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + n * float(v)
+        count += n
+    return {k: v / count for k, v in totals.items()}
+
 
 class RecorderLogic:
     """Records each round's metrics at the round's last epoch.
 
     Put it before the `PruningScheduler` in `callbacks`: the scheduler
     prunes at the next round's first epoch, after the recorder has seen the
-    round's last one, and its epoch-end re-introduction events change the
-    network after Keras validated it. The test set is
-    evaluated at every epoch of a recorded round; the early-stop epoch is the
-    epoch of least `val_loss` among the round's epochs at the round's final
-    density (gradual pruning reaches it only after `end_step`).
+    round's last one. Fit without `validation_data`: the recorder validates
+    at each epoch end (only in recorded rounds) and adds `val_loss` and
+    `val_accuracy` to the epoch's logs, which the callbacks after it see. The
+    early-stop epoch is the epoch of least `val_loss` among the round's
+    epochs at the round's final density (gradual pruning reaches it only
+    after `end_step`).
 
     Args:
-        test_data: Dataset evaluated at every epoch of a recorded round.
+        validation: `eval_chunks` of the validation set.
+        test: `eval_chunks` of the test set.
         steps_per_epoch: Training steps per epoch (for the budget).
         steps_per_pass: Steps of one pass over the training set.
         round_of: `epoch -> round` (the scheduler's), or `None` for one round.
@@ -39,7 +76,8 @@ class RecorderLogic:
 
     def __init__(
         self,
-        test_data,
+        validation,
+        test,
         steps_per_epoch,
         steps_per_pass,
         round_of=None,
@@ -50,7 +88,8 @@ class RecorderLogic:
         dense_model=None,
     ):
         super().__init__()
-        self.test_data = test_data
+        self.validation = validation
+        self.test = test
         self.steps_per_epoch = steps_per_epoch
         self.steps_per_pass = steps_per_pass
         self.round_of = round_of
@@ -60,20 +99,25 @@ class RecorderLogic:
         self.compact = compact
         self.dense_model = dense_model
         self.records = []
+        self.traces = {}
+        self.eval_s = 0.0
 
     def on_train_begin(self, logs=None):
         self.records = []
+        self.traces = {}
+        self.eval_s = 0.0
         self._start = time.perf_counter()
         self._round = None
         self._steps = 0
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        logs = logs if logs is not None else {}
         r = self.round_of(epoch) if self.round_of else 0
         if r != self._round:
             self._round = r
-            self._curve = {"val_accuracy": [], "val_loss": [], "density": [], "test": []}
+            self._curve = {"val_accuracy": [], "val_loss": [], "density": []}
             self._best = (math.inf, None)
+            self._best_weights = None
         self._steps += self.steps_per_epoch
         if self.keep_rounds is not None and r not in self.keep_rounds:
             return
@@ -84,22 +128,36 @@ class RecorderLogic:
         curve = self._curve
         if curve["density"] and density != curve["density"][-1]:
             self._best = (math.inf, None)  # only epochs at the final density count
-        loss = float(logs.get("val_loss", logs.get("loss")))
+            self._best_weights = None
+        val = self._evaluate(self.validation)
+        logs.update({f"val_{k}": v for k, v in val.items()})
+        loss = val["loss"]
         curve["val_loss"].append(loss)
-        curve["val_accuracy"].append(float(logs.get("val_accuracy", math.nan)))
+        curve["val_accuracy"].append(val.get("accuracy", math.nan))
         curve["density"].append(density)
-        # Evaluated every epoch: a round's early-stop network is gone by its
-        # end (re-introduction changes masks within a round).
-        curve["test"].append(self._evaluate())
         if loss < self._best[0]:
             self._best = (loss, len(curve["val_loss"]) - 1)
+            # the early-stop network, unless this epoch is the round's last
+            self._best_weights = None if last else self.model.get_weights()
         if last:
             self.records.append(self._record(r, density, per_layer))
+
+    def on_train_end(self, logs=None):
+        # before the scheduler's `on_train_end`, which may uninstall a
+        # re-introduction step (and with it the traced function)
+        self.traces = trace_counts(self.model)
 
     def _record(self, r, density, per_layer):
         curve = self._curve
         best = self._best[1]
-        test, early = curve["test"][-1], curve["test"][best]
+        test = self._evaluate(self.test)
+        early = test
+        if self._best_weights is not None:
+            current = self.model.get_weights()
+            self.model.set_weights(self._best_weights)
+            early = self._evaluate(self.test)
+            self.model.set_weights(current)
+            self._best_weights = None
         record = {
             "round": r,
             "level": self.levels.get(r),
@@ -112,7 +170,6 @@ class RecorderLogic:
             "test_accuracy_early_stop": early["accuracy"],
             "val_accuracy": _rounded(curve["val_accuracy"]),
             "val_loss": _rounded(curve["val_loss"]),
-            "test_accuracy_curve": _rounded([t["accuracy"] for t in curve["test"]]),
             "epoch_density": _rounded(curve["density"]),
             "steps_per_epoch": self.steps_per_epoch,
             "budget_steps": self._steps,
@@ -120,15 +177,14 @@ class RecorderLogic:
             "wall_s": round(time.perf_counter() - self._start, 3),
         }
         if self.compact:
-            record.update(compact_stats(self.model, self.dense_model, self._inputs()))
+            record.update(compact_stats(self.model, self.dense_model, self.test[0][0]))
         return record
 
-    def _evaluate(self):
-        out = self.model.evaluate(self.test_data, verbose=0, return_dict=True)
-        return {k: float(v) for k, v in out.items()}
-
-    def _inputs(self):
-        return next(iter(self.test_data))[0]
+    def _evaluate(self, chunks):
+        start = time.perf_counter()
+        out = evaluate_chunks(self.model, chunks)
+        self.eval_s += time.perf_counter() - start
+        return out
 
 
 class Recorder(RecorderLogic, keras.callbacks.Callback):

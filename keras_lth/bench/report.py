@@ -11,6 +11,7 @@ everything else.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -27,6 +28,9 @@ from keras_lth.bench.results import (
 )
 
 NOISE_Z = 2.0  # "within noise": |difference of means| <= 2 standard errors
+# The seed proposal's algorithms, placed against every other method.
+SEED_METHODS = ("double-complement", "double-feedback", "scored")
+TIMING_FILE = "timing.json"
 # HTML comments (not rendered) around the summary's machine-dependent parts.
 TIMING_BEGIN = "<!-- timing: machine- and load-dependent -->"
 TIMING_END = "<!-- /timing -->"
@@ -73,6 +77,60 @@ def within_noise(a, b):
     return abs(ma - mb) <= NOISE_Z * math.sqrt(sa**2 / na + sb**2 / nb)
 
 
+def noise_bound(a, b) -> float:
+    """`NOISE_Z` standard errors of the difference of two `stats`' means."""
+    (_, sa, na), (_, sb, nb) = a, b
+    return NOISE_Z * math.sqrt(sa**2 / na + sb**2 / nb)
+
+
+def outcome(a, b) -> tuple:
+    """`(word, difference, bound)` of `stats` `a` against `b`: `"wins"` when
+    `a`'s mean is above `b`'s by more than `noise_bound`, `"loses"` when below
+    by more, else `"ties"` (within noise)."""
+    diff, bound = a[0] - b[0], noise_bound(a, b)
+    word = "wins" if diff > bound else "loses" if diff < -bound else "ties"
+    return word, diff, bound
+
+
+def same_budget(table, column, method, methods, rel=0.01) -> list:
+    """The methods other than `method` whose mean budget (cumulative passes)
+    at `column` is within `rel` of `method`'s."""
+    if (method, column) not in table:
+        return []
+    own = table[method, column]["budget"][0]
+    return [
+        m
+        for m in methods
+        if m != method
+        and (m, column) in table
+        and abs(table[m, column]["budget"][0] - own) <= rel * own
+    ]
+
+
+def passes_to_target_total(row, target, steps_per_pass):
+    """Cumulative passes from the start of the run until the validation
+    accuracy first reaches `target` at the record's density (the rounds
+    before the record's included), or `None`."""
+    reach = epochs_to_target(row, target, steps_per_pass)
+    if reach is None:
+        return None
+    round_passes = row["epochs"] * row["steps_per_epoch"] / steps_per_pass
+    return row["budget_epochs"] - round_passes + reach[0]
+
+
+def placements(table, column, method, others) -> list:
+    """`[(other, word, difference, bound), ...]` of `method`'s test accuracy
+    against each of `others` present at `column` (see `outcome`)."""
+    if (method, column) not in table:
+        return []
+    mine = table[method, column]["acc"]
+    return [
+        (o, *outcome(mine, table[o, column]["acc"]))
+        for o in others
+        if o != method and (o, column) in table
+    ]
+
+
 def _cell(s, scale=100.0, digits=2):
     if s is None:
         return "—"
@@ -105,6 +163,13 @@ def summarize(plan, lines, target=None) -> dict:
                 "density": stats([r["density"] for r in sel]),
                 "reached": sum(x is not None for x in reach),
                 "to_target": stats([x[0] for x in reach if x is not None]),
+                "total_to_target": stats(
+                    [
+                        passes_to_target_total(r, target, plan.steps_per_pass)
+                        for r in sel
+                        if target is not None
+                    ]
+                ),
                 "steps_to_target": stats([x[1] for x in reach if x is not None]),
                 "budget": stats([r["budget_epochs"] for r in sel]),
                 "wall": stats([r["wall_s"] for r in sel]),
@@ -146,6 +211,39 @@ def verdict(summary) -> list:
     return out
 
 
+def _placed(items):
+    groups = {"wins over": [], "ties with": [], "loses to": []}
+    names = {"wins": "wins over", "ties": "ties with", "loses": "loses to"}
+    for other, word, diff, bound in items:
+        groups[names[word]].append(f"`{other}` ({100 * diff:+.2f} ± {100 * bound:.2f})")
+    return "; ".join(f"{k} {', '.join(v)}" for k, v in groups.items() if v)
+
+
+def seed_verdict(summary) -> list:
+    """Where each seed algorithm wins, ties or loses, per density, at equal
+    density (every other method there, and the dense net) and at equal budget
+    (the methods with the same cumulative passes at that density)."""
+    methods = summary["methods"]
+    others = [o for o in methods if o not in SEED_METHODS]
+    out = []
+    for c in summary["columns"][1:]:
+        table = dict(summary["table"])
+        if ("dense", 1.0) in table:
+            table["dense", c] = table["dense", 1.0]  # the reference at every density
+        for m in SEED_METHODS:
+            if (m, c) not in table:
+                continue
+            density = placements(table, c, m, others)
+            budget = placements(table, c, m, same_budget(table, c, m, others))
+            line = f"- **{100 * c:.1f}%**, `{m}` ({_cell(table[m, c]['acc'])})"
+            line += f": at equal density it {_placed(density) or 'has no other method'}"
+            if budget:
+                passes = table[m, c]["budget"][0]
+                line += f". At equal budget ({passes:.1f} passes) it {_placed(budget)}"
+            out.append(line + ".")
+    return out
+
+
 def agreement(summary, a="gradual", b="tfmot") -> list:
     """`(density, mean a, mean b, difference, noise bound, agree)` per density."""
     out = []
@@ -159,7 +257,7 @@ def agreement(summary, a="gradual", b="tfmot") -> list:
     return out
 
 
-def markdown(plan, summary, command=None) -> str:
+def markdown(plan, summary, command=None, timing=None) -> str:
     s = plan.settings
     cols, table = summary["columns"], summary["table"]
     head = "| method | " + " | ".join(f"{100 * c:.1f}%" for c in cols) + " |"
@@ -180,7 +278,8 @@ def markdown(plan, summary, command=None) -> str:
     passes = plan.steps_per_epoch / plan.steps_per_pass
     out += [
         (
-            f"{s.dataset} (source `{s.source}`, {plan.num_train} training examples), preset "
+            f"{s.dataset} (source `{s.source}`, {plan.num_train} training examples), model "
+            f"`{getattr(s, 'model', 'mlp')}`, preset "
             f"`{s.preset}`: Adam {s.learning_rate:g}, batch {s.batch_size}, an evaluation "
             f'every {plan.steps_per_epoch} steps ("epoch" below: {passes:.2f} passes over the '
             f"training set), {s.epochs_per_round} epochs per round, rates {s.rate:g} (hidden) "
@@ -232,10 +331,30 @@ def markdown(plan, summary, command=None) -> str:
             ),
             "",
         ]
+        out += [
+            "## Cumulative passes to reach the target, from the start of the run",
+            "",
+            (
+                "The passes of the rounds before the one at that density included (the "
+                "training budget a method needs to reach the target at that density)."
+            ),
+            "",
+            grid(
+                lambda e: (
+                    f"{_cell(e['total_to_target'], 1)} ({e['reached']}/{e['n']})"
+                    if e["reached"]
+                    else f"— (0/{e['n']})"
+                )
+            ),
+            "",
+        ]
     out += [
         "## Budget: cumulative passes over the training set to obtain the density",
         "",
-        "Iterative methods pay for every round before it.",
+        (
+            "Iterative methods pay for every round before it; the `-matched` baselines "
+            "are given the same passes at each density (Renda et al., 2020)."
+        ),
         "",
         grid(lambda e: f"{e['budget'][0]:.1f}"),
         "",
@@ -244,6 +363,25 @@ def markdown(plan, summary, command=None) -> str:
         "",
         grid(lambda e: f"{e['wall'][0]:.0f}"),
         "",
+    ]
+    if timing:
+        from keras_lth.bench.runner import timing_line
+
+        out += [
+            "## The benchmark's own speed",
+            "",
+            (
+                "Wall time of the `keras-lth bench` calls that trained the runs (every run, "
+                "evaluations and process starts included, up to each call's last finished "
+                "run) per training step, against a bare `tf.function` training step "
+                "(forward, backward, Adam) of the same network measured in the same process "
+                f"at each call's start and end (`{TIMING_FILE}`):"
+            ),
+            "",
+            timing_line(timing) + ".",
+            "",
+        ]
+    out += [
         TIMING_END,
         "",
     ]
@@ -267,13 +405,28 @@ def markdown(plan, summary, command=None) -> str:
             TIMING_END,
             "",
         ]
-    out += ["## Verdict", ""]
+    out += ["## Verdict", "", "Best test accuracy at each density:", ""]
     out += verdict(summary)
+    placed = seed_verdict(summary)
+    if placed:
+        out += [
+            "",
+            "### The seed's algorithms, at equal density and at equal budget",
+            "",
+            (
+                "Difference of test accuracy means (points) ± the noise bound; the dense "
+                "net is compared at every density. Equal budget: the methods with the same "
+                "cumulative passes at that density (the iterative methods and the "
+                "`-matched` baselines)."
+            ),
+            "",
+        ]
+        out += placed
     out += [
         "",
         (
-            f"Within noise: the difference of means is at most {NOISE_Z:g} standard errors "
-            "(sqrt(s1²/n1 + s2²/n2))."
+            f"Within noise (ties): the difference of means is at most {NOISE_Z:g} standard "
+            "errors (sqrt(s1²/n1 + s2²/n2), sample std over seeds)."
         ),
         "",
     ]
@@ -430,7 +583,12 @@ def _save_figure(fig, path):
 def write_report(plan, lines, out_dir, command=None, target=None) -> str:
     """Writes `summary.md` and the plots into `out_dir`; returns the markdown."""
     summary = summarize(plan, lines, target)
-    text = markdown(plan, summary, command)
+    timing = None
+    path = os.path.join(out_dir, TIMING_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            timing = json.load(f)
+    text = markdown(plan, summary, command, timing)
     atomic_write(os.path.join(out_dir, "summary.md"), text)
     plot(plan, lines, summary, out_dir)
     return text

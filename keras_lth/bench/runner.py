@@ -34,6 +34,7 @@ from keras_lth.bench.results import (
     DirectoryError,
     Shard,
     WriterLock,
+    atomic_write,
     check_config,
     in_plan_order,
     line_key,
@@ -54,7 +55,7 @@ from keras_lth.rounds import RoundLayout
 # Fields of a record that measure time rather than the training's outcome.
 TIMING_FIELDS = ("wall_s", "run_wall_s", "latency_ms", "dense_latency_ms", "latency_ratio")
 # Fields of a results line that measure time or describe the process.
-LINE_TIMING_FIELDS = ("run_wall_s", "execution")
+LINE_TIMING_FIELDS = ("run_wall_s", "execution", "eval_s", "traces")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +79,16 @@ class Run:
 # Densities: the iterative rounds and the target-density runs must agree
 # ---------------------------------------------------------------------- #
 def layer_rates(settings: Settings, names) -> dict:
-    """Per-round pruning rate of each masked layer (the output layer's apart)."""
-    return {n: settings.output_rate if n == "output" else settings.rate for n in names}
+    """Per-round pruning rate of each masked layer: `output_rate` for the
+    output layer, `conv_rate` for the convolutions (`conv_*` in
+    `lth.models.lenet5` and `speech_cnn`), `rate` for the others."""
+
+    def rate(name):
+        if name == "output":
+            return settings.output_rate
+        return settings.conv_rate if name.startswith("conv") else settings.rate
+
+    return {n: rate(n) for n in names}
 
 
 def nominal_density(sizes: dict, rates: dict, rounds: float) -> float:
@@ -129,9 +138,26 @@ class Plan:
         return self.settings.steps_per_epoch or self.steps_per_pass
 
     def steps_per_execution(self, run: Run) -> int:
-        if run.method.process != "main":
-            return 1  # gradual and tfmot update masks between steps
-        return math.gcd(self.settings.steps_per_execution, self.steps_per_epoch)
+        """Keras's `steps_per_execution` for `run` (a divisor of the epoch's steps).
+
+        `tfmot` counts its steps in a batch hook, so 1; `gradual` changes its
+        masks between executions, so the epoch when its schedule prunes at
+        epoch boundaries (`gradual_frequency=None`), else 1.
+        """
+        s = self.settings
+        if run.method.name == "tfmot":
+            return 1
+        if run.method.process != "main" and s.gradual_frequency is not None:
+            return 1
+        return math.gcd(s.steps_per_execution or self.steps_per_epoch, self.steps_per_epoch)
+
+    def matched_rounds(self, density: float) -> int:
+        """The iterative round that reaches `density` (the first at or below it)."""
+        r = 0
+        nominal = self.round_densities()
+        while r < self.rounds and nominal[r] > density * 1.01:
+            r += 1
+        return r
 
     def round_densities(self) -> list:
         rates = layer_rates(self.settings, self.sizes)
@@ -196,7 +222,14 @@ class Plan:
             return RoundLayout.for_rewind(self.rounds, e, rewind).total_epochs
         if run.method.name == "random-mask" or run.method.kind == "dense":
             return e
+        if run.method.budget == "matched":
+            # the iterative methods' budget at this density: r + 1 rounds
+            return (self.matched_rounds(run.density) + 1) * e
         return 2 * e
+
+    def train_steps(self, run: Run) -> int:
+        """Training steps of one run."""
+        return self.epochs(run) * self.steps_per_epoch
 
 
 def make_plan(settings: Settings, methods="all") -> Plan:
@@ -208,6 +241,12 @@ def make_plan(settings: Settings, methods="all") -> Plan:
     import keras_lth as lth
 
     chosen = get_methods(methods)
+    if settings.model != "mlp" and any(m.name == "tfmot" for m in chosen):
+        raise ValueError(
+            "Received an invalid value for `methods`, expected no 'tfmot' with "
+            "`model='cnn'` (the tfmot reference copies a network of Dense layers "
+            f"only). Received: methods={[m.name for m in chosen]!r}"
+        )
     _, _, _, info = load_data(settings, seed=0)
     model = build_model(settings, info)
     sizes = {l.name: int(np.prod(l.kernel_mask.shape)) for l in lth.masked_layers(model)}
@@ -241,11 +280,14 @@ def load_data(settings: Settings, seed: int):
 
     import keras_lth as lth
 
+    flatten = settings.model == "mlp"  # the CNNs take (height, width) inputs
     if settings.dataset == "mnist":
-        splits = lth.data.mnist(source=settings.source, batch_size=settings.batch_size, seed=seed)
+        splits = lth.data.mnist(
+            source=settings.source, batch_size=settings.batch_size, seed=seed, flatten=flatten
+        )
     else:
         splits = lth.data.speech_commands(
-            source=settings.source, batch_size=settings.batch_size, seed=seed
+            source=settings.source, batch_size=settings.batch_size, seed=seed, flatten=flatten
         )
 
     # Batches of 1,000 instead of many small ones: evaluating is a large
@@ -261,26 +303,50 @@ def load_data(settings: Settings, seed: int):
 
 
 def build_model(settings: Settings, info, dense=False):
-    """The benchmark's network for the dataset, uncompiled (`MaskedDense`)."""
+    """The benchmark's network for the dataset and `model`, uncompiled
+    (masked layers, or plain Keras layers with `dense`): LeNet-300-100 or
+    LeNet-5 for MNIST, `speech_mlp` or `speech_cnn` for Speech Commands."""
     import keras_lth as lth
 
+    n = info.num_classes
     if settings.dataset == "mnist":
-        return lth.models.lenet_300_100(
-            num_classes=info.num_classes, input_shape=info.input_shape, dense=dense
+        if settings.model == "cnn":
+            return lth.models.lenet5(num_classes=n, input_shape=info.input_shape, dense=dense)
+        return lth.models.lenet_300_100(num_classes=n, input_shape=info.input_shape, dense=dense)
+    if settings.model == "cnn":
+        return lth.models.speech_cnn(
+            input_shape=info.input_shape, num_classes=n, filters=settings.cnn_filters, dense=dense
         )
-    return lth.models.speech_mlp(info.input_shape[0], num_classes=info.num_classes, dense=dense)
+    return lth.models.speech_mlp(info.input_shape[0], num_classes=n, dense=dense)
 
 
 def gradual_steps(plan: Plan, run: Run) -> dict:
-    """`PolynomialDecay` arguments of a gradual / tfmot run."""
+    """`PolynomialDecay` arguments of a gradual / tfmot run.
+
+    With `gradual_frequency=None` the schedule prunes once per epoch, before
+    the first step of an epoch (tfmot's step `n` is the `n`-th step, so an
+    epoch's first step is `k * steps_per_epoch + 1`): the masks then change
+    only between executions of one epoch each, and `gradual` and `tfmot`
+    prune at the same steps.
+    """
     s = plan.settings
-    total = plan.epochs(run) * plan.steps_per_epoch
+    epochs, spe = plan.epochs(run), plan.steps_per_epoch
+    if s.gradual_frequency is None:
+        begin, end, frequency = (
+            round(s.gradual_begin * epochs) * spe + 1,
+            round(s.gradual_end * epochs) * spe + 1,
+            spe,
+        )
+    else:
+        total = epochs * spe
+        begin, end = round(s.gradual_begin * total), round(s.gradual_end * total)
+        frequency = s.gradual_frequency
     return {
         "initial_sparsity": 0.0,
         "final_sparsity": 1.0 - run.density,
-        "begin_step": round(s.gradual_begin * total),
-        "end_step": round(s.gradual_end * total),
-        "frequency": s.gradual_frequency,
+        "begin_step": begin,
+        "end_step": end,
+        "frequency": frequency,
     }
 
 
@@ -292,7 +358,7 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
     import keras
 
     import keras_lth as lth
-    from keras_lth.bench.recorder import Recorder
+    from keras_lth.bench.recorder import Recorder, eval_chunks
 
     method, s = run.method, plan.settings
     if method.process == "tfmot" and os.environ.get(LEGACY_ENV) != "1":
@@ -304,7 +370,7 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
     if method.name == "tfmot":
         from keras_lth.bench.child import train_tfmot
 
-        records, versions = train_tfmot(plan, run, verbose)
+        records, versions, recorder = train_tfmot(plan, run, verbose)
     else:
         keras.utils.set_random_seed(run.seed)
         train, val, test, info = load_data(s, run.seed)
@@ -317,7 +383,8 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
         )
         scheduler, keep = _scheduler(plan, run, model)
         recorder = Recorder(
-            test_data=test,
+            validation=eval_chunks(val),
+            test=eval_chunks(test),
             steps_per_epoch=plan.steps_per_epoch,
             steps_per_pass=plan.steps_per_pass,
             round_of=scheduler.round_of if scheduler is not None else None,
@@ -327,10 +394,10 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
             compact=method.structure == "neuron",
             dense_model=build_model(s, info, dense=True) if method.structure == "neuron" else None,
         )
-        # The recorder first: the test set sees the network Keras validated
-        # (the scheduler changes the network only at epoch starts).
+        # The recorder first: it validates and tests the network of the
+        # epoch's end, before the scheduler's epoch-end events change it.
         callbacks = [recorder, scheduler] if scheduler is not None else [recorder]
-        _fit(model, plan, train, val, plan.epochs(run), callbacks, verbose)
+        _fit(model, plan, train, plan.epochs(run), callbacks, verbose)
         records, versions = recorder.records, {}
         if method.reintroduce:
             swaps = {rec["round"]: rec.get("swaps") for rec in scheduler.rounds}
@@ -342,18 +409,24 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
         "versions": {**library_versions(), **versions},
         "run_wall_s": round(time.perf_counter() - start, 3),
         "execution": threads_in_use(),
+        "train_steps": plan.train_steps(run),
+        "eval_s": round(recorder.eval_s, 3),
+        "traces": recorder.traces,
         "records": records,
     }
 
 
-def _fit(model, plan, train, val, epochs, callbacks, verbose):
+def _fit(model, plan, train, epochs, callbacks, verbose):
+    """`fit` without `validation_data`: the recorder validates (see
+    `keras_lth.bench.recorder`)."""
     steps = plan.settings.steps_per_epoch
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+        # a budget-matched one-shot run fine-tunes past its schedule's end
+        warnings.filterwarnings("ignore", message=r"`fit\(epochs=\d+\)` does not match")
         model.fit(
             train.repeat() if steps else train,
             steps_per_epoch=steps,
-            validation_data=val,
             epochs=epochs,
             callbacks=callbacks,
             verbose=2 if verbose >= 2 else 0,
@@ -524,7 +597,9 @@ def run_benchmark(
             own[:] = in_plan_order(plan, own)
             write_results(path, own)
             progress.finished(line)
+            clock.finished(line)
 
+        clock = StepClock(plan, out, len(runs) - len(pending), jobs, shard) if pending else None
         if jobs == 1:
             for run in [r for r in pending if r.method.process == "main"]:
                 progress.started(run)
@@ -534,6 +609,8 @@ def run_benchmark(
                 run_in_workers(plan, child_runs, 1, verbose, save, progress, split_resources=False)
         else:
             run_in_workers(plan, pending, jobs, verbose, save, progress)
+        if clock is not None:
+            progress.say(timing_line(clock.stop()))
     lines = in_plan_order(plan, merged_lines(out))
     missing = len({line_key(r) for r in plan.runs()} - {line_key(line) for line in lines})
     if report and not missing:
@@ -546,6 +623,105 @@ def run_benchmark(
             "(other shards); `keras-lth bench report DIR` writes the summary from what is there."
         )
     return lines
+
+
+def bare_model_step_ms(plan: Plan) -> float:
+    """`timing.bare_step_ms` of the plan's network (plain Keras layers)."""
+    from keras_lth.bench.timing import bare_step_ms
+
+    s = plan.settings
+    _, _, _, info = load_data(s, seed=0)
+    return bare_step_ms(build_model(s, info, dense=True), s.batch_size, s.learning_rate, steps=100)
+
+
+class StepClock:
+    """The benchmark's own wall time per training step against a bare step.
+
+    `bare_step_ms` is measured when the clock starts and when it stops, in
+    this process; the benchmark's figure is its wall time (runs, evaluations,
+    process starts, everything) up to its last finished run, over the
+    training steps of the runs it trained (issue 11, item 4: within 2x of
+    the bare step). `OUT/timing.json` is rewritten after every finished run,
+    so a killed benchmark keeps its figures; a resumed one adds a piece
+    (`pieces`) to those of the calls before it, and the totals cover them
+    all.
+    """
+
+    def __init__(self, plan, out, skipped, jobs, shard):
+        from keras_lth.bench.report import TIMING_FILE
+
+        self.plan, self.jobs, self.shard = plan, jobs, shard
+        self.path = None if shard is not None else os.path.join(out, TIMING_FILE)
+        self.pieces = []
+        if skipped and self.path and os.path.exists(self.path):
+            with open(self.path) as f:
+                before = json.load(f)
+            if before.get("runs", skipped + 1) <= skipped:  # earlier calls into `out`
+                self.pieces = before.get("pieces", [])
+        self.piece = {
+            "runs": 0,
+            "train_steps": 0,
+            "wall_s": 0.0,
+            "bare_step_ms": [round(bare_model_step_ms(plan), 3)],
+            "jobs": jobs,
+            "load_before": [round(x, 2) for x in os.getloadavg()],
+            "load_after": None,
+            "complete": False,
+        }
+        self.start = time.perf_counter()
+
+    def finished(self, line):
+        self.piece["runs"] += 1
+        self.piece["train_steps"] += line["train_steps"]
+        self.piece["wall_s"] = round(time.perf_counter() - self.start, 1)
+        self.piece["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        self._write()
+
+    def stop(self) -> dict:
+        self.piece["bare_step_ms"].append(round(bare_model_step_ms(self.plan), 3))
+        self.piece["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        self.piece["complete"] = True
+        return self._write()
+
+    def totals(self) -> dict:
+        pieces = [*self.pieces, self.piece]
+        steps = sum(p["train_steps"] for p in pieces)
+        wall = sum(p["wall_s"] for p in pieces)
+        bare = [b for p in pieces for b in p["bare_step_ms"]]
+        per_step = 1e3 * wall / steps if steps else None
+        return {
+            "runs": sum(p["runs"] for p in pieces),
+            "train_steps": steps,
+            "wall_s": round(wall, 1),
+            "ms_per_step": None if per_step is None else round(per_step, 3),
+            "bare_step_ms": round(float(np.mean(bare)), 3),
+            "ratio": None if per_step is None else round(per_step / np.mean(bare), 2),
+            "load_before": pieces[0]["load_before"],
+            "load_after": pieces[-1]["load_after"],
+            "cpus": os.cpu_count(),
+            "pieces": pieces,
+        }
+
+    def _write(self) -> dict:
+        t = self.totals()
+        if self.path:
+            atomic_write(self.path, json.dumps(t, indent=1) + "\n")
+        return t
+
+
+def timing_line(t) -> str:
+    """One line on the benchmark's speed (a `StepClock.totals` dict)."""
+    if not t.get("train_steps"):
+        return "no run finished"
+    pieces = t["pieces"]
+    calls = f" over {len(pieces)} calls (resumed)" if len(pieces) > 1 else ""
+    bare = ", ".join(f"{b:.2f}" for p in pieces for b in p["bare_step_ms"])
+    return (
+        f"{t['runs']} runs, {t['train_steps']:,} training steps in {t['wall_s']:.0f} s"
+        f"{calls}: {t['ms_per_step']:.2f} ms per step, {t['ratio']:.2f}x the bare "
+        f"tf.function step (mean of {bare} ms, measured at each call's start and end); "
+        f"load average {t['load_before'][0]:.2f} -> {t['load_after'][0]:.2f}"
+    )
 
 
 class Progress:
