@@ -201,16 +201,9 @@ def test_documented_overhead_figures_come_from_the_recorded_run():
     assert line.rstrip(" |").split(" | ")[-2:] == cells, line
 
 
-def test_later_overhead_figures_come_from_the_recorded_run():
-    """The later overhead page's ratios and FLOP/s are its recorded run's, to 3 places."""
-    with open(os.path.join(ROOT, "docs", "results", "overhead_issue11", "overhead.json")) as f:
-        result = json.load(f)
-    with open(os.path.join(ROOT, "docs", "results", "overhead-issue11.md")) as f:
-        page = f.read()
-    load = result["config"]["loadavg"].split()
-    assert f"load average {load[0]} before, {load[2]} after" in page
+def _overhead_rows(result):
     k3, child = result["keras3"], result["tfmot"]["results"]
-    rows = {
+    return {
         "| `masked` (iterative": lambda m: k3[m]["masked"]["vs_plain"],
         "| `plain_again`": lambda m: k3[m]["plain_again"]["vs_plain"],
         "| `masked_cnn`": lambda m: k3[m]["masked_cnn"]["vs_plain"],
@@ -221,19 +214,74 @@ def test_later_overhead_figures_come_from_the_recorded_run():
         "| `double_feedback`": lambda m: k3[m]["double_feedback"]["vs_masked"],
         "| `double_complement`": lambda m: k3[m]["double_complement"]["vs_masked"],
     }
-    lines = page.splitlines()
-    for start, get in rows.items():
+
+
+def _assert_ratio_table(section, result):
+    lines = section.splitlines()
+    for start, get in _overhead_rows(result).items():
         (line,) = [l for l in lines if l.startswith(start)]
         cells = [f"{get(m)['ratio']:.3f} ({get(m)['cpu_ratio']:.3f})" for m in ("off", "on")]
         assert line.rstrip(" |").split(" | ")[-2:] == cells, line
+
+
+def _load(*parts):
+    with open(os.path.join(ROOT, "docs", "results", *parts)) as f:
+        return json.load(f) if parts[-1].endswith(".json") else f.read()
+
+
+QUIET = "## A second run on the quiet machine"
+
+
+def test_later_overhead_figures_come_from_the_recorded_run():
+    """The later overhead page's ratios and FLOP/s are its recorded run's, to 3 places."""
+    result = _load("overhead_issue11", "overhead.json")
+    page = _load("overhead-issue11.md").split(QUIET)[0]
+    load = result["config"]["loadavg"].split()
+    assert f"load average {load[0]} before, {load[2]} after" in page
+    _assert_ratio_table(page, result)
+    k3 = result["keras3"]
     peak, flops = result["matmul_peak_flops"], result["lenet_step_flops"]
     assert f"{peak / 1e9:.1f} GFLOP/s" in page
+    lines = page.splitlines()
     for name in ("plain", "masked"):
         (line,) = [l for l in lines if l.startswith(f"| `{name}` |")]
         for m in ("off", "on"):
             ms = k3[m][name]["step_ms"]
             rate = flops / (ms / 1e3)
             assert f"{ms:.2f} ms, {rate / 1e9:.2f} GFLOP/s ({100 * rate / peak:.1f}%)" in line
+
+
+def test_quiet_overhead_figures_and_the_readme_table_come_from_the_quiet_run():
+    """The quiet run's section and the README's cost table are its JSON's, to 3 places."""
+    result = _load("overhead_quiet", "overhead.json")
+    section = _load("overhead-issue11.md").split(QUIET)[1]
+    load = result["config"]["loadavg"].split()
+    assert f"recorded {load[0]} before and {load[2]} after" in section
+    _assert_ratio_table(section, result)
+    k3, child = result["keras3"], result["tfmot"]["results"]
+    peak, flops = result["matmul_peak_flops"], result["lenet_step_flops"]
+    assert f"{peak / 1e9:.1f} GFLOP/s" in section
+    for m in ("off", "on"):
+        for name in ("plain", "masked"):
+            rate = flops / (k3[m][name]["step_ms"] / 1e3)
+            assert f"{rate / 1e9:.2f} GFLOP/s" in section
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    rows = {
+        "| masked small CNN": k3["off"]["masked_cnn"]["vs_plain"]["ratio"],
+        "| gradual pruning": child["off"]["masked_gradual_poly"]["vs_keras3"]["ratio"],
+        "| iterative pruning, masked": k3["off"]["masked"]["vs_plain"]["ratio"],
+    }
+    on = {
+        "| masked small CNN": k3["on"]["masked_cnn"]["vs_plain"]["ratio"],
+        "| gradual pruning": child["on"]["masked_gradual_poly"]["vs_keras3"]["ratio"],
+        "| iterative pruning, masked": k3["on"]["masked"]["vs_plain"]["ratio"],
+    }
+    for start, off_ratio in rows.items():
+        (line,) = [l for l in readme.splitlines() if l.startswith(start)]
+        assert line.rstrip(" |").split(" | ")[-2:] == [f"{off_ratio:.3f}", f"{on[start]:.3f}"]
+    aa = [f"{k3[m]['plain_again']['vs_plain']['ratio']:.3f}" for m in ("off", "on")]
+    assert f"came out at {aa[0]} and {aa[1]}" in readme
 
 
 def test_convergence_describe_and_table_by_hand():

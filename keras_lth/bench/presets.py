@@ -3,14 +3,14 @@
 `PRESETS` holds the named protocols and `PRESET_METHODS` the methods each
 runs by default:
 
-- `"quick"`: the project's main job (embedded MNIST-5k, meant to take at
-  most 15 minutes on 2 quiet CPU cores): the dense net, the seed's two
+- `"quick"`: the project's main job (embedded MNIST-5k; 23 minutes on 2
+  quiet CPU cores, `docs/results/bench_quick_quiet/log.txt`): the dense net, the seed's two
   algorithms (`double-complement`, `double-feedback`, `scored`) and the
   baselines they are compared with at equal density and at equal training
   budget (`lth`, `imp-finetune`, `oneshot`, `gradual` and the budget-matched
   `oneshot-matched`). The round length comes from a measured convergence
   study (`benchmarks/convergence.py`, `docs/results/convergence.md`).
-  To fit the 15 minutes, the controls (`lth-late`, `lth-reinit`,
+  To keep it short, the controls (`lth-late`, `lth-reinit`,
   `random-mask`), neuron pruning (`neuron-l1`, `neuron-l2`), the tfmot
   reference (`tfmot`, which `gradual` matches exactly) and
   `gradual-matched` (38 rounds' worth of passes per seed, as much as 2.4
