@@ -10,6 +10,8 @@
 """
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -53,3 +55,29 @@ def mirrored_strategy():
     first one's and fail with "Shape mismatch in the collective instance".
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture
+def run_without_keras_lth(tmp_path):
+    """Runs a script in a fresh interpreter in `tmp_path`; it must print LOADED-OK.
+
+    The scripts load saved models with plain Keras and assert that
+    `keras_lth` was never imported. tfmot's `TF_USE_LEGACY_KERAS` is dropped
+    from the environment; `env` adds variables.
+    """
+
+    def run(script, timeout=180, **env):
+        environ = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+        environ.update(TF_CPP_MIN_LOG_LEVEL="3", **env)
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=tmp_path,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "LOADED-OK" in result.stdout
+
+    return run

@@ -5,8 +5,6 @@ Public Keras APIs and `keras.ops` only, so the file also runs under
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -343,7 +341,7 @@ def test_layers_compact_cannot_narrow_keep_their_inputs():
         lth.compact(model, strict=True)
 
 
-def test_compacted_cnn_loads_without_keras_lth(tmp_path):
+def test_compacted_cnn_loads_without_keras_lth(tmp_path, run_without_keras_lth):
     model = lth.prunable(_residual())
     _randomize(model)
     _prune_units(model.get_layer("stem"), [0, 1])
@@ -366,18 +364,7 @@ def test_compacted_cnn_loads_without_keras_lth(tmp_path):
         print("LOADED-OK")
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "LOADED-OK" in result.stdout
+    run_without_keras_lth(script)
 
 
 # --------------------------------------------------------------------------- #

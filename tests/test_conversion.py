@@ -4,9 +4,6 @@ Public Keras APIs and `keras.ops` only, so the file also runs under
 `KERAS_BACKEND=jax`.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -228,7 +225,7 @@ def test_mixed_model_saves_prunes_and_strips(tmp_path):
         np.testing.assert_allclose(np_(got), np_(want), rtol=1e-6, atol=1e-6)
 
 
-def test_stripped_families_load_without_keras_lth(tmp_path):
+def test_stripped_families_load_without_keras_lth(tmp_path, run_without_keras_lth):
     masked = lth.prunable(_mixed_model())
     _randomize(masked)
     _random_masks(masked, seed=3)
@@ -251,18 +248,7 @@ def test_stripped_families_load_without_keras_lth(tmp_path):
         print("LOADED-OK")
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "LOADED-OK" in result.stdout
+    run_without_keras_lth(script)
 
 
 def test_nested_models_and_shared_layers():

@@ -1,8 +1,5 @@
 """Tests for `keras_lth.export`: `strip` and `compact`."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -126,7 +123,7 @@ def test_strip_without_masked_dense_raises():
         strip(model)
 
 
-def test_stripped_models_load_without_keras_lth(tmp_path):
+def test_stripped_models_load_without_keras_lth(tmp_path, run_without_keras_lth):
     x = _x()
     for name, make in (("seq", _sequential), ("nested", _nested)):
         model = make()
@@ -153,19 +150,7 @@ def test_stripped_models_load_without_keras_lth(tmp_path):
         print("LOADED-OK")
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["KERAS_BACKEND"] = "tensorflow"
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "LOADED-OK" in result.stdout
+    run_without_keras_lth(script, timeout=120, KERAS_BACKEND="tensorflow")
 
 
 # --------------------------------------------------------------------------- #
