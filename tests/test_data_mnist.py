@@ -77,6 +77,38 @@ def test_train_order_deterministic_per_seed_and_reshuffled_each_epoch():
     assert sorted(epoch_1) == sorted(epoch_2)
 
 
+@pytest.mark.parametrize("flatten", [True, False])
+def test_train_batches_equal_the_per_batch_scaling_pipeline(flatten):
+    # The training set is scaled once up front and shuffled on one thread of
+    # its own (faster on small machines); the batches must stay exactly those
+    # of the pipeline before that change (shuffle the uint8 digits, batch,
+    # scale each batch), in order, values and dtype, epoch after epoch, so
+    # that earlier results reproduce.
+    import importlib
+
+    import keras
+    import tensorflow as tf
+
+    module = importlib.import_module("keras_lth.data.mnist")  # `data.mnist` is the function
+    x, y = module._load_embedded()
+    train_idx, _ = data.common.carve_validation(4000, 500, 5)
+    rest = np.sort(np.random.default_rng(module._EMBEDDED_SPLIT_SEED).permutation(5000)[1000:])
+    xs, ys = x[rest][train_idx], y[rest][train_idx].astype("int32")
+    keras.utils.set_random_seed(5)
+    reference = tf.data.Dataset.from_tensor_slices((xs, ys))
+    reference = reference.shuffle(len(ys), seed=5, reshuffle_each_iteration=True).batch(64)
+    reference = reference.map(lambda a, b: module._scale(a, b, flatten))
+    keras.utils.set_random_seed(5)
+    splits = data.mnist(batch_size=64, seed=5, flatten=flatten)
+    for _ in range(2):
+        got, want = list(splits.train.as_numpy_iterator()), list(reference.as_numpy_iterator())
+        assert len(got) == len(want) == 55
+        for (gx, gy), (wx, wy) in zip(got, want):
+            assert gx.dtype == wx.dtype == np.float32 and gx.shape == wx.shape
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)
+
+
 def test_validation_and_test_are_not_shuffled(embedded):
     np.testing.assert_array_equal(_collect(embedded.test)[1], _collect(embedded.test)[1])
 

@@ -135,10 +135,20 @@ def mnist(
     input_shape = (int(np.prod(shape)),) if flatten else tuple(int(d) for d in shape)
 
     def pipeline(x, y, split):
-        ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
+        y = y.astype("int32")
         if split == "train":
+            # Scaled once, with the op that scales the other splits' batches
+            # (the same values), not in every epoch; the pipeline then only
+            # shuffles and batches, on one thread of its own. On a small
+            # machine the input pipeline's threads otherwise compete with the
+            # training step for the same cores (about a fifth of the step
+            # time of LeNet-300-100 on 2 cores, `benchmarks/mnist_input.py`).
+            ds = tf.data.Dataset.from_tensor_slices(_scale(tf.constant(x), y, flatten))
             buffer = shuffle_buffer or len(y)
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(1)
+            return ds.with_options(_single_thread())
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
         # Scaling whole batches is cheaper than one map call per image.
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         ds = ds.map(
@@ -146,8 +156,7 @@ def mnist(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-        if split != "train":
-            ds = common.apply_cache(ds, cache, split)
+        ds = common.apply_cache(ds, cache, split)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     train = pipeline(x_train[train_idx], y_train[train_idx], "train")
@@ -164,6 +173,14 @@ def mnist(
         num_test=len(y_test),
     )
     return common.DataSplits(train, validation, test, info)
+
+
+def _single_thread():
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    options.autotune.enabled = False
+    return options
 
 
 def _scale(x, y, flatten):
