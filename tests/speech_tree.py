@@ -8,6 +8,7 @@ Also a script: `python tests/speech_tree.py DIR` writes the tree to `DIR`.
 """
 
 from keras_lth.data.synthetic_speech import (  # noqa: F401
+    MARKER,
     OTHER_WORDS,
     SPEAKERS,
     TARGET_WORDS,

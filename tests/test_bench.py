@@ -382,7 +382,12 @@ def test_speech_commands_runs_on_a_synthetic_tree(tmp_path, model):
     (line,) = run_benchmark(plan, str(tmp_path / "out"), verbose=0)
     assert [r["level"] for r in line["records"]] == [None, plan.densities[0]]
     assert METRICS <= set(line["records"][-1])
-    assert f"model `{model}`" in read(str(tmp_path / "out" / "summary.md"))
+    summary = read(str(tmp_path / "out" / "summary.md"))
+    assert f"model `{model}`" in summary
+    assert "**synthetic speech**" in summary  # the tree's marker labels the results
+    (root / speech_tree.MARKER).unlink()  # any other tree is not labelled
+    report.report_directory(str(tmp_path / "out"))
+    assert "synthetic" not in read(str(tmp_path / "out" / "summary.md"))
 
 
 def test_densities_off_the_iterative_rounds_warn():

@@ -54,6 +54,8 @@ def test_make_speech_tree_layout_and_speaker_splits(tmp_path):
     ]
     with open(tmp_path / "testing_list.txt") as f:
         assert sorted(f.read().split()) == sorted(n for n, s in split_of.items() if s == "test")
+    assert ss.is_synthetic(tmp_path) and not ss.is_synthetic(tmp_path / "yes")
+    assert "espeak-ng" in (tmp_path / ss.MARKER).read_text()
     assert sorted(os.listdir(tmp_path / "_background_noise_")) == [
         "README.md",
         "hum.wav",

@@ -276,9 +276,15 @@ def markdown(plan, summary, command=None, timing=None) -> str:
     if command:
         out += [f"`{command}`", ""]
     passes = plan.steps_per_epoch / plan.steps_per_pass
+    data = s.dataset
+    if s.dataset == "speech_commands" and _synthetic(s.source):
+        data = (
+            "**synthetic speech**: a Speech Commands tree of espeak-ng voices "
+            "(`keras_lth.data.synthetic_speech`), not the recorded dataset; speech_commands"
+        )
     out += [
         (
-            f"{s.dataset} (source `{s.source}`, {plan.num_train} training examples), model "
+            f"{data} (source `{s.source}`, {plan.num_train} training examples), model "
             f"`{getattr(s, 'model', 'mlp')}`, preset "
             f"`{s.preset}`: Adam {s.learning_rate:g}, batch {s.batch_size}, an evaluation "
             f'every {plan.steps_per_epoch} steps ("epoch" below: {passes:.2f} passes over the '
@@ -627,3 +633,13 @@ def comparable(text) -> str:
         flags=re.M | re.S,
     )
     return re.sub(r"\A(# .*\n\n)`[^\n]*`\n\n", r"\1", text)
+
+
+def _synthetic(source) -> bool:
+    """Whether the Speech Commands tree at `source` is synthetic (its marker)."""
+    from keras_lth.data import synthetic_speech
+
+    try:
+        return synthetic_speech.is_synthetic(source) if source not in (None, "tfds") else False
+    except (OSError, ValueError, TypeError):  # a tree not on this machine
+        return False

@@ -16,6 +16,10 @@ on the recorded dataset.
 
 Needs the `espeak-ng` program (`apt-get install espeak-ng`).
 
+The tree's root gets a `SYNTHETIC.txt` saying so (`is_synthetic(root)`), which
+the loader ignores and `keras-lth bench` reads to label its summary as
+synthetic speech.
+
 Also a script: `python -m keras_lth.data.synthetic_speech DIR [SPEAKERS]`.
 """
 
@@ -31,6 +35,7 @@ from keras_lth.data.wav import write_wav
 
 TARGET_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 OTHER_WORDS = ("bed", "cat", "dog", "house", "tree")
+MARKER = "SYNTHETIC.txt"  # at the root of every tree written here
 # (voice, words per minute, pitch 0-99); with these 16, the last four are
 # held out (see `held_out_speakers`).
 SPEAKERS = (
@@ -77,6 +82,13 @@ NOISE_SECONDS = 12
 def espeak_available() -> bool:
     """Whether the `espeak-ng` program is on the `PATH`."""
     return shutil.which("espeak-ng") is not None
+
+
+def is_synthetic(root) -> bool:
+    """Whether `root` is a tree written by `make_speech_tree` (its `MARKER`)."""
+    import tensorflow as tf
+
+    return bool(root) and tf.io.gfile.exists(os.path.join(os.fspath(root), MARKER))
 
 
 def speak(word, voice, speed, pitch, rate=16000) -> np.ndarray:
@@ -202,6 +214,12 @@ def make_speech_tree(root, words=TARGET_WORDS + OTHER_WORDS, speakers=SPEAKERS, 
     write_wav(os.path.join(noise_dir, "hum.wav"), hum)
     with open(os.path.join(noise_dir, "README.md"), "w") as f:
         f.write("Not audio: the loader must ignore it.\n")
+    with open(os.path.join(root, MARKER), "w") as f:
+        f.write(
+            "Synthetic speech: written by keras_lth.data.synthetic_speech.make_speech_tree "
+            f"({len(speakers)} espeak-ng speakers, {len(words)} words, seed {seed}), "
+            "not the Google Speech Commands recordings.\n"
+        )
     for split, list_name in (("validation", "validation_list.txt"), ("test", "testing_list.txt")):
         with open(os.path.join(root, list_name), "w") as f:
             f.writelines(f"{name}\n" for name, s in sorted(split_of.items()) if s == split)
