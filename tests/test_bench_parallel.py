@@ -63,7 +63,7 @@ def test_shard_checks_its_values():
     [
         (["--jobs", "0"], ["`--jobs`", "positive integer", "Received: --jobs=0"]),
         (["--jobs", "-2"], ["`--jobs`", "positive integer", "Received: --jobs=-2"]),
-        (["--jobs", "two"], ["`--jobs`", "positive integer", "Received: --jobs='two'"]),
+        (["--jobs", "two"], ["`--jobs`", "positive integer", "'auto'", "Received: --jobs='two'"]),
         (["--shard", "2/2"], ["`--shard`", "0 <= K < N", "Received: --shard='2/2'"]),
         (["--shard", "1"], ["`--shard`", "0 <= K < N", "Received: --shard='1'"]),
     ],
@@ -121,6 +121,26 @@ def test_shards_partition_the_runs(count):
     loads = [sum(plan.epochs(r) for r in part) for part in parts]
     if count <= len(runs):  # balanced within one run
         assert max(loads) - min(loads) <= max(plan.epochs(r) for r in runs)
+
+
+def test_auto_jobs_one_per_gpu_else_one_per_core_that_memory_holds():
+    gib = 1024**3
+    assert workers.auto_jobs(16, 2, 64 * gib) == 2  # a worker per GPU
+    assert workers.auto_jobs(2, 0, 24 * gib) == 2  # this project's CI machine
+    assert workers.auto_jobs(64, 0, 32 * gib) == 16  # 2 GiB per worker
+    assert workers.auto_jobs(8, 0, 3 * gib) == 1
+    assert workers.auto_jobs(1, 0, 64 * gib) == 1  # the runs in the main process
+    assert workers.auto_jobs(4, 0, None) == 4  # memory unknown
+    assert workers.check_jobs("auto") == "auto"
+    jobs = workers.resolve_jobs("auto")
+    assert 1 <= jobs <= workers.cores()
+    assert workers.resolve_jobs(3) == 3
+
+
+def test_cli_jobs_default_is_auto():
+    args = cli.parser().parse_args(["bench"])
+    assert args.jobs == "auto"
+    assert cli.parser().parse_args(["bench", "--jobs", "AUTO"]).jobs == "auto"
 
 
 def test_worker_env_splits_threads_and_gpus():

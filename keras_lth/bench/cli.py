@@ -2,7 +2,7 @@
 
 keras-lth bench                      # the quick preset (the main job)
 keras-lth bench --preset paper --source /data/mnist
-keras-lth bench --jobs 4             # 4 worker processes on this machine
+keras-lth bench --jobs 4             # 4 worker processes (default auto: one per core or GPU)
 keras-lth bench --shard 0/8 --out /shared/dir   # shard 0 of 8 (0-based)
 keras-lth bench report /shared/dir   # merge the results files, rewrite the summary
 keras-lth bench --list               # the methods
@@ -53,7 +53,7 @@ def _jobs(text):
     try:
         value = int(text)
     except ValueError:
-        value = text
+        value = text.strip().lower()
     try:
         return check_jobs(value)
     except ValueError as e:
@@ -120,9 +120,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs",
         type=_jobs,
-        default=1,
+        default="auto",
         help="worker processes on this machine, each with cores // N TensorFlow threads "
-        "or its own GPU (default 1: the runs in this process)",
+        "or its own GPU; 1: the runs in this process; auto (default): one per GPU, "
+        "else one per core that memory allows (2 GB each)",
     )
     p.add_argument(
         "--shard",
@@ -202,6 +203,9 @@ def _report(args, command) -> int:
 
 
 def _bench(args, command) -> int:
+    from keras_lth.bench.workers import resolve_jobs
+
+    args.jobs = resolve_jobs(args.jobs)
     if args.jobs > 1:
         from keras_lth.bench.workers import hide_gpus
 

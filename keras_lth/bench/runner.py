@@ -46,7 +46,7 @@ from keras_lth.bench.results import (
 )
 from keras_lth.bench.workers import (
     LEGACY_ENV,
-    check_jobs,
+    resolve_jobs,
     run_in_workers,
     threads_in_use,
 )
@@ -557,7 +557,8 @@ def run_benchmark(
     net's mean - 0.5 points).
 
     Args:
-        jobs: Worker processes (`keras_lth.bench.workers`); with 1, the
+        jobs: Worker processes (`keras_lth.bench.workers`), or `"auto"`
+            (`workers.auto_jobs`, the command line's default); with 1, the
             main-process methods train in this process. On a machine with
             GPUs, call `workers.hide_gpus()` before `make_plan` when
             `jobs > 1`. Defaults to `1`.
@@ -568,7 +569,7 @@ def run_benchmark(
     Returns:
         The lines of every results file of `out`, in plan order.
     """
-    jobs = check_jobs(jobs)
+    jobs = resolve_jobs(jobs)
     if isinstance(shard, str):
         shard = Shard.parse(shard)
     os.makedirs(out, exist_ok=True)

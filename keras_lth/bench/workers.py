@@ -53,18 +53,56 @@ LEGACY_ENV = "TF_USE_LEGACY_KERAS"
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
-def check_jobs(jobs) -> int:
-    """`jobs` as a positive int.
+AUTO = "auto"
+# Resident memory a worker may take: 1.2-1.5 GB measured for LeNet-300-100
+# (TensorFlow, the data and one model), with room to spare.
+WORKER_MEMORY = 2 * 1024**3
+
+
+def check_jobs(jobs) -> int | str:
+    """`jobs` as a positive int, or `"auto"` (see `auto_jobs`).
 
     Raises:
         ValueError: naming `--jobs`, what it expects and what it received.
     """
+    if jobs == AUTO:
+        return jobs
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(
             "Received an invalid value for `--jobs`, expected a positive integer "
-            f"(worker processes). Received: --jobs={jobs!r}"
+            f"(worker processes) or 'auto'. Received: --jobs={jobs!r}"
         )
     return jobs
+
+
+def auto_jobs(n_cores, n_gpus, memory_bytes) -> int:
+    """`--jobs auto` (a pure function): one worker per GPU when there are
+    GPUs; otherwise one single-threaded worker per core, as many as
+    `memory_bytes` of memory hold (`WORKER_MEMORY` each), at least 1.
+
+    Small networks use cores better as independent single-threaded runs than
+    as one process's TensorFlow threads (on 2 cores the main job runs about
+    1.4x as fast with 2 workers, `docs/results/bench-quick.md`).
+    """
+    if n_gpus:
+        return n_gpus
+    by_memory = memory_bytes // WORKER_MEMORY if memory_bytes else n_cores
+    return max(1, min(n_cores, by_memory))
+
+
+def memory() -> int | None:
+    """This machine's physical memory in bytes, or `None` where unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def resolve_jobs(jobs) -> int:
+    """`jobs`, with `"auto"` resolved for this machine (`auto_jobs`)."""
+    if jobs != AUTO:
+        return check_jobs(jobs)
+    return auto_jobs(cores(), len(gpu_ids()), memory())
 
 
 def cores() -> int:
