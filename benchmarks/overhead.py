@@ -61,6 +61,7 @@ python benchmarks/overhead.py --out overhead.json      # about 10 minutes
 python benchmarks/overhead.py --steps 5 --repeats 1    # smoke run
 python benchmarks/overhead.py --variants scored,double_feedback,double_complement
 python benchmarks/overhead.py --variants masked_nobias,plain_hook --no-tfmot
+python benchmarks/overhead.py --variants masked_010,masked_layer --no-tfmot --steps 300
 ```
 """
 
@@ -82,6 +83,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _tfmot_reference  # variant names only; it imports tfmot in its main()
 import keras
 import tensorflow as tf
+from _masked_dense_010 import MaskedDense010
 from _overhead_common import (
     BATCH_SIZE,
     EPOCHS_PER_FIT,
@@ -218,6 +220,22 @@ VARIANTS = [
         _NoBiasMaskDense,
         _iterative_scheduler,
         default=False,
+    ),
+    # Masked Dense against keras-lth 0.1.0's layer, both without a callback
+    # (`--variants masked_010,masked_layer`): 0.1.0's scheduler is gone, and
+    # plain iterative pruning adds no batch hook (its work is at epoch starts).
+    Variant(
+        "masked_010",
+        "keras-lth 0.1.0's MaskedDense (benchmarks/_masked_dense_010.py), no callback",
+        MaskedDense010,
+        default=False,
+    ),
+    Variant(
+        "masked_layer",
+        "keras_lth.MaskedDense, no callback (against masked_010: no slower than 0.1.0)",
+        lth.MaskedDense,
+        default=False,
+        baseline="masked_010",
     ),
     # Re-introduction strategies (`--variants scored,double_feedback,double_complement`),
     # budgeted against `masked`.
