@@ -437,7 +437,10 @@ def table_rows(text):
 
 # Each results page and the artifacts its tables are copied from (verbatim).
 RESULTS = {
-    "docs/results/bench-quick.md": ["docs/results/bench_quick/summary.md"],
+    "docs/results/bench-quick.md": [
+        "docs/results/bench_quick/summary.md",
+        "docs/results/bench_quick_auto/summary.md",
+    ],
     "docs/results/mnist-lth.md": ["docs/results/mnist_lth/results.md"],
     "docs/results/mnist-cnn-lth.md": ["docs/results/mnist_cnn_lth/results.md"],
     "docs/results/speech-cnn-lth.md": ["docs/results/speech_cnn_lth/results.md"],
@@ -594,6 +597,69 @@ def test_bench_quick_run_time_is_the_recorded_one():
     page = read("docs/results/bench-quick.md")
     assert f"{len(lines)} runs" in page
     assert f"{total:.0f} s" in page
+
+
+def _end_accuracy_cells(path):
+    """`{(method, column): (mean, std, n)}` of a summary's end-of-training table."""
+    text = read(path).split("## Test accuracy (%) at the end of training", 1)[1]
+    rows = [l for l in text.split("\n## ", 1)[0].splitlines() if l.startswith("| ")]
+    columns = [c.strip() for c in rows[0].strip("|").split("|")][1:]
+    cells = {}
+    for row in rows[1:]:
+        values = [c.strip() for c in row.strip("|").split("|")]
+        for column, cell in zip(columns, values[1:]):
+            if cell:
+                mean, std = (float(v) / 100 for v in cell.split(" ± "))
+                cells[(values[0], column)] = (mean, std, 3)
+    return cells
+
+
+def test_bench_quick_defaults_run_is_the_recorded_one():
+    from keras_lth.bench import report
+
+    log = read("docs/results/bench_quick_auto/log.txt")
+    (wall,) = re.findall(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
+    assert "$ keras-lth bench --out /tmp/bq4/bench_quick_auto" in log
+    assert "Percent of CPU this job got: 191%" in log
+    with open(DOCS / "results" / "bench_quick_auto" / "timing.json") as f:
+        timing = json.load(f)
+    assert timing["runs"] == 54 and {p["jobs"] for p in timing["pieces"]} == {2}
+    page, readme = read("docs/results/bench-quick.md"), read("README.md")
+    section = page.split("## The main job with its defaults", 1)[1].split("\n## ", 1)[0]
+    section = " ".join(section.split())  # line breaks aside
+    assert f"Wall time {wall} for the whole main job" in section
+    assert f"({wall})" in readme and "`docs/results/bench_quick_auto/log.txt`" in read(
+        "CONTRIBUTING.md"
+    )
+    assert f"{timing['wall_s']:.0f} s in the 54 runs" in section
+    assert f"{timing['ms_per_step']:.2f} ms of wall time per training step" in section
+    assert f"{timing['ratio']:.2f}x the bare" in section
+    # the reproduction: cells within the noise bound of the first run's
+    first = _end_accuracy_cells("docs/results/bench_quick/summary.md")
+    again = _end_accuracy_cells("docs/results/bench_quick_auto/summary.md")
+    assert set(first) == set(again)
+    outside = [
+        k for k in first if abs(again[k][0] - first[k][0]) > report.noise_bound(first[k], again[k])
+    ]
+    within = len(first) - len(outside)
+    assert f"Of the {len(first)} mean ± std cells" in section
+    assert f"{within} are within the noise bound" in section
+    assert outside == [("double-feedback", "26.3%")]
+
+
+def test_mnist_input_table_is_the_recorded_run():
+    with open(DOCS / "results" / "pipeline" / "mnist_input.json") as f:
+        result = json.load(f)
+    page = read("docs/results/pipeline.md").split("## MNIST training input", 1)[1]
+    for name in ("per_batch", "library", "in_memory"):
+        (line,) = [l for l in page.splitlines() if l.startswith(f"| `{name}`")]
+        want = [f"{result['step_ms'][name]:.3f}", f"{result['vs_in_memory'][name]:.3f}"]
+        assert line.rstrip(" |").split(" | ")[-2:] == want, line
+    assert f"{result['library_vs_per_batch']:.3f}× the step time" in page
+    assert (
+        f"{result['config']['repeats']} rounds\nof {result['config']['epochs']} timed epochs"
+        in page
+    )
 
 
 def test_tuner_search_times_are_the_recorded_ones():

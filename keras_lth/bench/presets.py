@@ -3,8 +3,8 @@
 `PRESETS` holds the named protocols and `PRESET_METHODS` the methods each
 runs by default:
 
-- `"quick"`: the project's main job (embedded MNIST-5k; 23 minutes on 2
-  quiet CPU cores, `docs/results/bench_quick_quiet/log.txt`): the dense net, the seed's two
+- `"quick"`: the project's main job (embedded MNIST-5k; 14 minutes on 2
+  CPU cores with `--jobs auto`, `docs/results/bench_quick_auto/log.txt`): the dense net, the seed's two
   algorithms (`double-complement`, `double-feedback`, `scored`) and the
   baselines they are compared with at equal density and at equal training
   budget (`lth`, `imp-finetune`, `oneshot`, `gradual` and the budget-matched
