@@ -39,7 +39,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import keras_lth as lth
@@ -53,10 +52,9 @@ def pipelines(seed=SEED):
     """The three training pipelines, and the steps of one epoch."""
     mnist = importlib.import_module("keras_lth.data.mnist")  # `lth.data.mnist` is the function
     splits = lth.data.mnist(batch_size=BATCH_SIZE, seed=seed)
-    x, y = mnist._load_embedded()
-    rest = np.sort(np.random.default_rng(mnist._EMBEDDED_SPLIT_SEED).permutation(len(y))[1000:])
-    train_idx, _ = lth.data.common.carve_validation(len(rest), 500, seed)
-    xs, ys = x[rest][train_idx], y[rest][train_idx].astype("int32")
+    (x, y), _ = mnist._embedded_splits()
+    train_idx, _ = lth.data.common.carve_validation(len(y), 500, seed)
+    xs, ys = x[train_idx], y[train_idx].astype("int32")
     per_batch = tf.data.Dataset.from_tensor_slices((xs, ys))
     per_batch = per_batch.shuffle(len(ys), seed=seed, reshuffle_each_iteration=True)
     per_batch = per_batch.batch(BATCH_SIZE).map(

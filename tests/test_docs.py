@@ -602,7 +602,7 @@ def test_bench_quick_run_time_is_the_recorded_one():
 def _end_accuracy_cells(path):
     """`{(method, column): (mean, std, n)}` of a summary's end-of-training table."""
     text = read(path).split("## Test accuracy (%) at the end of training", 1)[1]
-    rows = [l for l in text.split("\n## ", 1)[0].splitlines() if l.startswith("| ")]
+    rows = table_rows(text.split("\n## ", 1)[0])  # the header, then the methods
     columns = [c.strip() for c in rows[0].strip("|").split("|")][1:]
     cells = {}
     for row in rows[1:]:
