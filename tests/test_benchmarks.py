@@ -347,9 +347,15 @@ def test_convergence_describe_and_table_by_hand():
 
 
 def _train_step_graph(layer_class):
-    """The traced graph of one LeNet-300-100 training step with `layer_class`."""
+    """The traced graph of one LeNet-300-100 training step with `layer_class`.
+
+    The step is `keras_lth.bench.timing.bare_train_step`, the one that
+    `bare_step_ms` times.
+    """
     import keras
     import tensorflow as tf
+
+    from keras_lth.bench import timing
 
     model = keras.Sequential(
         [keras.Input((784,))]
@@ -358,21 +364,10 @@ def _train_step_graph(layer_class):
             for units, name in zip(_common.UNITS, overhead.LAYER_NAMES)
         ]
     )
-    optimizer = keras.optimizers.Adam(_common.LEARNING_RATE)
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return loss
-
+    step = timing.bare_train_step(model, _common.LEARNING_RATE)
     return step.get_concrete_function(
         tf.TensorSpec((_common.BATCH_SIZE, 784), "float32"),
-        tf.TensorSpec((_common.BATCH_SIZE,), "int64"),
+        tf.TensorSpec((_common.BATCH_SIZE,), "int32"),
     ).graph
 
 

@@ -18,25 +18,20 @@ import time
 import numpy as np
 
 
-def bare_step_ms(model, batch_size, learning_rate, steps=200, repeats=5, seed=0) -> float:
-    """Median wall time (ms) of one bare training step of `model`.
+def bare_train_step(model, learning_rate):
+    """One bare training step of `model`, as a `tf.function` of `(x, y)`.
+
+    Adam on `model.trainable_variables` and sparse categorical cross-entropy on
+    logits, with no `fit` around it: the step that `bare_step_ms` times and
+    whose traced graph the overhead tests inspect.
 
     Args:
         model: An uncompiled Keras model (its weights train; pass a copy).
-        batch_size: Examples per step.
         learning_rate: Adam's learning rate.
-        steps: Steps per timed repeat. Defaults to `200`.
-        repeats: Timed repeats; the median is returned. Defaults to `5`.
-        seed: Seed of the random batch. Defaults to `0`.
     """
     import keras
     import tensorflow as tf
 
-    rng = np.random.default_rng(seed)
-    shape = (batch_size,) + tuple(model.input_shape[1:])
-    x = tf.constant(rng.random(shape, dtype=np.float32))
-    classes = int(model.output_shape[-1])
-    y = tf.constant(rng.integers(0, classes, batch_size).astype("int32"))
     optimizer = keras.optimizers.Adam(learning_rate)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     weights = model.trainable_variables
@@ -48,6 +43,29 @@ def bare_step_ms(model, batch_size, learning_rate, steps=200, repeats=5, seed=0)
             loss = loss_fn(y, model(x, training=True))
         optimizer.apply(tape.gradient(loss, weights), weights)
         return loss
+
+    return step
+
+
+def bare_step_ms(model, batch_size, learning_rate, steps=200, repeats=5, seed=0) -> float:
+    """Median wall time (ms) of one bare training step of `model`.
+
+    Args:
+        model: An uncompiled Keras model (its weights train; pass a copy).
+        batch_size: Examples per step.
+        learning_rate: Adam's learning rate.
+        steps: Steps per timed repeat. Defaults to `200`.
+        repeats: Timed repeats; the median is returned. Defaults to `5`.
+        seed: Seed of the random batch. Defaults to `0`.
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    shape = (batch_size,) + tuple(model.input_shape[1:])
+    x = tf.constant(rng.random(shape, dtype=np.float32))
+    classes = int(model.output_shape[-1])
+    y = tf.constant(rng.integers(0, classes, batch_size).astype("int32"))
+    step = bare_train_step(model, learning_rate)
 
     for _ in range(20):  # trace and warm up
         step(x, y)
