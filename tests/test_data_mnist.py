@@ -91,7 +91,7 @@ def test_train_batches_equal_the_per_batch_scaling_pipeline(flatten):
 
     module = importlib.import_module("keras_lth.data.mnist")  # `data.mnist` is the function
     (x, y), _ = module._embedded_splits()
-    train_idx, _ = data.common.carve_validation(4000, 500, 5)
+    train_idx, _ = data.common.carve_validation(len(y), 500, 5)
     xs, ys = x[train_idx], y[train_idx].astype("int32")
     keras.utils.set_random_seed(5)
     reference = tf.data.Dataset.from_tensor_slices((xs, ys))

@@ -185,8 +185,11 @@ def _scale(x, y, flatten):
 
 
 def _embedded_splits():
-    """The embedded digits' fixed train / test split (independent of `seed`),
-    as `((x_train, y_train), (x_test, y_test))` like the other sources."""
+    """The embedded digits' fixed train / test split.
+
+    It does not depend on `seed`. Returns `((x_train, y_train), (x_test, y_test))`
+    like the other sources.
+    """
     x, y = _load_embedded()
     order = np.random.default_rng(_EMBEDDED_SPLIT_SEED).permutation(len(y))
     test_idx, rest = np.sort(order[:EMBEDDED_TEST_SIZE]), np.sort(order[EMBEDDED_TEST_SIZE:])
