@@ -14,6 +14,9 @@ attribute that holds a kernel (`Dense.call` and `BaseConv.call` read
 that attribute with a property that returns `raw * mask`; the raw variable
 stays what the Keras class created, so pruned weights keep their values
 (rewinding and re-introduction rely on that) and receive a zero gradient.
+Within one call of the layer the product is computed once per attribute,
+however often the Keras class reads it (`Dense.call` reads `self.bias` in
+its `is not None` test and again in the add).
 
 Two kinds of layer hold their masks differently:
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import threading
 
 import keras
 import numpy as np
@@ -108,6 +112,19 @@ class MaskedLayer:
                     f"Received: {arg}={kwargs[arg]!r}"
                 )
         super().__init__(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        # The masked values of this call, computed once each (see
+        # `_masked_property`); per thread, as `tf.distribute` replicas
+        # trace the model in threads of their own.
+        calls = _call_memos()
+        if id(self) in calls:  # a re-entrant call shares the outer one's
+            return super().__call__(*args, **kwargs)
+        calls[id(self)] = {}
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            del calls[id(self)]
 
     # -- building ------------------------------------------------------ #
     def build(self, input_shape):
@@ -351,6 +368,18 @@ def _base_property(cls, attr):
     return None
 
 
+_CALLS = threading.local()
+
+
+def _call_memos():
+    """This thread's `id(layer)` -> {attribute: masked value}, one per running call."""
+    try:
+        return _CALLS.memos
+    except AttributeError:
+        _CALLS.memos = {}
+        return _CALLS.memos
+
+
 def _masked_property(attr):
     mask_name = f"{attr}_mask"
 
@@ -359,7 +388,12 @@ def _masked_property(attr):
         mask = self.__dict__.get(mask_name)
         if mask is None or raw is None:  # no bias; or in the Keras build, before the masks
             return raw
-        return _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
+        memo = _call_memos().get(id(self))
+        if memo is None:  # read outside a call of the layer
+            return _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
+        if attr not in memo:
+            memo[attr] = _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
+        return memo[attr]
 
     def fset(self, value):
         # Keras layers whose build assigns `self.kernel = self.add_weight(...)`

@@ -170,6 +170,29 @@ def test_dense_all_ones_masks_equals_dense():
     np.testing.assert_array_equal(np_(layer(X)), np_(dense(X)))
 
 
+def test_dense_masks_each_weight_once_per_call_and_never_from_a_stale_call(monkeypatch):
+    # `Dense.call` reads `self.bias` twice; within a call the masked value is
+    # computed once, and the next call sees the masks as they are then.
+    layer = _dense()
+    products = []
+    apply_mask = L._apply_mask
+    monkeypatch.setattr(
+        L,
+        "_apply_mask",
+        lambda raw, mask, g: products.append(mask.name) or apply_mask(raw, mask, g),
+    )
+    layer(X)
+    assert sorted(products) == ["bias_mask", "kernel_mask"]
+    assert not L._call_memos()
+    layer.set_masks(KMASK, BMASK)
+    np.testing.assert_allclose(
+        np_(layer(X)), X @ (KERNEL * KMASK) + BIAS * BMASK, rtol=1e-6, atol=1e-6
+    )
+    products.clear()
+    np_(layer.kernel), np_(layer.kernel)  # outside a call: computed at each read
+    assert products == ["kernel_mask", "kernel_mask"]
+
+
 def test_dense_without_bias_and_on_3d_inputs():
     layer = _dense(use_bias=False)
     layer.set_masks(KMASK)
