@@ -35,6 +35,7 @@ import argparse
 import itertools
 import json
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -59,31 +60,52 @@ COMMON = {
     "prune/structure": "weight",
 }
 _DOUBLE = {"prune/method": "double", "prune/double_mode": "feedback"}
-_ROUND = {"prune/when": "round", "prune/every": 1, "prune/start": 1}
+_SCORED = {"prune/method": "scored", "prune/prune_by": "score"}
+_ROUND = {"prune/when": "round", "prune/every": 1, "prune/start": 1, "prune/fraction": 0.2}
+_PRUNE = {"prune/when": "prune", "prune/fraction": 0.2}
 CANDIDATES = {
     "lth": {"prune/method": "lth"},
-    "double round f=0.2": {**_DOUBLE, **_ROUND, "prune/fraction": 0.2},
-    "double prune f=0.2": {**_DOUBLE, "prune/when": "prune", "prune/fraction": 0.2},
-    "double prune f=1.0": {**_DOUBLE, "prune/when": "prune", "prune/fraction": 1.0},
-    "scored round f=0.2": {
-        "prune/method": "scored",
-        **_ROUND,
-        "prune/fraction": 0.2,
-        "prune/prune_by": "score",
-    },
-    "scored prune f=0.2": {
-        "prune/method": "scored",
-        "prune/when": "prune",
-        "prune/fraction": 0.2,
-        "prune/prune_by": "magnitude",
-    },
+    # the first sweep (2 epochs per round)
+    "double round f=0.2": {**_DOUBLE, **_ROUND},
+    "double prune f=0.2": {**_DOUBLE, **_PRUNE},
+    "double prune f=1.0": {**_DOUBLE, **_PRUNE, "prune/fraction": 1.0},
+    "scored round f=0.2": {**_SCORED, **_ROUND},
+    "scored prune f=0.2": {**_SCORED, **_PRUNE, "prune/prune_by": "magnitude"},
     "scored prune f=1.0": {
-        "prune/method": "scored",
-        "prune/when": "prune",
+        **_SCORED,
+        **_PRUNE,
         "prune/fraction": 1.0,
         "prune/prune_by": "magnitude",
     },
+    # the wider sweep: one setting changed at a time from the in-round defaults
+    "double complement": {**_DOUBLE, **_ROUND, "prune/double_mode": "complement"},
+    "double round f=0.05": {**_DOUBLE, **_ROUND, "prune/fraction": 0.05},
+    "double round start=2 every=2": {**_DOUBLE, **_ROUND, "prune/start": 2, "prune/every": 2},
+    "double round value=zero": {**_DOUBLE, **_ROUND, "prune/value": "zero"},
+    "double round value=rewind": {**_DOUBLE, **_ROUND, "prune/value": "rewind"},
+    "scored round by magnitude": {**_SCORED, **_ROUND, "prune/prune_by": "magnitude"},
+    "scored round f=0.05": {**_SCORED, **_ROUND, "prune/fraction": 0.05},
+    "scored round start=2 every=2": {**_SCORED, **_ROUND, "prune/start": 2, "prune/every": 2},
+    "scored round value=zero": {**_SCORED, **_ROUND, "prune/value": "zero"},
+    "scored round score_decay=0.5": {**_SCORED, **_ROUND, "prune/score_decay": 0.5},
+    "scored prune by score": {**_SCORED, **_PRUNE},
+    "scored prune score_decay=0.5": {
+        **_SCORED,
+        **_PRUNE,
+        "prune/prune_by": "magnitude",
+        "prune/score_decay": 0.5,
+    },
 }
+FIRST_SWEEP = [
+    "lth",
+    "double round f=0.2",
+    "double prune f=0.2",
+    "double prune f=1.0",
+    "scored round f=0.2",
+    "scored prune f=0.2",
+    "scored prune f=1.0",
+]
+"""The first sweep's candidates (`--candidates` default)."""
 
 
 def build_model(hp):
@@ -104,9 +126,10 @@ class SweepHyperModel(lth.tuner.PruningHyperModel):
     scores `test_data`, and every run's last record is kept in `runs`.
     """
 
-    def __init__(self, names, seeds, **kwargs):
+    def __init__(self, names, seeds, common, **kwargs):
         super().__init__(build_model, **kwargs)
         self.names = list(names)
+        self.common = dict(common)
         self.test_data = None
         self.runs = []
         self._seeds = itertools.cycle(range(seeds))
@@ -125,7 +148,7 @@ class SweepHyperModel(lth.tuner.PruningHyperModel):
         model.set_weights(self.build_model(hp).get_weights())
         train_ds, val_ds, self.test_data, _ = lth.data.mnist(batch_size=BATCH_SIZE, seed=self._seed)
         t0 = time.time()
-        values = {**COMMON, **CANDIDATES[name]}
+        values = {**self.common, **CANDIDATES[name]}
         metrics = super().fit(values, model, train_ds, validation_data=val_ds, **kwargs)
         record = self._scheduler.rounds[-1]
         self.runs.append(
@@ -155,8 +178,8 @@ class SweepHyperModel(lth.tuner.PruningHyperModel):
         return self._scheduler
 
 
-def sweep(density, names, seeds):
-    hypermodel = SweepHyperModel(names, seeds, target_density=density, seed=0)
+def sweep(density, names, seeds, common=COMMON):
+    hypermodel = SweepHyperModel(names, seeds, common, target_density=density, seed=0)
     tuner = keras_tuner.GridSearch(
         hypermodel,
         objective=keras_tuner.Objective("val_accuracy", "max"),
@@ -173,7 +196,7 @@ def sweep(density, names, seeds):
     best = tuner.get_best_hyperparameters()[0].get("candidate")
     return {
         "density": density,
-        "plans": {n: hypermodel.describe({**COMMON, **CANDIDATES[n]}) for n in names},
+        "plans": {n: hypermodel.describe({**common, **CANDIDATES[n]}) for n in names},
         "trials": [
             {"candidate": t.hyperparameters.get("candidate"), "status": t.status, "score": t.score}
             for t in trials
@@ -186,10 +209,11 @@ def sweep(density, names, seeds):
 
 
 def write_report(result, out):
-    lines = [
-        "`python benchmarks/reintroduction_sweep.py --out docs/results/reintroduction_sweep`",
-        "",
-    ]
+    command = result.get(
+        "command",
+        "python benchmarks/reintroduction_sweep.py --out docs/results/reintroduction_sweep",
+    )
+    lines = [f"`{command}`", ""]
     for part in result["densities"]:
         names = [n for n in CANDIDATES if n in part["plans"]]
         by = {n: [r for r in part["runs"] if r["candidate"] == n] for n in names}
@@ -252,10 +276,17 @@ def main(argv=None):
     parser.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument(
-        "--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES)
+        "--candidates",
+        nargs="+",
+        choices=[*CANDIDATES, "all"],
+        default=FIRST_SWEEP,
+        help="the candidates to run (lth, the reference, always runs); 'all': every one",
     )
+    parser.add_argument("--epochs-per-round", type=int, default=COMMON["prune/epochs_per_round"])
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
+    if "all" in args.candidates:
+        args.candidates = list(CANDIDATES)
     args.candidates = ["lth"] + [n for n in args.candidates if n != "lth"]  # the reference
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.json")
@@ -263,10 +294,20 @@ def main(argv=None):
         with open(path) as f:
             write_report(json.load(f), args.out)
         return
-    result = {"loadavg_before": os.getloadavg(), "densities": []}
+    if args.epochs_per_round < 2:
+        parser.error(
+            "--epochs-per-round: expected an integer >= 2 (the first epoch of a round "
+            f"precedes its first event). Received: {args.epochs_per_round}"
+        )
+    common = {**COMMON, "prune/epochs_per_round": args.epochs_per_round}
+    result = {
+        "command": " ".join(["python benchmarks/reintroduction_sweep.py", *(argv or sys.argv[1:])]),
+        "loadavg_before": os.getloadavg(),
+        "densities": [],
+    }
     for density in args.densities:
         print(f"density {density}", flush=True)
-        result["densities"].append(sweep(density, args.candidates, args.seeds))
+        result["densities"].append(sweep(density, args.candidates, args.seeds, common))
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
     write_report(result, args.out)

@@ -98,6 +98,21 @@ SEARCH_SPACE = {
         {"values": ["score", "magnitude"], "default": "score"},
         ("prune/method", ["scored"]),
     ),
+    "prune/value": (
+        "Choice",
+        {"values": ["current", "zero", "rewind"], "default": "current"},
+        ("prune/method", list(_REINTRODUCING)),
+    ),
+    "prune/decay": (
+        "Choice",
+        {"values": ["cosine", "constant"], "default": "cosine"},
+        ("prune/method", list(_REINTRODUCING)),
+    ),
+    "prune/score_decay": (
+        "Float",
+        {"min_value": 0.0, "max_value": 0.75, "step": 0.25, "default": 0.0},
+        ("prune/method", ["scored"]),
+    ),
 }
 """The schedule's hyperparameters: `{name: (kind, arguments, condition)}`.
 
@@ -306,15 +321,21 @@ class PruningHyperModel(keras_tuner.HyperModel):
         reintroduce = None
         if method in _REINTRODUCING:
             when = get("prune/when")
-            reintroduce = {"fraction": float(get("prune/fraction")), "when": when}
+            reintroduce = {
+                "fraction": float(get("prune/fraction")),
+                "when": when,
+                "value": get("prune/value"),
+            }
             if when == "round":
                 # (with when="prune" there are no in-round events to time)
                 reintroduce["every"] = int(get("prune/every"))
                 reintroduce["start"] = int(get("prune/start"))
+                reintroduce["decay"] = get("prune/decay")
             if method == "double":
                 reintroduce = {"mode": get("prune/double_mode"), **reintroduce}
             else:
                 reintroduce["prune_by"] = get("prune/prune_by")
+                reintroduce["score_decay"] = round(float(get("prune/score_decay")), 6)
             # Events fall after epochs start, start + every, ... of a round,
             # before its last epoch ends (keras_lth.reintroduce.event_due).
             if when == "round" and max(reintroduce["start"], 1) >= epochs_per_round:

@@ -148,9 +148,18 @@ def test_search_space_contents():
     assert parent("prune/rewind_epoch") == [{"name": "prune/method", "values": ["lth-late"]}]
     assert parent("prune/norm") == [{"name": "prune/structure", "values": ["neuron"]}]
     assert parent("prune/double_mode") == [{"name": "prune/method", "values": ["double"]}]
-    for name in ("prune/fraction", "prune/every", "prune/start", "prune/when"):
+    for name in (
+        "prune/fraction",
+        "prune/every",
+        "prune/start",
+        "prune/when",
+        "prune/value",
+        "prune/decay",
+    ):
         assert parent(name) == [{"name": "prune/method", "values": ["double", "scored"]}]
-    assert parent("prune/prune_by") == [{"name": "prune/method", "values": ["scored"]}]
+    for name in ("prune/prune_by", "prune/score_decay"):
+        assert parent(name) == [{"name": "prune/method", "values": ["scored"]}]
+    assert space["prune/value"].values == ["current", "zero", "rewind"]
     assert space["prune/when"].values == ["round", "prune"]
     # defaults: the lottery-ticket schedule, method-specific values inactive
     assert hp.values == {
@@ -224,8 +233,10 @@ def test_describe_maps_values_to_schedules():
         "mode": "feedback",
         "fraction": 0.3,
         "when": "round",
+        "value": "current",
         "every": 2,
         "start": 1,
+        "decay": "cosine",
     }
     # re-selection at the pruning step: no events to time, so any start fits
     scored = hm.describe(
@@ -236,9 +247,19 @@ def test_describe_maps_values_to_schedules():
             "prune/prune_by": "magnitude",
             "prune/fraction": 0.5,
             "prune/start": 3,
+            "prune/value": "rewind",
+            "prune/score_decay": 0.25,
         }
     )
-    assert scored["reintroduce"] == {"fraction": 0.5, "when": "prune", "prune_by": "magnitude"}
+    assert scored["reintroduce"] == {
+        "fraction": 0.5,
+        "when": "prune",
+        "value": "rewind",
+        "prune_by": "magnitude",
+        "score_decay": 0.25,
+    }
+    made = hm.scheduler_from({**base, "prune/method": "scored", "prune/value": "zero"})
+    assert (made.reintroduce.value, made.reintroduce.score_decay) == ("zero", 0.0)
     assert double["rewind"] == "init"
     # Hyperband's budget is the round length
     assert hm.describe({**base, "tuner/epochs": 2})["epochs_per_round"] == 2
