@@ -35,6 +35,7 @@ import argparse
 import itertools
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -53,6 +54,8 @@ DENSITIES = (0.10, 0.036)
 SEEDS = 3
 BATCH_SIZE = 60
 LEARNING_RATE = 1.2e-3
+SPEECH_BATCH_SIZE = 100
+SPEECH_LEARNING_RATE = 1e-3
 COMMON = {
     "prune/rate": 0.5,
     "prune/epochs_per_round": 2,
@@ -108,14 +111,51 @@ FIRST_SWEEP = [
 """The first sweep's candidates (`--candidates` default)."""
 
 
-def build_model(hp):
-    model = lth.models.lenet_300_100()
-    model.compile(
-        keras.optimizers.Adam(LEARNING_RATE),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
+class Task:
+    """The data and network of a sweep.
+
+    `"mnist"`: LeNet-300-100 on the embedded MNIST-5k, batch 60, Adam 1.2e-3.
+    `"speech_commands"`: `lth.models.speech_mlp` (256-256) on the flat
+    log-mel features of the Speech Commands tree `source`, batch 100, Adam
+    1e-3 (the benchmark's speech settings). A seed fixes the data order (and
+    the tree's `_silence_` / `_unknown_` draws) exactly as in `keras-lth bench`.
+    """
+
+    def __init__(self, dataset="mnist", source=None):
+        self.dataset, self.source = dataset, source
+        if dataset == "mnist":
+            self.batch_size, self.learning_rate, self.input_dim = BATCH_SIZE, LEARNING_RATE, None
+        elif dataset == "speech_commands":
+            if not source or not os.path.isdir(source):
+                raise ValueError(
+                    "Received an invalid value for `--source`, expected the directory "
+                    "of a Speech Commands tree (e.g. `python -m "
+                    f"keras_lth.data.synthetic_speech DIR 96`). Received: {source!r}"
+                )
+            self.batch_size, self.learning_rate = SPEECH_BATCH_SIZE, SPEECH_LEARNING_RATE
+            self.input_dim = self.load(0)[3].input_shape[0]
+        else:
+            raise ValueError(
+                "Received an invalid value for `--dataset`, expected 'mnist' or "
+                f"'speech_commands'. Received: {dataset!r}"
+            )
+
+    def load(self, seed):
+        if self.dataset == "mnist":
+            return lth.data.mnist(batch_size=self.batch_size, seed=seed)
+        return lth.data.speech_commands(self.source, batch_size=self.batch_size, seed=seed)
+
+    def build_model(self, hp=None):
+        if self.dataset == "mnist":
+            model = lth.models.lenet_300_100()
+        else:
+            model = lth.models.speech_mlp(self.input_dim)
+        model.compile(
+            keras.optimizers.Adam(self.learning_rate),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        return model
 
 
 class SweepHyperModel(lth.tuner.PruningHyperModel):
@@ -126,8 +166,9 @@ class SweepHyperModel(lth.tuner.PruningHyperModel):
     scores `test_data`, and every run's last record is kept in `runs`.
     """
 
-    def __init__(self, names, seeds, common, **kwargs):
-        super().__init__(build_model, **kwargs)
+    def __init__(self, names, seeds, common, task, **kwargs):
+        super().__init__(task.build_model, **kwargs)
+        self.task = task
         self.names = list(names)
         self.common = dict(common)
         self.test_data = None
@@ -146,7 +187,7 @@ class SweepHyperModel(lth.tuner.PruningHyperModel):
         self._seed = next(self._seeds)
         keras.utils.set_random_seed(self._seed)
         model.set_weights(self.build_model(hp).get_weights())
-        train_ds, val_ds, self.test_data, _ = lth.data.mnist(batch_size=BATCH_SIZE, seed=self._seed)
+        train_ds, val_ds, self.test_data, _ = self.task.load(self._seed)
         t0 = time.time()
         values = {**self.common, **CANDIDATES[name]}
         metrics = super().fit(values, model, train_ds, validation_data=val_ds, **kwargs)
@@ -178,8 +219,9 @@ class SweepHyperModel(lth.tuner.PruningHyperModel):
         return self._scheduler
 
 
-def sweep(density, names, seeds, common=COMMON):
-    hypermodel = SweepHyperModel(names, seeds, common, target_density=density, seed=0)
+def sweep(density, names, seeds, common=COMMON, task=None):
+    task = task or Task()
+    hypermodel = SweepHyperModel(names, seeds, common, task, target_density=density, seed=0)
     tuner = keras_tuner.GridSearch(
         hypermodel,
         objective=keras_tuner.Objective("val_accuracy", "max"),
@@ -283,6 +325,8 @@ def main(argv=None):
         help="the candidates to run (lth, the reference, always runs); 'all': every one",
     )
     parser.add_argument("--epochs-per-round", type=int, default=COMMON["prune/epochs_per_round"])
+    parser.add_argument("--dataset", choices=["mnist", "speech_commands"], default="mnist")
+    parser.add_argument("--source", help="the Speech Commands tree (--dataset speech_commands)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     if "all" in args.candidates:
@@ -300,14 +344,22 @@ def main(argv=None):
             f"precedes its first event). Received: {args.epochs_per_round}"
         )
     common = {**COMMON, "prune/epochs_per_round": args.epochs_per_round}
+    task = Task(args.dataset, args.source)
     result = {
-        "command": " ".join(["python benchmarks/reintroduction_sweep.py", *(argv or sys.argv[1:])]),
+        "command": shlex.join(
+            [
+                "python",
+                "benchmarks/reintroduction_sweep.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
+        "dataset": args.dataset,
         "loadavg_before": os.getloadavg(),
         "densities": [],
     }
     for density in args.densities:
         print(f"density {density}", flush=True)
-        result["densities"].append(sweep(density, args.candidates, args.seeds, common))
+        result["densities"].append(sweep(density, args.candidates, args.seeds, common, task))
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
     write_report(result, args.out)

@@ -63,3 +63,33 @@ def test_make_speech_tree_layout_and_speaker_splits(tmp_path):
     ]
     slow = read_wav(str(tmp_path / "house" / f"{ss.speaker_id(3)}_nohash_0.wav"), 16000)
     assert len(slow) > 16000 and np.abs(slow).max() > 0.05
+
+
+def test_make_speech_tree_refuses_to_write_over_other_files(tmp_path):
+    # checked before espeak-ng runs: nothing of the user's is touched
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="`root`.*holds other files: nothing was written"):
+        ss.make_speech_tree(str(tmp_path))
+    assert os.listdir(tmp_path) == ["mine.txt"]
+    with pytest.raises(ValueError, match="`root`.*a file"):
+        ss.make_speech_tree(str(tmp_path / "mine.txt"))
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_script_help_and_bad_arguments_write_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        ss.main(["--help"])
+    assert e.value.code == 0 and "DIR" in capsys.readouterr().out.upper()
+    with pytest.raises(SystemExit) as e:
+        ss.main(["tree", "2"])
+    assert e.value.code == 2 and "expected an integer >= 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        ss.main(["tree", "many"])
+    assert e.value.code == 2 and "invalid int value: 'many'" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "a.wav").write_bytes(b"x")
+    with pytest.raises(SystemExit) as e:
+        ss.main(["full"])
+    assert e.value.code == 2 and "holds other files" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["full"]

@@ -168,7 +168,9 @@ def make_speech_tree(root, words=TARGET_WORDS + OTHER_WORDS, speakers=SPEAKERS, 
     must ignore).
 
     Args:
-        root: Directory to write (created if needed).
+        root: Directory to write: missing, empty, or a tree written here
+            before (its files are rewritten). Anything else is refused, so
+            that no file of the user's is overwritten.
         words: Words to speak. Defaults to the ten target words and five
             others (`_unknown_` candidates).
         speakers: `(voice, words per minute, pitch)` per speaker, e.g.
@@ -177,7 +179,23 @@ def make_speech_tree(root, words=TARGET_WORDS + OTHER_WORDS, speakers=SPEAKERS, 
 
     Returns:
         `{"word/file.wav": split}` for every clip.
+
+    Raises:
+        ValueError: for fewer than 3 speakers, or a `root` that is a file or
+            a non-empty directory without this module's `SYNTHETIC.txt`.
     """
+    root = os.fspath(root)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(
+            f"Received an invalid value for `root`, expected a directory to write "
+            f"the tree to. Received: root={root!r}, a file"
+        )
+    if os.path.isdir(root) and os.listdir(root) and not is_synthetic(root):
+        raise ValueError(
+            "Received an invalid value for `root`, expected a missing or empty "
+            f"directory, or a synthetic tree written before (with {MARKER}). "
+            f"Received: root={root!r}, which holds other files: nothing was written"
+        )
     speakers = tuple(speakers)
     if len(speakers) < 3:
         raise ValueError(
@@ -226,11 +244,29 @@ def make_speech_tree(root, words=TARGET_WORDS + OTHER_WORDS, speakers=SPEAKERS, 
     return split_of
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv=None):
+    """`python -m keras_lth.data.synthetic_speech DIR [SPEAKERS]`."""
+    import argparse
 
-    if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m keras_lth.data.synthetic_speech DIR [SPEAKERS]")
-    count = int(sys.argv[2]) if len(sys.argv) == 3 else len(SPEAKERS)
-    split_of = make_speech_tree(sys.argv[1], speakers=espeak_speakers(count))
-    print(f"Wrote {len(split_of)} clips of {count} speakers to {sys.argv[1]}")
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_lth.data.synthetic_speech",
+        description="Writes a synthetic Speech Commands tree (espeak-ng) to DIR.",
+    )
+    parser.add_argument("dir", help="a missing or empty directory (or a tree written before)")
+    parser.add_argument(
+        "speakers",
+        nargs="?",
+        type=int,
+        default=len(SPEAKERS),
+        help=f"number of speakers, at least 3 (default {len(SPEAKERS)}: the tests' tree)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        split_of = make_speech_tree(args.dir, speakers=espeak_speakers(args.speakers))
+    except ValueError as e:
+        parser.error(str(e))
+    print(f"Wrote {len(split_of)} clips of {args.speakers} speakers to {args.dir}")
+
+
+if __name__ == "__main__":
+    main()
