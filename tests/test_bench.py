@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -385,9 +386,19 @@ def test_speech_commands_runs_on_a_synthetic_tree(tmp_path, model):
     summary = read(str(tmp_path / "out" / "summary.md"))
     assert f"model `{model}`" in summary
     assert "**synthetic speech**" in summary  # the tree's marker labels the results
-    (root / speech_tree.MARKER).unlink()  # any other tree is not labelled
-    report.report_directory(str(tmp_path / "out"))
-    assert "synthetic" not in read(str(tmp_path / "out" / "summary.md"))
+    out = str(tmp_path / "out")
+    config_path = os.path.join(out, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    assert plan.synthetic and config["plan"]["synthetic"] is True
+    shutil.rmtree(root)  # reported where the tree is not: the record says synthetic
+    report.report_directory(out)
+    assert "**synthetic speech**" in read(os.path.join(out, "summary.md"))
+    del config["plan"]["synthetic"]  # a config.json without the record, no tree there
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    report.report_directory(out)
+    assert "synthetic" not in read(os.path.join(out, "summary.md"))
 
 
 def test_densities_off_the_iterative_rounds_warn():

@@ -441,11 +441,17 @@ RESULTS = {
         "docs/results/bench_quick/summary.md",
         "docs/results/bench_quick_auto/summary.md",
     ],
+    "docs/results/bench-speech.md": ["docs/results/bench_speech_quick/summary.md"],
     "docs/results/mnist-lth.md": ["docs/results/mnist_lth/results.md"],
     "docs/results/mnist-cnn-lth.md": ["docs/results/mnist_cnn_lth/results.md"],
     "docs/results/speech-cnn-lth.md": ["docs/results/speech_cnn_lth/results.md"],
     "docs/results/reintroduction.md": ["docs/results/mnist_reintroduce/results.md"],
-    "docs/results/reintroduction-sweep.md": ["docs/results/reintroduction_sweep/results.md"],
+    "docs/results/reintroduction-sweep.md": [
+        "docs/results/reintroduction_sweep/results.md",
+        "docs/results/reintroduction_sweep_wide/results.md",
+        "docs/results/reintroduction_sweep_finalists/results.md",
+        "docs/results/reintroduction_sweep_speech/results.md",
+    ],
     "docs/results/tuner-search.md": ["docs/results/tuner_search/results.md"],
 }
 
@@ -800,3 +806,23 @@ def test_the_api_index_lists_the_whole_public_api():
         if name == "__version__":
             continue
         assert f"`{name}`" in index, name
+
+
+def test_bench_speech_is_the_recorded_run(tmp_path):
+    import shutil
+
+    from keras_lth.bench import report
+
+    out = tmp_path / "bench_speech_quick"
+    shutil.copytree(DOCS / "results" / "bench_speech_quick", out)
+    rebuilt = report.report_directory(str(out))  # from results.jsonl and config.json only
+    committed = read("docs/results/bench_speech_quick/summary.md")
+    assert report.comparable(rebuilt) == report.comparable(committed)
+    assert "**synthetic speech**" in rebuilt  # recorded in config.json
+    log = read("docs/results/bench_speech_quick/log.txt")
+    (wall,) = re.findall(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
+    assert "$ keras-lth bench --dataset speech_commands --source /work/wt/speech96" in log
+    page = " ".join(read("docs/results/bench-speech.md").split())
+    assert f"The run took {wall} of wall clock" in page
+    with open(out / "results.jsonl") as f:
+        assert sum(1 for _ in f) == 54

@@ -277,7 +277,7 @@ def markdown(plan, summary, command=None, timing=None) -> str:
         out += [f"`{command}`", ""]
     passes = plan.steps_per_epoch / plan.steps_per_pass
     data = s.dataset
-    if s.dataset == "speech_commands" and _synthetic(s.source):
+    if s.dataset == "speech_commands" and (plan.synthetic or _synthetic(s.source)):
         data = (
             "**synthetic speech**: a Speech Commands tree of espeak-ng voices "
             "(`keras_lth.data.synthetic_speech`), not the recorded dataset; speech_commands"
@@ -636,10 +636,8 @@ def comparable(text) -> str:
 
 
 def _synthetic(source) -> bool:
-    """Whether the Speech Commands tree at `source` is synthetic (its marker)."""
-    from keras_lth.data import synthetic_speech
+    """Whether the tree at `source` is synthetic, for a `config.json` that
+    did not record it (written before `Plan.synthetic` existed)."""
+    from keras_lth.bench.runner import _is_synthetic_tree
 
-    try:
-        return synthetic_speech.is_synthetic(source) if source not in (None, "tfds") else False
-    except (OSError, ValueError, TypeError):  # a tree not on this machine
-        return False
+    return _is_synthetic_tree(source)

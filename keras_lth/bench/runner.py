@@ -128,6 +128,9 @@ class Plan:
     rounds: int  # pruning rounds of the iterative methods
     sizes: dict  # masked layer name -> kernel size
     num_train: int
+    # a synthetic Speech Commands tree (its marker), recorded so that a report
+    # made where the tree is not says so too
+    synthetic: bool = False
 
     @property
     def steps_per_pass(self) -> int:
@@ -188,7 +191,7 @@ class Plan:
 
     def config(self) -> dict:
         """The plan as JSON-able values (`config.json`, the workers' request)."""
-        return {
+        config = {
             "settings": dataclasses.asdict(self.settings),
             "methods": [m.name for m in self.methods],
             "densities": list(self.densities),
@@ -196,6 +199,9 @@ class Plan:
             "sizes": dict(self.sizes),
             "num_train": self.num_train,
         }
+        if self.synthetic:  # (absent otherwise: the configs of real data as before)
+            config["synthetic"] = True
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> Plan:
@@ -211,6 +217,7 @@ class Plan:
             config["rounds"],
             dict(config["sizes"]),
             config["num_train"],
+            bool(config.get("synthetic", False)),
         )
 
     def epochs(self, run: Run) -> int:
@@ -268,7 +275,20 @@ def make_plan(settings: Settings, methods="all") -> Plan:
             f"{[round(n, 4) for n in nominal[1:]]}); they still appear in the plots.",
             stacklevel=2,
         )
-    return Plan(settings, tuple(chosen), densities, rounds, sizes, info.num_train)
+    synthetic = settings.dataset == "speech_commands" and _is_synthetic_tree(settings.source)
+    return Plan(settings, tuple(chosen), densities, rounds, sizes, info.num_train, synthetic)
+
+
+def _is_synthetic_tree(source) -> bool:
+    """Whether the Speech Commands tree at `source` is synthetic (its marker)."""
+    from keras_lth.data import synthetic_speech
+
+    if source in (None, "tfds"):  # (a relative `tfds/` directory is not a tree)
+        return False
+    try:
+        return synthetic_speech.is_synthetic(source)
+    except (OSError, ValueError, TypeError):  # unreadable: not known to be synthetic
+        return False
 
 
 # ---------------------------------------------------------------------- #
