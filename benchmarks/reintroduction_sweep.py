@@ -111,6 +111,16 @@ FIRST_SWEEP = [
 """The first sweep's candidates (`--candidates` default)."""
 
 
+DATA_LINES = {
+    "mnist": "the embedded MNIST-5k (3,500 / 500 / 1,000 digits), LeNet-300-100, batch 60, Adam 1.2e-3",
+    "speech_commands": (
+        "a Speech Commands tree (the `--source` of the command; synthetic espeak-ng "
+        "speech where it was built by `keras_lth.data.synthetic_speech`), the speech MLP "
+        "(256-256) on flat log-mel features, batch 100, Adam 1e-3"
+    ),
+}
+
+
 class Task:
     """The data and network of a sweep.
 
@@ -256,6 +266,8 @@ def write_report(result, out):
         "python benchmarks/reintroduction_sweep.py --out docs/results/reintroduction_sweep",
     )
     lines = [f"`{command}`", ""]
+    if result.get("dataset"):
+        lines += [f"Data: {DATA_LINES[result['dataset']]}.", ""]
     for part in result["densities"]:
         names = [n for n in CANDIDATES if n in part["plans"]]
         by = {n: [r for r in part["runs"] if r["candidate"] == n] for n in names}
