@@ -50,9 +50,11 @@ EPOCHS_PER_ROUND = 8
 # on, annealed to 0 over the round (cosine): the strategies' defaults.
 METHODS = {
     "lth": None,
-    "double-complement": lambda: lth.DoublePruning(mode="complement"),
-    "double-feedback": lambda: lth.DoublePruning(mode="feedback"),
-    "scored": lambda: lth.ScoredPruning(),
+    # in-round swaps, the settings of the recorded run (the strategies'
+    # defaults before the re-introduction sweep moved them to when="prune")
+    "double-complement": lambda: lth.DoublePruning(mode="complement", when="round"),
+    "double-feedback": lambda: lth.DoublePruning(mode="feedback", when="round"),
+    "scored": lambda: lth.ScoredPruning(when="round"),
 }
 OUT_DIR = "runs/mnist_reintroduce"
 

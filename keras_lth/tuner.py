@@ -70,7 +70,7 @@ SEARCH_SPACE = {
     ),
     "prune/double_mode": (
         "Choice",
-        {"values": ["complement", "feedback"], "default": "complement"},
+        {"values": ["complement", "feedback"], "default": "feedback"},
         ("prune/method", ["double"]),
     ),
     "prune/fraction": (
@@ -90,7 +90,7 @@ SEARCH_SPACE = {
     ),
     "prune/when": (
         "Choice",
-        {"values": ["round", "prune"], "default": "round"},
+        {"values": ["prune", "round"], "default": "prune"},
         ("prune/method", list(_REINTRODUCING)),
     ),
     "prune/prune_by": (
@@ -321,13 +321,10 @@ class PruningHyperModel(keras_tuner.HyperModel):
         reintroduce = None
         if method in _REINTRODUCING:
             when = get("prune/when")
-            reintroduce = {
-                "fraction": float(get("prune/fraction")),
-                "when": when,
-                "value": get("prune/value"),
-            }
+            reintroduce = {"fraction": float(get("prune/fraction")), "when": when}
             if when == "round":
                 # (with when="prune" there are no in-round events to time)
+                reintroduce["value"] = get("prune/value")
                 reintroduce["every"] = int(get("prune/every"))
                 reintroduce["start"] = int(get("prune/start"))
                 reintroduce["decay"] = get("prune/decay")

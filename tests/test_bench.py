@@ -108,6 +108,8 @@ def test_every_named_method_is_listed(capsys):
         "double-complement",
         "double-feedback",
         "scored",
+        "double-prune",
+        "scored-prune",
     ]
     assert list(METHODS) == expected
     for name in expected:
@@ -229,8 +231,10 @@ def test_each_method_runs_and_records_every_metric(main_run):
             if method.structure == "neuron":
                 assert NEURON_METRICS <= set(rec), name
                 assert rec["compact_params"] <= rec["dense_params"]
-            if method.reintroduce:
+            if method.reintroduce in ("complement", "feedback", "scored"):  # in-round
                 assert rec["swaps"] is not None, name
+            elif method.reintroduce:  # re-selection at the pruning steps
+                assert rec["swaps"] is None and (rec["round"] == 0 or "reselected" in rec), name
             assert 0 < rec["test_accuracy"] <= 1
             assert 1 <= rec["early_stop_epoch"] <= rec["epochs"]
             best = rec["early_stop_epoch"] - 1

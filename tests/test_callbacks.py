@@ -450,7 +450,9 @@ def _async_train(callback):
         dict(),
         dict(rewind=1, structure="neuron", scope="global"),
         dict(rewind="reinit", backup_dir="/tmp/unused"),
-        dict(reintroduce=lth.DoublePruning("feedback")),  # epoch events: no batch hook
+        dict(
+            reintroduce=lth.DoublePruning("feedback", when="round")
+        ),  # epoch events: no batch hook
     ],
 )
 def test_iterative_pruning_registers_no_batch_hook(kwargs):
@@ -462,7 +464,7 @@ def test_iterative_pruning_registers_no_batch_hook(kwargs):
 def test_step_events_register_a_batch_end_hook():
     steps = PruningScheduler(
         IterativeSchedule(rounds=1, epochs_per_round=2),
-        reintroduce=lth.ScoredPruning(unit="step", every=5),
+        reintroduce=lth.ScoredPruning(when="round", unit="step", every=5),
         verbose=0,
     )
     assert "on_train_batch_end" in vars(steps)

@@ -378,10 +378,12 @@ def test_bad_arguments_raise_naming_argument_and_value(cls, kwargs, received):
 def test_event_arguments_with_when_prune_warn_they_are_not_used():
     with pytest.warns(UserWarning, match=r"`every`, `value`.*every=5, value='zero'"):
         lth.DoublePruning(when="prune", every=5, value="zero")
+    with pytest.warns(UserWarning, match=r"`every`.*every=5"):  # the default is when="prune"
+        lth.ScoredPruning(every=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lth.ScoredPruning(when="prune", fraction=0.5, score_decay=0.5)
-        lth.ScoredPruning(every=5)  # used by when="round"
+        lth.ScoredPruning(when="round", every=5)  # used by when="round"
 
 
 @pytest.mark.parametrize(
@@ -390,6 +392,7 @@ def test_event_arguments_with_when_prune_warn_they_are_not_used():
         lth.DoublePruning(),
         lth.DoublePruning(
             "feedback",
+            when="round",
             fraction=0.1,
             every=50,
             unit="step",
@@ -398,7 +401,9 @@ def test_event_arguments_with_when_prune_warn_they_are_not_used():
             value="zero",
         ),
         lth.ScoredPruning(),
-        lth.ScoredPruning(fraction=0.3, prune_by="magnitude", score_decay=0.5, value="rewind"),
+        lth.ScoredPruning(
+            fraction=0.3, prune_by="magnitude", score_decay=0.5, value="rewind", when="round"
+        ),
         lth.DoublePruning("feedback", fraction=0.5, when="prune"),
         lth.ScoredPruning(fraction=1.0, prune_by="magnitude", score_decay=0.9, when="prune"),
     ],
@@ -409,3 +414,17 @@ def test_config_round_trip(strategy):
     assert type(again) is type(strategy)
     assert again.get_config() == strategy.get_config()
     assert repr(again) == repr(strategy)
+
+
+def test_the_defaults_are_the_sweeps_choice():
+    # docs/results/reintroduction-sweep.md: re-selection at the pruning step,
+    # Double-pruning in feedback mode, Scored-pruning by score, fraction 0.2
+    double, scored = lth.DoublePruning(), lth.ScoredPruning()
+    assert (double.when, double.mode, double.fraction) == ("prune", "feedback", 0.2)
+    assert (scored.when, scored.prune_by, scored.fraction, scored.score_decay) == (
+        "prune",
+        "score",
+        0.2,
+        0.0,
+    )
+    assert double.dense_gradient and not double.complement  # one pass per step

@@ -123,9 +123,9 @@ def run(reintroduce, model=None, batch_size=32, fit_kwargs=None, **kwargs):
 
 
 STRATEGIES = {
-    "scored": lambda **kw: lth.ScoredPruning(**kw),
-    "feedback": lambda **kw: lth.DoublePruning("feedback", **kw),
-    "complement": lambda **kw: lth.DoublePruning("complement", **kw),
+    "scored": lambda **kw: lth.ScoredPruning(when="round", **kw),
+    "feedback": lambda **kw: lth.DoublePruning("feedback", when="round", **kw),
+    "complement": lambda **kw: lth.DoublePruning("complement", when="round", **kw),
 }
 
 
@@ -158,7 +158,7 @@ def _dense_grad(w, mask, b):
 
 def test_scores_accumulate_minus_w_times_dense_gradient_by_hand():
     model, layer, w = _one_layer(keras.optimizers.SGD(0.0))  # lr 0: w stays
-    s = scheduler(lth.ScoredPruning(), rounds=1, epochs=2, layer_rates={})
+    s = scheduler(lth.ScoredPruning(when="round"), rounds=1, epochs=2, layer_rates={})
     begin(s, model)
     mask = np.array(layer.kernel_mask)
     for _ in range(2):
@@ -172,7 +172,7 @@ def test_scores_accumulate_minus_w_times_dense_gradient_by_hand():
 
 def test_scored_step_trains_only_kept_weights():
     model, layer, w = _one_layer(keras.optimizers.SGD(0.1))
-    s = scheduler(lth.ScoredPruning(), rounds=1, epochs=2, layer_rates={})
+    s = scheduler(lth.ScoredPruning(when="round"), rounds=1, epochs=2, layer_rates={})
     begin(s, model)
     mask = np.array(layer.kernel_mask)
     model.train_function(iter([(XH, YH)]))
@@ -184,7 +184,7 @@ def test_scored_step_trains_only_kept_weights():
 
 def test_feedback_step_trains_pruned_raw_weights_with_the_dense_gradient():
     model, layer, w = _one_layer(keras.optimizers.SGD(0.1))
-    s = scheduler(lth.DoublePruning("feedback"), rounds=1, epochs=2, layer_rates={})
+    s = scheduler(lth.DoublePruning("feedback", when="round"), rounds=1, epochs=2, layer_rates={})
     begin(s, model)
     mask = np.array(layer.kernel_mask)
     model.train_function(iter([(XH, YH)]))
@@ -196,7 +196,7 @@ def test_feedback_step_trains_pruned_raw_weights_with_the_dense_gradient():
 
 def test_complement_step_trains_pruned_weights_as_their_own_network():
     model, layer, w = _one_layer(keras.optimizers.SGD(0.1))
-    s = scheduler(lth.DoublePruning("complement"), rounds=1, epochs=2, layer_rates={})
+    s = scheduler(lth.DoublePruning("complement", when="round"), rounds=1, epochs=2, layer_rates={})
     begin(s, model)
     mask = np.array(layer.kernel_mask)
     b = np.array([0.1, -0.2])
@@ -243,7 +243,7 @@ def test_density_stays_on_schedule_and_swaps_happen(name, scope, structure):
 def test_event_reintroduces_top_k_and_prunes_bottom_k_with_hand_set_weights():
     model = make_model(keras.optimizers.SGD(0.0))
     s = scheduler(
-        lth.DoublePruning("feedback", fraction=0.25, decay="constant", value="zero"),
+        lth.DoublePruning("feedback", when="round", fraction=0.25, decay="constant", value="zero"),
         rounds=1,
         epochs=3,
     )
@@ -283,7 +283,11 @@ def test_event_reintroduces_top_k_and_prunes_bottom_k_with_hand_set_weights():
 def test_event_resets_optimizer_slots_of_swapped_weights_only(make_optimizer, slot_names, initial):
     model = make_model(make_optimizer())
     model.fit(X, Y, epochs=1, verbose=0)  # trained slots
-    s = scheduler(lth.DoublePruning("feedback", fraction=0.5, decay="constant"), rounds=1, epochs=3)
+    s = scheduler(
+        lth.DoublePruning("feedback", when="round", fraction=0.5, decay="constant"),
+        rounds=1,
+        epochs=3,
+    )
     begin(s, model)
     h1 = masked_layers(model)[0]
     rng = np.random.default_rng(1)
@@ -328,7 +332,7 @@ def test_reintroduced_value(value):
     keras.utils.set_random_seed(5)
     model = make_model()
     s = scheduler(
-        lth.DoublePruning("feedback", fraction=0.5, decay="constant", value=value),
+        lth.DoublePruning("feedback", when="round", fraction=0.5, decay="constant", value=value),
         rounds=1,
         epochs=3,
     )
@@ -348,12 +352,16 @@ def test_reintroduced_value(value):
 
 
 def test_step_unit_events_and_steps_per_execution():
-    strategy = lth.ScoredPruning(fraction=0.3, unit="step", every=2, start=1, decay="constant")
+    strategy = lth.ScoredPruning(
+        when="round", fraction=0.3, unit="step", every=2, start=1, decay="constant"
+    )
     _, s, _ = run(strategy, rounds=1, epochs=2)
     # 6 steps per epoch, 12 per round: events after steps 1, 3, ..., 11
     assert s.rounds[1]["swaps"]["events"] == 6
     _, s3, _ = run(
-        lth.ScoredPruning(fraction=0.3, unit="step", every=2, start=1, decay="constant"),
+        lth.ScoredPruning(
+            when="round", fraction=0.3, unit="step", every=2, start=1, decay="constant"
+        ),
         rounds=1,
         epochs=2,
         model=make_model(steps_per_execution=3),
@@ -418,7 +426,7 @@ def test_mirrored_strategy_aggregates_across_replicas(name, mirrored_strategy):
 # Saving, configuration, errors
 # --------------------------------------------------------------------- #
 def test_scores_are_not_model_weights(tmp_path):
-    model, s, _ = run(lth.ScoredPruning(), rounds=1)
+    model, s, _ = run(lth.ScoredPruning(when="round"), rounds=1)
     assert scores(s) and all(np.abs(v).sum() > 0 for v in scores(s).values())
     plain = make_model()
     assert [(w.name, w.shape) for w in model.weights] == [(w.name, w.shape) for w in plain.weights]
@@ -431,7 +439,9 @@ def test_scores_are_not_model_weights(tmp_path):
 
 
 def test_scheduler_config_round_trip_with_reintroduce():
-    s = scheduler(lth.ScoredPruning(fraction=0.1, every=20, unit="step"), scope="global")
+    s = scheduler(
+        lth.ScoredPruning(when="round", fraction=0.1, every=20, unit="step"), scope="global"
+    )
     again = lth.PruningScheduler.from_config(s.get_config())
     assert isinstance(again.reintroduce, lth.ScoredPruning)
     assert again.reintroduce.get_config() == s.reintroduce.get_config()
@@ -460,13 +470,15 @@ def test_bad_reintroduce_arguments():
     with pytest.raises(ValueError, match="reintroduce='scored'"):
         lth.PruningScheduler(schedule, reintroduce="scored")
     with pytest.raises(ValueError, match="rewind=None"):
-        lth.PruningScheduler(schedule, rewind=None, reintroduce=lth.ScoredPruning(value="rewind"))
+        lth.PruningScheduler(
+            schedule, rewind=None, reintroduce=lth.ScoredPruning(when="round", value="rewind")
+        )
 
 
 def test_reintroduce_rejects_tfmot_schedules(tfmot):
     schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0)
     with pytest.raises(ValueError, match="tfmot schedule"):
-        lth.PruningScheduler(schedule, reintroduce=lth.DoublePruning())
+        lth.PruningScheduler(schedule, reintroduce=lth.DoublePruning(when="round"))
 
 
 # --------------------------------------------------------------------- #
@@ -532,7 +544,7 @@ def test_complement_pass_keeps_batchnorm_statistics_and_metrics_to_the_kept_netw
 def test_reintroduction_needs_the_tensorflow_backend(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     model = make_model()
-    s = scheduler(lth.ScoredPruning(), rounds=1, epochs=1)
+    s = scheduler(lth.ScoredPruning(when="round"), rounds=1, epochs=1)
     with pytest.raises(ValueError, match="need the TensorFlow backend. Received: backend 'jax'"):
         begin(s, model)
 

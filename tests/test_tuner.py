@@ -160,7 +160,7 @@ def test_search_space_contents():
     for name in ("prune/prune_by", "prune/score_decay"):
         assert parent(name) == [{"name": "prune/method", "values": ["scored"]}]
     assert space["prune/value"].values == ["current", "zero", "rewind"]
-    assert space["prune/when"].values == ["round", "prune"]
+    assert space["prune/when"].values == ["prune", "round"]
     # defaults: the lottery-ticket schedule, method-specific values inactive
     assert hp.values == {
         "prune/method": "lth",
@@ -224,6 +224,7 @@ def test_describe_maps_values_to_schedules():
             **base,
             "prune/method": "double",
             "prune/double_mode": "feedback",
+            "prune/when": "round",
             "prune/fraction": 0.3,
             "prune/every": 2,
             "prune/start": 1,
@@ -238,6 +239,12 @@ def test_describe_maps_values_to_schedules():
         "start": 1,
         "decay": "cosine",
     }
+    # the defaults are the library's: feedback mode, re-selection at the pruning step
+    assert hm.describe({**base, "prune/method": "double"})["reintroduce"] == {
+        "mode": "feedback",
+        "fraction": 0.2,
+        "when": "prune",
+    }
     # re-selection at the pruning step: no events to time, so any start fits
     scored = hm.describe(
         {
@@ -251,14 +258,15 @@ def test_describe_maps_values_to_schedules():
             "prune/score_decay": 0.25,
         }
     )
-    assert scored["reintroduce"] == {
+    assert scored["reintroduce"] == {  # (value: in-round only)
         "fraction": 0.5,
         "when": "prune",
-        "value": "rewind",
         "prune_by": "magnitude",
         "score_decay": 0.25,
     }
-    made = hm.scheduler_from({**base, "prune/method": "scored", "prune/value": "zero"})
+    made = hm.scheduler_from(
+        {**base, "prune/method": "scored", "prune/when": "round", "prune/value": "zero"}
+    )
     assert (made.reintroduce.value, made.reintroduce.score_decay) == ("zero", 0.0)
     assert double["rewind"] == "init"
     # Hyperband's budget is the round length
@@ -273,7 +281,12 @@ def test_describe_maps_values_to_schedules():
         ({"prune/method": "lth-late", "prune/rewind_epoch": 4}, {}, "rewind_epoch=4 needs more"),
         ({"prune/method": "magnitude"}, {}, "invalid value for `prune/method`"),
         (
-            {"prune/method": "scored", "prune/start": 3, "prune/epochs_per_round": 3},
+            {
+                "prune/method": "scored",
+                "prune/when": "round",
+                "prune/start": 3,
+                "prune/epochs_per_round": 3,
+            },
             {},
             "prune/start=3 leaves no re-introduction event in rounds of 3 epochs",
         ),

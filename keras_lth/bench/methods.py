@@ -36,8 +36,11 @@ class Method:
             `"late"` (the preset's `late_rewind` epoch). Defaults to `"init"`.
         structure: `"weight"` or `"neuron"`. Defaults to `"weight"`.
         norm: The neuron norm, `"l1"` or `"l2"`. Defaults to `"l1"`.
-        reintroduce: `None`, `"complement"`, `"feedback"` (`lth.DoublePruning`)
-            or `"scored"` (`lth.ScoredPruning`). Defaults to `None`.
+        reintroduce: `None`; `"complement"`, `"feedback"` (`lth.DoublePruning`
+            with in-round swaps) or `"scored"` (`lth.ScoredPruning`, in-round);
+            `"feedback-prune"` or `"scored-prune"` (the same strategies with
+            re-selection at the pruning steps, `when="prune"`, their
+            defaults). Defaults to `None`.
         process: `"main"`, or `"tfmot"` for a child process with legacy
             Keras. Defaults to `"main"`.
         budget: `"own"` (the method's own length: one round for `dense` and
@@ -130,21 +133,37 @@ METHODS = {
         ),
         Method(
             "double-complement",
-            "iterative, rewind to init, DoublePruning(mode='complement')",
+            "iterative, rewind to init, DoublePruning(mode='complement', when='round'): "
+            "swaps every epoch",
             "iterative",
             reintroduce="complement",
         ),
         Method(
             "double-feedback",
-            "iterative, rewind to init, DoublePruning(mode='feedback')",
+            "iterative, rewind to init, DoublePruning(mode='feedback', when='round'): "
+            "swaps every epoch",
             "iterative",
             reintroduce="feedback",
         ),
         Method(
             "scored",
-            "iterative, rewind to init, ScoredPruning (re-introduce by score)",
+            "iterative, rewind to init, ScoredPruning(when='round'): swaps by score every epoch",
             "iterative",
             reintroduce="scored",
+        ),
+        Method(
+            "double-prune",
+            "iterative, rewind to init, DoublePruning(mode='feedback', when='prune') (the "
+            "default): re-selection at the pruning steps",
+            "iterative",
+            reintroduce="feedback-prune",
+        ),
+        Method(
+            "scored-prune",
+            "iterative, rewind to init, ScoredPruning(when='prune') (the default): "
+            "re-selection by score at the pruning steps",
+            "iterative",
+            reintroduce="scored-prune",
         ),
     )
 }

@@ -420,9 +420,12 @@ def run_one(plan: Plan, run: Run, verbose: int = 1) -> dict:
         _fit(model, plan, train, plan.epochs(run), callbacks, verbose)
         records, versions = recorder.records, {}
         if method.reintroduce:
-            swaps = {rec["round"]: rec.get("swaps") for rec in scheduler.rounds}
+            rounds = {rec["round"]: rec for rec in scheduler.rounds}
             for rec in records:  # how many pruned weights came back, per round
-                rec["swaps"] = swaps.get(rec["round"])
+                done = rounds.get(rec["round"], {})
+                rec["swaps"] = done.get("swaps")  # in-round events
+                if "reselected" in done:  # re-selection at the pruning step
+                    rec["reselected"] = done["reselected"]
     return {
         "key": run.key,
         "config": plan.run_config(run),
@@ -506,10 +509,16 @@ def _scheduler(plan, run, model):
         layer_rates={n: r for n, r in rates.items() if r != s.rate},
     )
     kwargs = {}
+    # Every argument spelled out: a method's results must not move with the
+    # library's defaults.
     if m.reintroduce in ("complement", "feedback"):
-        kwargs["reintroduce"] = lth.DoublePruning(mode=m.reintroduce)
+        kwargs["reintroduce"] = lth.DoublePruning(mode=m.reintroduce, fraction=0.2, when="round")
     elif m.reintroduce == "scored":
-        kwargs["reintroduce"] = lth.ScoredPruning()
+        kwargs["reintroduce"] = lth.ScoredPruning(fraction=0.2, prune_by="score", when="round")
+    elif m.reintroduce == "feedback-prune":
+        kwargs["reintroduce"] = lth.DoublePruning(mode="feedback", fraction=0.2, when="prune")
+    elif m.reintroduce == "scored-prune":
+        kwargs["reintroduce"] = lth.ScoredPruning(fraction=0.2, prune_by="score", when="prune")
     scheduler = lth.PruningScheduler(
         schedule,
         rewind=s.late_rewind if m.rewind == "late" else m.rewind,

@@ -91,7 +91,9 @@ def train(name, workdir, kill_epoch=None):
     )
     reintroduce = None
     if config.get("reintroduce") == "scored":
-        reintroduce = lth.ScoredPruning(fraction=0.3, every=1, start=1, score_decay=0.5)
+        reintroduce = lth.ScoredPruning(
+            when="round", fraction=0.3, every=1, start=1, score_decay=0.5
+        )
     scheduler = lth.PruningScheduler(
         lth.IterativeSchedule(
             rounds=ROUNDS,
