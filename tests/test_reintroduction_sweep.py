@@ -70,7 +70,6 @@ def test_a_small_sweep_runs_end_to_end_and_rejects_bad_arguments(tmp_path, capsy
     assert part["plans"]["scored prune by score"]["reintroduce"] == {
         "fraction": 0.2,
         "when": "prune",
-        "value": "current",
         "prune_by": "score",
         "score_decay": 0.0,
     }
