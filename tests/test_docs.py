@@ -826,3 +826,30 @@ def test_bench_speech_is_the_recorded_run(tmp_path):
     assert f"The run took {wall} of wall clock" in page
     with open(out / "results.jsonl") as f:
         assert sum(1 for _ in f) == 54
+
+
+def test_bench_quick_intel_run_is_the_recorded_one():
+    log = read("docs/results/bench_quick_intel/log.txt")
+    (wall,) = re.findall(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
+    assert "$ keras-lth bench --out /tmp/bq5/bench_quick_intel" in log
+    with open(DOCS / "results" / "bench_quick_intel" / "timing.json") as f:
+        timing = json.load(f)
+    page = read("docs/results/bench-quick.md")
+    section = page.split("## The main job on the Intel machine, at a later commit", 1)[1]
+    section = " ".join(section.split("\n## ", 1)[0].split())
+    assert f"Wall time {wall} for the whole main job" in section and f"({wall})" in read(
+        "README.md"
+    )
+    assert f"{timing['ms_per_step']:.2f} ms of wall time per training step" in section
+    assert f"{timing['ratio']:.2f}x the bare" in section
+
+    def accuracies(name):
+        with open(DOCS / "results" / name / "results.jsonl") as f:
+            lines = [json.loads(l) for l in f]
+        return {
+            json.dumps(l["key"], sort_keys=True): [r["test_accuracy"] for r in l["records"]]
+            for l in lines
+        }
+
+    first, again = accuracies("bench_quick"), accuracies("bench_quick_intel")
+    assert len(again) == 54 and first == again  # "every one of the 54 runs"
