@@ -48,14 +48,16 @@ import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 
 import keras_lth as lth  # noqa: E402
+from keras_lth.bench.presets import settings  # noqa: E402
 from keras_lth.bench.report import stats, within_noise  # noqa: E402
 
 DENSITIES = (0.10, 0.036)
 SEEDS = 3
 BATCH_SIZE = 60
 LEARNING_RATE = 1.2e-3
-SPEECH_BATCH_SIZE = 100
-SPEECH_LEARNING_RATE = 1e-3
+# the benchmark's speech settings
+_SPEECH = settings("speech_commands", source="tfds")
+SPEECH_BATCH_SIZE, SPEECH_LEARNING_RATE = _SPEECH.batch_size, _SPEECH.learning_rate
 COMMON = {
     "prune/rate": 0.5,
     "prune/epochs_per_round": 2,

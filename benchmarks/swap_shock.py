@@ -1,9 +1,10 @@
 """What one in-round re-introduction event does to the training loss.
 
 A diagnostic for the re-introduction sweep: one pruning round (rate 0.5)
-after a dense round, 12 epochs each, rewinding to init, on MNIST-5k
-(LeNet-300-100, batch 60, Adam 1.2e-3) or a Speech Commands tree (the speech
-MLP, batch 100, Adam 1e-3), seed 0. It prints, after every epoch, the
+after a dense round, 12 epochs each, rewinding to init, on the sweep's data
+and network (`reintroduction_sweep.Task`: MNIST-5k with LeNet-300-100, or a
+Speech Commands tree with the speech MLP), seed 0. Needs keras-tuner (the
+sweep module imports it). It prints, after every epoch, the
 training and validation loss and accuracy and the largest |effective
 weight| of each layer, and the round records (events, re-introduced
 weights). The re-introduction strategy is given on the command line with
@@ -12,7 +13,9 @@ its arguments:
     python benchmarks/swap_shock.py --dataset speech_commands --source DIR \\
         --strategy scored --arg value=zero
 
-`--strategy none` is plain iterative pruning (the reference). The output is
+The strategy swaps inside the round (`when="round"`) unless `--arg
+when=prune` says otherwise. `--strategy none` is plain iterative pruning
+(the reference). The output is
 meant to be kept as a log (`docs/results/reintroduction_sweep_speech/`).
 """
 
@@ -28,6 +31,7 @@ warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from reintroduction_sweep import Task  # noqa: E402  (this directory)
 
 import keras_lth as lth  # noqa: E402
 
@@ -61,21 +65,16 @@ def main(argv=None):
     if args.strategy == "none" and kwargs:
         parser.error(f"--arg needs a --strategy. Received: --arg {args.arg}")
     keras.utils.set_random_seed(0)
-    if args.dataset == "mnist":
-        train, val, _, _ = lth.data.mnist(batch_size=60, seed=0)
-        model, rate = lth.models.lenet_300_100(), 1.2e-3
-    else:
-        if not args.source or not os.path.isdir(args.source):
-            parser.error(f"--source: expected a Speech Commands tree. Received: {args.source!r}")
-        train, val, _, info = lth.data.speech_commands(args.source, batch_size=100, seed=0)
-        model, rate = lth.models.speech_mlp(info.input_shape[0]), 1e-3
-    model.compile(
-        keras.optimizers.Adam(rate),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    try:  # the sweep's data and network
+        task = Task(args.dataset, args.source)
+    except ValueError as e:
+        parser.error(str(e))
+    train, val, _, _ = task.load(0)
+    model = task.build_model()
     name = STRATEGIES[args.strategy]
-    strategy = None if name is None else getattr(lth, name)(**kwargs)
+    # in-round events, the thing shown here, unless `--arg when=prune`: the
+    # strategies' own default moved to "prune" after the log was recorded
+    strategy = None if name is None else getattr(lth, name)(**{"when": "round", **kwargs})
     scheduler = lth.PruningScheduler(
         lth.IterativeSchedule(rounds=1, epochs_per_round=args.epochs_per_round, rate=0.5),
         rewind="init",

@@ -117,7 +117,7 @@ class MaskedLayer:
         # The masked values of this call, computed once each (see
         # `_masked_property`); per thread, as `tf.distribute` replicas
         # trace the model in threads of their own.
-        calls = _call_memos()
+        calls = _CALLS.by_layer
         if id(self) in calls:  # a re-entrant call shares the outer one's
             return super().__call__(*args, **kwargs)
         calls[id(self)] = {}
@@ -368,16 +368,14 @@ def _base_property(cls, attr):
     return None
 
 
-_CALLS = threading.local()
+class _CallMemos(threading.local):
+    """Per thread: `id(layer)` -> {attribute: masked value}, one per running call."""
+
+    def __init__(self):
+        self.by_layer = {}
 
 
-def _call_memos():
-    """This thread's `id(layer)` -> {attribute: masked value}, one per running call."""
-    try:
-        return _CALLS.memos
-    except AttributeError:
-        _CALLS.memos = {}
-        return _CALLS.memos
+_CALLS = _CallMemos()
 
 
 def _masked_property(attr):
@@ -388,12 +386,13 @@ def _masked_property(attr):
         mask = self.__dict__.get(mask_name)
         if mask is None or raw is None:  # no bias; or in the Keras build, before the masks
             return raw
-        memo = _call_memos().get(id(self))
-        if memo is None:  # read outside a call of the layer
-            return _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
-        if attr not in memo:
-            memo[attr] = _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
-        return memo[attr]
+        memo = _CALLS.by_layer.get(id(self))
+        if memo is not None and attr in memo:  # read before in this call
+            return memo[attr]
+        value = _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
+        if memo is not None:  # (None: read outside a call of the layer)
+            memo[attr] = value
+        return value
 
     def fset(self, value):
         # Keras layers whose build assigns `self.kernel = self.add_weight(...)`

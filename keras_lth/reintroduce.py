@@ -508,7 +508,16 @@ class Reintroduction:
             weight pruned in round 1 can come back in round 5, and a
             re-entered weight is rewound as every kept weight is (with
             `rewind=None` it keeps its raw value). `every`, `unit`,
-            `start`, `decay` and `value` are not used then.
+            `start`, `decay` and `value` are not used then. The strategies
+            default to `"prune"`: in the project's sweep (MNIST-5k and a
+            synthetic Speech Commands tree,
+            `docs/results/reintroduction-sweep.md`) every in-round setting
+            lost to plain iterative pruning beyond noise on speech, where
+            one swap event moves many weights at once along the gradient
+            and the training loss jumps (from 1.2 to 48 in the recorded
+            case); re-selection at the pruning step stayed within about
+            half a point of it on MNIST and tied with it on speech. No
+            setting beat plain iterative pruning beyond noise.
     """
 
     #: The training step needs the dense gradient of the kept network.
@@ -625,15 +634,8 @@ class DoublePruning(Reintroduction):
             a re-introduced weight keeps the value the pruned network trained
             it to, which is what made it large.
         when: `"prune"` (re-selection at the pruning steps) or `"round"`
-            (swap events inside the rounds). Defaults to `"prune"`: in the
-            project's sweep (MNIST-5k and a synthetic Speech Commands tree,
-            `docs/results/reintroduction-sweep.md`) every in-round setting
-            lost to plain iterative pruning beyond noise on speech, where
-            one swap event moves many weights at once along the gradient
-            and the training loss jumps (from 1.2 to 48 in the recorded
-            case); re-selection at the pruning step stayed within about
-            half a point of it on MNIST and tied with it on speech. No
-            setting beat plain iterative pruning beyond noise.
+            (swap events inside the rounds). Defaults to `"prune"`, for the
+            reasons in `Reintroduction`.
 
     Example:
 
@@ -733,15 +735,8 @@ class ScoredPruning(Reintroduction):
             step, so this is the memory from one round to the next.
             Defaults to `0.0`.
         when: `"prune"` (re-selection at the pruning steps) or `"round"`
-            (swap events inside the rounds). Defaults to `"prune"`: in the
-            project's sweep (MNIST-5k and a synthetic Speech Commands tree,
-            `docs/results/reintroduction-sweep.md`) every in-round setting
-            lost to plain iterative pruning beyond noise on speech, where
-            one swap event moves many weights at once along the gradient
-            and the training loss jumps (from 1.2 to 48 in the recorded
-            case); re-selection at the pruning step stayed within about
-            half a point of it on MNIST and tied with it on speech. No
-            setting beat plain iterative pruning beyond noise.
+            (swap events inside the rounds). Defaults to `"prune"`, for the
+            reasons in `Reintroduction`.
 
     Example:
 

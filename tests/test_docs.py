@@ -620,11 +620,17 @@ def _end_accuracy_cells(path):
     return cells
 
 
+def _recorded_wall(log):
+    """The one `/usr/bin/time -v` wall clock of a recorded log."""
+    (wall,) = re.findall(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
+    return wall
+
+
 def test_bench_quick_defaults_run_is_the_recorded_one():
     from keras_lth.bench import report
 
     log = read("docs/results/bench_quick_auto/log.txt")
-    (wall,) = re.findall(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
+    wall = _recorded_wall(log)
     assert "$ keras-lth bench --out /tmp/bq4/bench_quick_auto" in log
     assert "Percent of CPU this job got: 191%" in log
     with open(DOCS / "results" / "bench_quick_auto" / "timing.json") as f:
@@ -820,7 +826,7 @@ def test_bench_speech_is_the_recorded_run(tmp_path):
     assert report.comparable(rebuilt) == report.comparable(committed)
     assert "**synthetic speech**" in rebuilt  # recorded in config.json
     log = read("docs/results/bench_speech_quick/log.txt")
-    (wall,) = re.findall(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
+    wall = _recorded_wall(log)
     assert "$ keras-lth bench --dataset speech_commands --source /work/wt/speech96" in log
     page = " ".join(read("docs/results/bench-speech.md").split())
     assert f"The run took {wall} of wall clock" in page
@@ -830,7 +836,7 @@ def test_bench_speech_is_the_recorded_run(tmp_path):
 
 def test_bench_quick_intel_run_is_the_recorded_one():
     log = read("docs/results/bench_quick_intel/log.txt")
-    (wall,) = re.findall(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
+    wall = _recorded_wall(log)
     assert "$ keras-lth bench --out /tmp/bq5/bench_quick_intel" in log
     with open(DOCS / "results" / "bench_quick_intel" / "timing.json") as f:
         timing = json.load(f)

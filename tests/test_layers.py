@@ -183,7 +183,7 @@ def test_dense_masks_each_weight_once_per_call_and_never_from_a_stale_call(monke
     )
     layer(X)
     assert sorted(products) == ["bias_mask", "kernel_mask"]
-    assert not L._call_memos()
+    assert not L._CALLS.by_layer
     layer.set_masks(KMASK, BMASK)
     np.testing.assert_allclose(
         np_(layer(X)), X @ (KERNEL * KMASK) + BIAS * BMASK, rtol=1e-6, atol=1e-6

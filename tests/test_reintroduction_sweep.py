@@ -8,6 +8,8 @@ runs (the tuner selected on them). A small sweep runs end to end.
 
 import importlib.util
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,29 @@ def test_a_small_sweep_runs_end_to_end_and_rejects_bad_arguments(tmp_path, capsy
         with pytest.raises((SystemExit, ValueError)) as e:
             sweep.main(["--out", str(tmp_path / "bad"), *argv])
         assert match in (str(e.value) + capsys.readouterr().err)
+
+
+def test_swap_shock_prints_every_epoch_and_the_rounds(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "swap_shock", ROOT / "benchmarks" / "swap_shock.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports the sweep's Task
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    module.main(["--strategy", "scored", "--arg", "value=zero", "--epochs-per-round", "2"])
+    out = capsys.readouterr().out
+    assert "value='zero', when='round'" in out  # the in-round event is what it shows
+    assert len(re.findall(r"^epoch +\d+ round [01]: loss ", out, flags=re.M)) == 4
+    (swaps,) = re.findall(r"^round 1: density 0\.5000, swaps (.*)$", out, flags=re.M)
+    assert "'events': 1" in swaps
+    for argv, message in (
+        (["--strategy", "none", "--arg", "fraction=0.1"], "--arg needs a --strategy"),
+        (["--dataset", "speech_commands"], "`--source`"),
+        (["--arg", "fraction"], "expected name=value"),
+    ):
+        with pytest.raises((SystemExit, ValueError)) as e:
+            module.main(argv)
+        assert message in str(e.value) + capsys.readouterr().err

@@ -277,7 +277,10 @@ def markdown(plan, summary, command=None, timing=None) -> str:
         out += [f"`{command}`", ""]
     passes = plan.steps_per_epoch / plan.steps_per_pass
     data = s.dataset
-    if s.dataset == "speech_commands" and (plan.synthetic or _synthetic(s.source)):
+    from keras_lth.bench.runner import _is_synthetic_tree
+
+    # (a config.json written before `Plan.synthetic` existed: the tree's marker)
+    if s.dataset == "speech_commands" and (plan.synthetic or _is_synthetic_tree(s.source)):
         data = (
             "**synthetic speech**: a Speech Commands tree of espeak-ng voices "
             "(`keras_lth.data.synthetic_speech`), not the recorded dataset; speech_commands"
@@ -633,11 +636,3 @@ def comparable(text) -> str:
         flags=re.M | re.S,
     )
     return re.sub(r"\A(# .*\n\n)`[^\n]*`\n\n", r"\1", text)
-
-
-def _synthetic(source) -> bool:
-    """Whether the tree at `source` is synthetic, for a `config.json` that
-    did not record it (written before `Plan.synthetic` existed)."""
-    from keras_lth.bench.runner import _is_synthetic_tree
-
-    return _is_synthetic_tree(source)
