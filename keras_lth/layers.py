@@ -231,15 +231,15 @@ class MaskedLayer:
             if value is not None
         }
         for name, value in checked.items():
-            known[name].mask.assign(value)
+            known[name].mask.assign(value.astype(bool))
 
     def get_masks(self) -> dict:
         """`{"<attribute>_mask": array}` for every mask, bias mask included."""
-        return {f"{w.name}_mask": ops.convert_to_numpy(w.mask) for w in self._all_weights()}
+        return {f"{w.name}_mask": mask_value(w.mask) for w in self._all_weights()}
 
     def density(self):
         """Fraction of the prunable weights (biases excluded) that are kept."""
-        kept = sum(float(ops.sum(w.mask)) for w in self.masked_weights)
+        kept = sum(int(np.count_nonzero(mask_value(w.mask))) for w in self.masked_weights)
         size = sum(math.prod(w.mask.shape) for w in self.masked_weights)
         return kept / size
 
@@ -287,7 +287,8 @@ class MaskedLayer:
                 f"Received: {len(keys)} variables"
             )
         for var, key in zip(variables, keys):
-            var.assign(store[key])
+            # Masks are stored as bools; keras-lth up to 0.2 saved float 0/1 masks.
+            var.assign(np.asarray(store[key]) != 0 if _is_mask(self, var) else store[key])
 
     # -- what Keras features do not fit --------------------------------- #
     def enable_lora(self, *args, **kwargs):
@@ -411,12 +412,19 @@ def _masked_property(attr):
 
 def _apply_mask(raw, mask, gradient):
     raw = ops.convert_to_tensor(raw)  # autocast inside `call` under mixed precision
-    mask = ops.cast(mask, raw.dtype)
+    # A select on the boolean mask, forward and backward (`where(mask, g, 0)`):
+    # it reads a byte per weight where a float mask's product reads four.
+    masked = ops.where(ops.convert_to_tensor(mask), raw, ops.zeros((), raw.dtype))
     if gradient == "dense":
-        # The same value as `raw * mask` (exactly: r + (r - r) == r and
-        # r + (0 - r) == 0), but the raw variable gets the dense gradient.
-        return ops.add(raw, ops.stop_gradient(ops.multiply(raw, mask) - raw))
-    return ops.multiply(raw, mask)
+        # The same value as `where(mask, raw, 0)` (exactly: r + (r - r) == r
+        # and r + (0 - r) == 0), but the raw variable gets the dense gradient.
+        return ops.add(raw, ops.stop_gradient(masked - raw))
+    return masked
+
+
+def mask_value(mask) -> np.ndarray:
+    """The 0/1 float32 NumPy value of a mask variable (stored as bools)."""
+    return ops.convert_to_numpy(mask).astype("float32")
 
 
 def _create_masks(layer, owner):
@@ -442,7 +450,7 @@ def _attach(layer, owner, name, prefix, variable):
         shape=tuple(variable.shape),
         initializer="ones",
         trainable=False,
-        dtype="float32",
+        dtype="bool",
         autocast=False,
     )
     # Written past Keras's attribute tracking: the owner tracks the mask

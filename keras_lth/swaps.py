@@ -25,6 +25,7 @@ from keras import ops
 
 from keras_lth import reintroduce as reintro
 from keras_lth import training
+from keras_lth.layers import mask_value
 from keras_lth.targets import masks_of, values_of
 
 
@@ -257,7 +258,7 @@ class Reintroducer:
         for k in keys:
             layer = targets.layers[k]
             if layer.bias_weight is not None:
-                biases[k] = ops.convert_to_numpy(layer.bias_weight.mask)
+                biases[k] = mask_value(layer.bias_weight.mask)
         count = 0
         for k in keys:
             g = targets.split_units(k, grown[k])
@@ -269,7 +270,7 @@ class Reintroducer:
         targets.set_unit_masks(new, masks)
         for k, old in biases.items():
             bias = targets.layers[k].bias_weight
-            now = ops.convert_to_numpy(bias.mask)
+            now = mask_value(bias.mask)
             if self.strategy.value != "current":
                 self._set_values(bias.variable, (now > 0) & (old == 0), None, rewound)
             self.optimizer_reset.reset_at(bias.variable, now != old)

@@ -26,7 +26,7 @@ import numpy as np
 from keras import ops
 
 from keras_lth import pruning
-from keras_lth.layers import layer_key, masked_layers, masked_weights, sublayers
+from keras_lth.layers import layer_key, mask_value, masked_layers, masked_weights, sublayers
 
 
 class PruningTargets:
@@ -244,7 +244,7 @@ class PruningTargets:
 
     def recount(self):
         """Reads the masks once (after they were loaded or set from outside)."""
-        self._kept = {w.key: float(ops.sum(w.mask)) for w in self.all_weights()}
+        self._kept = {w.key: float(np.count_nonzero(mask_value(w.mask))) for w in self.all_weights()}
 
     def _counts(self):
         if self._kept is None:
@@ -264,7 +264,7 @@ def values_of(weights) -> dict:
 
 def masks_of(weights) -> dict:
     """`{weight key: mask}` of `MaskedWeight`s."""
-    return read((w.key, w.mask) for w in weights)
+    return {w.key: mask_value(w.mask) for w in weights}
 
 
 def _output_keys(model, layers) -> tuple:

@@ -184,10 +184,10 @@ def _add_complement(model, grads, position, data, forward, compute_loss, weights
 
 
 def _complement_mask(weight):
-    """`1 - M`; a bias mask with nothing pruned stays shared (all ones)."""
-    mask = ops.cast(weight.mask, "float32")
+    """`not M`; a bias mask with nothing pruned stays shared (all kept)."""
+    mask = ops.convert_to_tensor(weight.mask)
     if weight.name != "bias":
-        return 1.0 - mask
+        return ops.logical_not(mask)
     # Under weight pruning the bias mask is all ones: both networks share it.
-    neuron_pruned = ops.any(ops.equal(mask, 0.0))
-    return ops.where(neuron_pruned, 1.0 - mask, ops.ones_like(mask))
+    neuron_pruned = ops.logical_not(ops.all(mask))
+    return ops.logical_or(ops.logical_not(mask), ops.logical_not(neuron_pruned))

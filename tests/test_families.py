@@ -285,7 +285,7 @@ def test_mixed_precision_trains_prunes_rewinds_and_saves(name, policy, tmp_path)
         assert np.all(np.isfinite(history.history["loss"]))
         assert lth.density(model) == pytest.approx(0.25, abs=0.02)
         for w in masked_weights(model):
-            assert w.mask.dtype == "float32"
+            assert w.mask.dtype == "bool"
         for v in model.weights:
             assert np.all(np.isfinite(keras.ops.convert_to_numpy(v))), v.path
         for later in spy.starts[1:]:  # rewound to init, BatchNorm statistics too

@@ -507,7 +507,7 @@ def test_mixed_precision(family, policy):
     y = _call(layer, x)
     assert keras.backend.standardize_dtype(y.dtype) == policy.split("_")[1]
     for w in L.masked_weights(layer):
-        assert w.mask.dtype == "float32" and w.variable.dtype == "float32"
+        assert w.mask.dtype == "bool" and w.variable.dtype == "float32"
     plain = _plain_twin(layer, x)
     np.testing.assert_array_equal(
         np_(ops.cast(y, "float32")), np_(ops.cast(_call(plain, x), "float32"))
