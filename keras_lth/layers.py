@@ -3,9 +3,9 @@
 Every masked layer is the Keras layer it extends plus 0/1 masks, one per
 prunable weight (the kernel; both kernels of a separable convolution; the
 input and recurrent kernels of a recurrent layer; the embedding table) and
-one for the bias. The masks are non-trainable float32 weights, so they are
-saved and loaded with the model and mirrored under a `tf.distribute`
-strategy.
+one for the bias. The masks are non-trainable boolean weights (a byte per
+weight), so they are saved and loaded with the model and mirrored under a
+`tf.distribute` strategy; `get_masks` and `set_masks` speak 0/1 arrays.
 
 One mechanism serves every family. Keras layers compute with the public
 attribute that holds a kernel (`Dense.call` and `BaseConv.call` read
@@ -412,14 +412,15 @@ def _masked_property(attr):
 
 def _apply_mask(raw, mask, gradient):
     raw = ops.convert_to_tensor(raw)  # autocast inside `call` under mixed precision
-    # A select on the boolean mask, forward and backward (`where(mask, g, 0)`):
-    # it reads a byte per weight where a float mask's product reads four.
-    masked = ops.where(ops.convert_to_tensor(mask), raw, ops.zeros((), raw.dtype))
+    # The boolean mask, cast where it is used: under XLA the cast fuses into
+    # the product (forward) and into the optimizer's update (the gradient
+    # `g * mask`), which then read a byte of mask per weight instead of four.
+    mask = ops.cast(mask, raw.dtype)
     if gradient == "dense":
-        # The same value as `where(mask, raw, 0)` (exactly: r + (r - r) == r
-        # and r + (0 - r) == 0), but the raw variable gets the dense gradient.
-        return ops.add(raw, ops.stop_gradient(masked - raw))
-    return masked
+        # The same value as `raw * mask` (exactly: r + (r - r) == r and
+        # r + (0 - r) == 0), but the raw variable gets the dense gradient.
+        return ops.add(raw, ops.stop_gradient(ops.multiply(raw, mask) - raw))
+    return ops.multiply(raw, mask)
 
 
 def mask_value(mask) -> np.ndarray:
@@ -565,7 +566,7 @@ class MaskedDense(MaskedLayer, keras.layers.Dense):
             (initializers, regularizers, constraints, `name`, `dtype`, ...).
             LoRA and quantization are not supported.
 
-    Masks are non-trainable float32 weights (`kernel_mask`, `bias_mask`),
+    Masks are non-trainable boolean weights (`kernel_mask`, `bias_mask`),
     saved with the layer. `kernel` reads as `raw * mask`; the raw variable
     keeps the values of pruned weights, which receive no gradient.
     Regularizers apply to the effective (masked) weights. An optimizer's

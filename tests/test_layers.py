@@ -202,12 +202,20 @@ def test_dense_without_bias_and_on_3d_inputs():
     assert [w.name for w in layer.weights] == ["kernel", "kernel_mask"]
 
 
-def test_dense_masks_are_non_trainable_float32_weights():
+def test_dense_masks_are_non_trainable_boolean_weights():
     layer = _dense()
     assert [w.name for w in layer.trainable_weights] == ["kernel", "bias"]
     assert [w.name for w in layer.non_trainable_weights] == ["kernel_mask", "bias_mask"]
-    np.testing.assert_array_equal(np_(layer.kernel_mask), np.ones((2, 3)))
-    np.testing.assert_array_equal(np_(layer.bias_mask), np.ones(3))
+    assert layer.kernel_mask.dtype == "bool" and layer.bias_mask.dtype == "bool"
+    np.testing.assert_array_equal(np_(layer.kernel_mask), np.ones((2, 3), bool))
+    np.testing.assert_array_equal(np_(layer.bias_mask), np.ones(3, bool))
+    layer.set_masks(KMASK.astype(bool), BMASK)  # booleans or 0/1 numbers
+    masks = layer.get_masks()  # 0/1 float32 arrays, as set
+    assert {k: v.dtype for k, v in masks.items()} == {"kernel_mask": "float32", "bias_mask": "float32"}
+    np.testing.assert_array_equal(masks["kernel_mask"], KMASK)
+    np.testing.assert_array_equal(masks["bias_mask"], BMASK)
+    np.testing.assert_array_equal(np_(layer.kernel_mask), KMASK.astype(bool))
+    assert layer.density() == pytest.approx(KMASK.mean())
 
 
 def test_dense_effective_weights_and_raw_values_kept():
