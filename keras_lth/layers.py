@@ -195,7 +195,7 @@ class MaskedLayer:
         """Assigns masks; a mask passed as `None` is left as it is.
 
         Args:
-            kernel_mask: 0/1 array of the first masked variable's shape (the
+            kernel_mask: 0/1 (or boolean) array of the first masked variable's shape (the
                 kernel; the embedding table for `MaskedEmbedding`; the
                 depthwise kernel for a separable convolution).
             bias_mask: Optional 0/1 array of the bias's shape.
@@ -234,7 +234,7 @@ class MaskedLayer:
             known[name].mask.assign(value.astype(bool))
 
     def get_masks(self) -> dict:
-        """`{"<attribute>_mask": array}` for every mask, bias mask included."""
+        """`{"<attribute>_mask": 0/1 float32 array}` for every mask, bias mask included."""
         return {f"{w.name}_mask": mask_value(w.mask) for w in self._all_weights()}
 
     def density(self):
@@ -287,7 +287,7 @@ class MaskedLayer:
                 f"Received: {len(keys)} variables"
             )
         for var, key in zip(variables, keys):
-            # Masks are stored as bools; keras-lth up to 0.2 saved float 0/1 masks.
+            # Masks are stored as bools; earlier versions saved float 0/1 masks.
             var.assign(np.asarray(store[key]) != 0 if _is_mask(self, var) else store[key])
 
     # -- what Keras features do not fit --------------------------------- #

@@ -244,7 +244,9 @@ class PruningTargets:
 
     def recount(self):
         """Reads the masks once (after they were loaded or set from outside)."""
-        self._kept = {w.key: float(np.count_nonzero(mask_value(w.mask))) for w in self.all_weights()}
+        self._kept = {
+            w.key: float(np.count_nonzero(mask_value(w.mask))) for w in self.all_weights()
+        }
 
     def _counts(self):
         if self._kept is None:

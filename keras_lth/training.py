@@ -189,5 +189,4 @@ def _complement_mask(weight):
     if weight.name != "bias":
         return ops.logical_not(mask)
     # Under weight pruning the bias mask is all ones: both networks share it.
-    neuron_pruned = ops.logical_not(ops.all(mask))
-    return ops.logical_or(ops.logical_not(mask), ops.logical_not(neuron_pruned))
+    return ops.logical_or(ops.logical_not(mask), ops.all(mask))

@@ -275,10 +275,11 @@ def test_quiet_overhead_figures_and_the_readme_table_come_from_the_quiet_run():
     assert f"measured {gradual[0]} / {gradual[1]} of plain Keras 3" in readme
 
 
-def test_long_overhead_run_and_the_readme_table_come_from_its_json():
-    """The longer run's section and the README's cost table are its JSON's, to 3 places."""
+def test_long_overhead_run_section_comes_from_its_json():
+    """The longer run's section is its JSON's, to 3 places (the README's cost
+    table, now the boolean masks' runs: `test_docs.py`)."""
     result = _load("overhead_long", "overhead.json")
-    section = _load("overhead-issue11.md").split(LONG)[1]
+    section = _load("overhead-issue11.md").split(LONG)[1].split("\n## ")[0]
     assert result["config"]["steps"] == 300 and result["config"]["repeats"] == 8
     load = result["config"]["loadavg"].split()
     assert f"load average of {load[0]} before\nand {load[2]} after" in section
@@ -303,27 +304,11 @@ def test_long_overhead_run_and_the_readme_table_come_from_its_json():
         (line,) = [l for l in lines if l.startswith(start)]
         assert line.rstrip(" |").split(" | ")[-2:] == want, line
     peak, flops = result["matmul_peak_flops"], result["lenet_step_flops"]
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    assert f"{peak / 1e9:.1f} GFLOP/s" in section and f"{peak / 1e9:.1f} GFLOP/s" in readme
+    assert f"{peak / 1e9:.1f} GFLOP/s" in section
     for m in ("off", "on"):
         for name in ("plain", "masked"):
             rate = flops / (k3[m][name]["step_ms"] / 1e3)
             assert f"{rate / 1e9:.2f}" in section
-        rate = flops / (k3[m]["plain"]["step_ms"] / 1e3)
-        assert f"{rate / 1e9:.2f}" in readme and f"{100 * rate / peak:.1f}%" in readme
-    table = {
-        "| masked small CNN": ("masked_cnn", "vs_plain"),
-        "| iterative pruning, masked": ("masked", "vs_plain"),
-        "| `ScoredPruning`": ("scored", "vs_masked"),
-        "| today's `MaskedDense`": ("masked_layer", "vs_plain"),
-    }
-    for start, (name, key) in table.items():
-        (line,) = [l for l in readme.splitlines() if l.startswith(start)]
-        want = [f"{k3[m][name][key]['ratio']:.3f}" for m in ("off", "on")]
-        assert line.rstrip(" |").split(" | ")[-2:] == want, line
-    aa = [f"{k3[m]['plain_again']['vs_plain']['ratio']:.3f}" for m in ("off", "on")]
-    assert f"came out at {aa[0]} and {aa[1]}" in readme
     assert "masked_010" in result["config"]["variants"]
 
 
@@ -393,17 +378,17 @@ def _live_op_counts(graph):
 @pytest.mark.skipif(
     os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="a TF graph"
 )
-def test_masked_dense_step_runs_one_select_per_mask_and_pass():
-    # The cost of the masks, as a structure that cannot drift: over plain
-    # Dense, the traced training step of today's MaskedDense runs, per mask
-    # (kernel and bias of each layer), its read and two selects on the
-    # boolean mask, `where(mask, value, 0)` forward and `where(mask, g, 0)`
-    # backward, and nothing else. 0.1.0's layer
-    # (benchmarks/_masked_dense_010.py) ran two products with a float mask
-    # instead, which read four bytes of mask per weight where a select
-    # reads one. Keras's `Dense.call` reads `self.bias` twice (`if self.bias
-    # is not None:` and the add); the masked layer computes the masked bias
-    # once per call, so no select is left that feeds nothing.
+def test_masked_dense_step_runs_the_products_of_0_1_0_on_boolean_masks():
+    # The cost of the masks, as a structure that cannot drift: the traced
+    # training step of today's MaskedDense runs the ops of 0.1.0's layer
+    # (benchmarks/_masked_dense_010.py): per mask (kernel and bias of each
+    # layer) its read and two products, `value * mask` forward and
+    # `g * mask` backward, and one cast more, as the mask is boolean (a byte
+    # per weight; 0.1.0's were float32) and cast where it is used. Under XLA
+    # the cast fuses into both products. Keras's `Dense.call` reads
+    # `self.bias` twice (`if self.bias is not None:` and the add); the
+    # masked layer computes the masked bias once per call, so no product is
+    # left that feeds nothing.
     import keras
     from _masked_dense_010 import MaskedDense010
 
@@ -415,17 +400,17 @@ def test_masked_dense_step_runs_one_select_per_mask_and_pass():
     today, old, plain = (_live_op_counts(graphs[c]) for c in graphs)
     masks = 2 * len(_common.UNITS)
     assert not plain - today and not plain - old
-    # the selects' scalar zero, forward and backward: constants
-    assert today - plain == collections.Counter(
-        {"SelectV2": 2 * masks, "ReadVariableOp": masks, "Placeholder": masks, "Const": 2 * masks}
-    )
     assert old - plain == collections.Counter(
         {"Mul": 2 * masks, "ReadVariableOp": masks, "Placeholder": masks}
     )
-    forward = [
+    assert today - old == collections.Counter({"Cast": masks})
+    casts = [op for op in graphs[lth.MaskedDense].get_operations() if op.type == "Cast"]
+    assert sum(op.inputs[0].dtype == "bool" for op in casts) == masks
+    dead = [
         op
         for op in graphs[lth.MaskedDense].get_operations()
-        if op.type == "SelectV2" and not op.name.startswith("gradient_tape/")
+        if op.type == "Mul"
+        and not op.outputs[0].consumers()
+        and not op.name.startswith("gradient_tape/")
     ]
-    assert len(forward) == masks and all(op.outputs[0].consumers() for op in forward)
-    assert all(op.inputs[0].dtype == "bool" for op in forward)
+    assert not dead

@@ -859,3 +859,47 @@ def test_bench_quick_intel_run_is_the_recorded_one():
 
     first, again = accuracies("bench_quick"), accuracies("bench_quick_intel")
     assert len(again) == 54 and first == again  # "every one of the 54 runs"
+
+
+def _summary_ratios(path):
+    """`{(jit, "a/b"): ratio}` and `{(jit, variant): (GFLOP/s, % of peak)}` of an
+    overhead JSON's printed summary."""
+    with open(DOCS / "results" / path) as f:
+        summary = json.load(f)["summary"]
+    ratios, flops = {}, {}
+    for line in summary:
+        m = re.match(r"jit=(on|off): (\w+/\w+) = ([0-9.]+)[ ,(]", line)
+        if m and "CPU time =" not in line:
+            ratios[m[1], m[2]] = m[3]
+        m = re.match(r"jit=(on|off): (\w+) step [0-9.]+ ms = ([0-9.]+) GFLOP/s, ([0-9.]+)%", line)
+        if m:
+            flops[m[1], m[2]] = (m[3], m[4])
+    return ratios, flops
+
+
+def test_readme_mask_cost_table_is_the_recorded_runs():
+    off, off_flops = _summary_ratios("overhead_bool/overhead.json")  # the jit-off column
+    on, on_flops = _summary_ratios("overhead_bool/overhead_jit.json")  # the jit-on column
+    section = read("README.md").split("## What the masks cost", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        "A/A control": "plain_again/plain",
+        "iterative pruning": "masked/plain",
+        "masked small CNN": "masked_cnn/plain_cnn",
+        "`ScoredPruning`": "scored/masked",
+        "today's `MaskedDense`": "masked_layer/masked_010",
+    }
+    for label, ratio in rows.items():
+        (line,) = [l for l in section.splitlines() if l.startswith(f"| {label}")]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == off.get(("off", ratio), "-"), (label, cells)
+        assert cells[3] == on.get(("on", ratio), "-"), (label, cells)
+    gflops = re.search(
+        r"reaches ([0-9.]+) GFLOP/s with jit off and\s+([0-9.]+) with jit on", section
+    )
+    shares = re.search(r"([0-9.]+)% and ([0-9.]+)% of the machine's", section)
+    assert (gflops[1], shares[1]) == off_flops["off", "plain"]
+    assert (gflops[2], shares[2]) == on_flops["on", "plain"]
+    for log in ("log.txt", "log_jit.txt", "log_where.txt"):
+        text = (DOCS / "results" / "overhead_bool" / log).read_text()
+        assert text.startswith("$ python benchmarks/overhead.py ") and "load average" in text
+        assert _recorded_wall(text)

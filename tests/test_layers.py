@@ -211,7 +211,10 @@ def test_dense_masks_are_non_trainable_boolean_weights():
     np.testing.assert_array_equal(np_(layer.bias_mask), np.ones(3, bool))
     layer.set_masks(KMASK.astype(bool), BMASK)  # booleans or 0/1 numbers
     masks = layer.get_masks()  # 0/1 float32 arrays, as set
-    assert {k: v.dtype for k, v in masks.items()} == {"kernel_mask": "float32", "bias_mask": "float32"}
+    assert {k: v.dtype for k, v in masks.items()} == {
+        "kernel_mask": "float32",
+        "bias_mask": "float32",
+    }
     np.testing.assert_array_equal(masks["kernel_mask"], KMASK)
     np.testing.assert_array_equal(masks["bias_mask"], BMASK)
     np.testing.assert_array_equal(np_(layer.kernel_mask), KMASK.astype(bool))
