@@ -896,10 +896,15 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     gflops = re.search(
         r"reaches ([0-9.]+) GFLOP/s with jit off and\s+([0-9.]+) with jit on", section
     )
-    shares = re.search(r"([0-9.]+)% and ([0-9.]+)% of the machine's", section)
+    shares = re.search(r"([0-9.]+)% and ([0-9.]+)% of\s+the machine's", section)
     assert (gflops[1], shares[1]) == off_flops["off", "plain"]
     assert (gflops[2], shares[2]) == on_flops["on", "plain"]
-    for log in ("log.txt", "log_jit.txt", "log_where.txt"):
+    full, _ = _summary_ratios("overhead_bool/overhead_full.json")  # the whole benchmark
+    prose = " ".join(section.split())
+    assert f"(A/A {full['on', 'plain_again/plain']} with jit on)" in prose
+    assert f"measured iterative pruning at {full['on', 'masked/plain']}" in prose
+    assert f"`PolynomialDecay` at {full['on', 'masked_gradual_poly/keras3']}" in prose
+    for log in ("log.txt", "log_jit.txt", "log_where.txt", "log_full.txt"):
         text = (DOCS / "results" / "overhead_bool" / log).read_text()
         assert text.startswith("$ python benchmarks/overhead.py ") and "load average" in text
         assert _recorded_wall(text)
