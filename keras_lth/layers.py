@@ -239,7 +239,7 @@ class MaskedLayer:
 
     def density(self):
         """Fraction of the prunable weights (biases excluded) that are kept."""
-        kept = sum(int(np.count_nonzero(mask_value(w.mask))) for w in self.masked_weights)
+        kept = sum(int(np.count_nonzero(ops.convert_to_numpy(w.mask))) for w in self.masked_weights)
         size = sum(math.prod(w.mask.shape) for w in self.masked_weights)
         return kept / size
 

@@ -245,7 +245,7 @@ class PruningTargets:
     def recount(self):
         """Reads the masks once (after they were loaded or set from outside)."""
         self._kept = {
-            w.key: float(np.count_nonzero(mask_value(w.mask))) for w in self.all_weights()
+            w.key: float(np.count_nonzero(ops.convert_to_numpy(w.mask))) for w in self.all_weights()
         }
 
     def _counts(self):
