@@ -120,6 +120,9 @@ def summarize(steps, walls, cpu=None):
     q1, median, q3 = quartiles(pooled)
     out = {
         "step_ms": median,  # median over every timed step of every repeat
+        # the mean counts the rare slow steps the median leaves out (for
+        # gradual pruning: the steps that prune)
+        "mean_step_ms": statistics.fmean(pooled),
         "step_iqr_ms": [q1, q3],
         "repeat_medians_ms": [round(v, 4) for v in per_repeat],
         "n_steps": len(pooled),
@@ -140,6 +143,7 @@ def compare(num, den):
     q1, median, q3 = quartiles(paired)
     out = {
         "ratio": num["step_ms"] / den["step_ms"],
+        "mean_ratio": num["mean_step_ms"] / den["mean_step_ms"],
         "paired_median": median,
         "paired_iqr": [q1, q3],
         "paired_range": [min(paired), max(paired)],

@@ -14,6 +14,8 @@ Variants, timed interleaved on the same LeNet-300-100 set-up as `overhead.py`:
   with the same tfmot schedule (gradual pruning through the batch hook);
 - `keras3`: plain Keras 3 `keras.layers.Dense`, no callback: the baseline of
   the Keras 3 variants in this process (`vs_keras3`);
+- `keras3_again`: a second plain Keras 3 model, the A/A control of this
+  process: its `vs_keras3` distance from 1 is the noise of the child's run;
 - `masked_gradual_poly`: `masked_gradual` with tfmot's `PolynomialDecay`
   (0 to 0.8 over `POLY_END` steps, every `FREQUENCY` steps; the timed fits
   run before its end, so the masks keep changing);
@@ -50,7 +52,15 @@ FREQUENCY = 100
 POLY_END = 100_000
 BASELINE = "tf_keras"
 KERAS3_BASELINE = "keras3"
-DEFAULT_VARIANTS = ("tf_keras", "tfmot", "masked_gradual", "keras3", "masked_gradual_poly")
+DEFAULT_VARIANTS = (
+    "tf_keras",
+    "tfmot",
+    "masked_gradual",
+    "keras3",
+    "keras3_again",
+    "masked_gradual_poly",
+)
+AA_CONTROL = "keras3_again"
 VARIANT_NAMES = DEFAULT_VARIANTS + ("masked_gradual_fast",)
 
 
@@ -170,6 +180,7 @@ def main(argv=None):
             KerasClock(),
         ),
         "keras3": (lambda jit: keras3_model(jit, keras.layers.Dense), list, KerasClock()),
+        AA_CONTROL: (lambda jit: keras3_model(jit, keras.layers.Dense), list, KerasClock()),
         "masked_gradual_poly": (
             keras3_model,
             lambda: [lth.PruningScheduler(poly_schedule(), verbose=0)],
@@ -223,7 +234,7 @@ def main(argv=None):
                     entry["vs_tf_keras"] = compare(entry, mode[BASELINE])
         if "step_ms" in mode.get(KERAS3_BASELINE, {}):
             for name, entry in mode.items():
-                if name.startswith("masked") and "step_ms" in entry:
+                if (name.startswith("masked") or name == AA_CONTROL) and "step_ms" in entry:
                     entry["vs_keras3"] = compare(entry, mode[KERAS3_BASELINE])
     out = {
         "data": source,

@@ -27,7 +27,9 @@ hits all variants alike. A step is the interval between two consecutive
 `on_train_batch_end` calls: the compiled step, fetching its logs and every
 callback's batch hooks. The reported step time is the median over all timed
 steps; a ratio is variant/baseline of those medians (acceptance: at most
-the variant's `budget`), with the spread of the per-repeat paired ratios. The same
+the variant's `budget`), with the spread of the per-repeat paired ratios.
+The median leaves out rare slow steps; for gradual pruning, whose pruning
+steps are such steps, the summary also gives the ratio of mean step times. The same
 statistics are computed for the CPU time the whole process spends per step
 (`time.process_time`, all threads): on a machine that other jobs load, the
 wall-clock ratio mostly measures how the load changed between fits, while
@@ -41,7 +43,9 @@ tfmot: a child process started with `TF_USE_LEGACY_KERAS=1` times tfmot's
 `prune_low_magnitude` on the same network in tf_keras, interleaved with plain
 tf_keras, and keras-lth's gradual pruning on tfmot's schedules interleaved
 with plain Keras 3 (`keras3`; budget `GRADUAL_BUDGET` for
-`masked_gradual_poly`, tfmot's `PolynomialDecay`; see `_tfmot_reference.py`). Importing tfmot switches `tf.keras` to
+`masked_gradual_poly`, tfmot's `PolynomialDecay`; see `_tfmot_reference.py`),
+with a second plain Keras 3 model, `keras3_again`, as the child's own A/A
+control. Importing tfmot switches `tf.keras` to
 legacy Keras for the whole process, so it never happens in this one; the
 masked/tfmot ratio therefore compares two processes run one after the other.
 
@@ -481,7 +485,11 @@ def print_table(result):
             if "error" in e:
                 print(f"{mode:<4} {name:<20} failed: {e['error']}")
                 continue
-            note = _ratio_note(e["vs_tf_keras"], "vs tf_keras") if "vs_tf_keras" in e else ""
+            note = ""
+            if "vs_keras3" in e:
+                note = _ratio_note(e["vs_keras3"], "vs keras3")
+            elif "vs_tf_keras" in e:
+                note = _ratio_note(e["vs_tf_keras"], "vs tf_keras")
             print(_row(mode, name, e, note))
 
 
@@ -523,10 +531,18 @@ def summary_lines(result):
                 q, c = e["vs_keras3"]["ratio"], e["vs_keras3"].get("cpu_ratio")
                 b = GRADUAL_BUDGET
                 verdict = f"{'within' if q <= b else 'ABOVE'} the {b:.2f} budget"
+                if name == _tfmot_reference.AA_CONTROL:
+                    verdict = "A/A control"
                 cpu = f", CPU time {c:.3f}" if c is not None else ""
                 lines.append(
                     f"jit={mode}: {name}/keras3 = {q:.3f}{cpu} ({verdict}; same child process)"
                 )
+                if name.startswith("masked_gradual"):
+                    m = e["vs_keras3"]["mean_ratio"]
+                    lines.append(
+                        f"jit={mode}: {name}/keras3 mean step = {m:.3f} "
+                        "(pruning steps included; same child process)"
+                    )
             if "vs_tf_keras" in e:
                 q = e["vs_tf_keras"]["ratio"]
                 lines.append(f"jit={mode}: {name}/tf_keras = {q:.3f} (same child process)")

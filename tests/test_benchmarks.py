@@ -79,6 +79,19 @@ def test_overhead_reports_tfmot_from_a_child_process(smoke):
         q = poly["vs_keras3"]["ratio"]
         assert q == pytest.approx(poly["step_ms"] / child["results"][mode]["keras3"]["step_ms"])
         assert f"jit={mode}: masked_gradual_poly/keras3 = {q:.3f}" in stdout
+        m = poly["vs_keras3"]["mean_ratio"]
+        assert m == pytest.approx(
+            poly["mean_step_ms"] / child["results"][mode]["keras3"]["mean_step_ms"]
+        )
+        assert f"jit={mode}: masked_gradual_poly/keras3 mean step = {m:.3f}" in stdout
+        # the child's own A/A control: a second plain Keras 3 model
+        aa = child["results"][mode]["keras3_again"]["vs_keras3"]["ratio"]
+        assert f"jit={mode}: keras3_again/keras3 = {aa:.3f}" in stdout
+        assert f"keras3_again/keras3 = {aa:.3f}" in " ".join(result["summary"])
+        assert any(
+            s.startswith(f"jit={mode}: keras3_again/keras3") and "A/A control" in s
+            for s in result["summary"]
+        )
 
 
 def test_overhead_reports_the_cnn_and_the_flop_rate(smoke):
@@ -140,8 +153,13 @@ def test_summarize_and_compare_by_hand():
     assert a["n_steps"] == 4
     assert a["outside_steps_ms_per_fit"] == pytest.approx(7.0)  # median of 6 and 8 ms
     assert b["step_ms"] == pytest.approx(1.5)
+    # the mean keeps a rare slow step the median leaves out
+    slow = _common.summarize([[0.001, 0.001, 0.001, 0.009]], walls=[0.02])
+    assert slow["step_ms"] == pytest.approx(1.0)
+    assert slow["mean_step_ms"] == pytest.approx(3.0)
     c = _common.compare(a, b)
     assert c["ratio"] == pytest.approx(2.0 / 1.5)
+    assert c["mean_ratio"] == pytest.approx(2.0 / 1.5)  # means 2 and 1.5 ms
     assert c["paired_range"] == pytest.approx([1.0, 2.0])  # 2/2 and 2/1
     assert c["paired_median"] == pytest.approx(1.5)
     assert "cpu_ratio" not in c  # no CPU times given
