@@ -133,9 +133,28 @@ def _prune_lowest(scores: np.ndarray, alive: np.ndarray, count: int) -> np.ndarr
     out = np.zeros(flat_scores.shape, dtype=bool)
     if count <= 0 or idx.size == 0:
         return out.reshape(np.shape(scores))
-    order = np.argsort(flat_scores[idx], kind="stable")
-    out[idx[order[:count]]] = True
+    out[idx[_lowest(flat_scores[idx], count)]] = True
     return out.reshape(np.shape(scores))
+
+
+def _lowest(scores: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the `count` lowest `scores`, ties going to the earlier position.
+
+    The first `count` entries of a stable argsort (NaN ranking above
+    everything, as NumPy sorts it), found in linear time: a partition gives
+    the `count`-th lowest score `t`; everything below `t` goes, and so do
+    the first of the entries equal to `t` until `count` are gone.
+    """
+    if count >= scores.size:
+        return np.arange(scores.size)
+    t = np.partition(scores, count - 1)[count - 1]
+    if np.isnan(t):  # every number goes, then the first NaNs
+        below, ties = ~np.isnan(scores), np.isnan(scores)
+    else:
+        below, ties = scores < t, scores == t
+    chosen = below.copy()
+    chosen[np.flatnonzero(ties)[: count - int(np.count_nonzero(below))]] = True
+    return np.flatnonzero(chosen)
 
 
 def magnitude_mask(kernel: np.ndarray, mask: np.ndarray, rate: float) -> np.ndarray:

@@ -70,8 +70,7 @@ def _top(scores, candidates, count, largest):
     if count <= 0 or idx.size == 0:
         return out
     values = np.asarray(scores, dtype=np.float64)[idx]
-    order = np.argsort(-values if largest else values, kind="stable")
-    out[idx[order[:count]]] = True
+    out[idx[pruning._lowest(-values if largest else values, count)]] = True
     return out
 
 

@@ -133,6 +133,24 @@ def test_magnitude_mask_ignores_raw_values_of_pruned_weights():
     np.testing.assert_array_equal(new, [[0, 0, 1, 1]])
 
 
+_scores = st.one_of(
+    st.integers(-2, 2).map(float),
+    st.sampled_from([0.0, -0.0, math.inf, -math.inf, math.nan]),
+    st.floats(-10, 10, allow_nan=False),
+)
+
+
+@SETTINGS
+@given(st.data())
+def test_lowest_is_the_head_of_a_stable_argsort(data):
+    # The linear-time selection every pruning function uses picks exactly
+    # what a stable sort would: ties (and signed zeros) by position, NaN last.
+    scores = data.draw(hnp.arrays(np.float64, st.integers(1, 40), elements=_scores))
+    count = data.draw(st.integers(1, scores.size))
+    expected = np.sort(np.argsort(scores, kind="stable")[:count])
+    np.testing.assert_array_equal(pruning._lowest(scores, count), expected)
+
+
 def test_ties_are_broken_by_position():
     kernel = np.full((3, 4), 0.5, "float32")
     mask = np.ones_like(kernel)
