@@ -299,9 +299,10 @@ class PruningScheduler(keras.callbacks.Callback):
                 stacklevel=2,
             )
         # State of one run; reset here so the callback can be reused.
-        # Several processes training together (JAX multi-process): the
-        # chief alone prints and writes the backup (`keras_lth.distributed`).
-        chief = distributed.is_chief()
+        # Several processes training together (JAX multi-process, or
+        # MultiWorkerMirroredStrategy workers): the chief alone prints and
+        # writes the backup (`keras_lth.distributed`).
+        chief = distributed.is_chief(model)
         self._records.test_data = self.test_data
         self._records.verbose = self.verbose if chief else 0
         if self._backup is not None:

@@ -72,7 +72,7 @@ class Rewinding:
         self.run_seed = (
             self.seed
             if self.seed is not None
-            else same_seed(int(np.random.SeedSequence().generate_state(1)[0]))
+            else same_seed(int(np.random.SeedSequence().generate_state(1)[0]), model)
         )
         self.values = None
         self._cache = (None, None)

@@ -23,8 +23,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lth import distributed, training
 from keras_lth import reintroduce as reintro
-from keras_lth import training
 from keras_lth.layers import mask_value
 from keras_lth.targets import masks_of, values_of
 
@@ -62,6 +62,13 @@ class Reintroducer:
     def install(self, model, targets, optimizer_reset, rewinding):
         """Creates the scores and installs the strategy's training step."""
         training.check_backend()
+        workers = distributed.process_count(model)
+        if workers > 1:
+            raise ValueError(
+                "Re-introduction (`reintroduce=`) trains with a step of its own, which "
+                "does not run on several `MultiWorkerMirroredStrategy` workers; use one "
+                f"machine (`MirroredStrategy`). Received: {workers} workers"
+            )
         self.model = model
         self.targets = targets
         self.optimizer_reset = optimizer_reset

@@ -1,4 +1,4 @@
-"""`PruningScheduler` on two JAX processes (`jax.distributed` on loopback).
+"""`PruningScheduler` on two processes: JAX (`jax.distributed`) and TensorFlow workers, on loopback.
 
 Three processes start at once from `tests/scripts/jax_worker.py` (which
 describes the runs): two workers joined by `keras.distribution.initialize`
@@ -10,6 +10,11 @@ rounding (the all-reduce sums the two halves' gradients); only process 0
 writes the scheduler's backup; without a `seed` the workers draw
 `"reinit"` values with one run seed; re-introduction fails with a clear
 ValueError. All three processes together are bounded by `TIMEOUT`.
+
+The same runs go through two `tf.distribute.MultiWorkerMirroredStrategy`
+workers and one process alone (`tests/scripts/tf_worker.py`), after
+`keras_lth.distributed.patch_multi_worker_fit()`; there re-introduction
+must fail with a clear ValueError on two workers and train on one.
 """
 
 import json
@@ -26,6 +31,7 @@ import pytest
 pytestmark = pytest.mark.multiprocess
 
 WORKER = Path(__file__).parent / "scripts" / "jax_worker.py"
+TF_WORKER = Path(__file__).parent / "scripts" / "tf_worker.py"
 ROOT = Path(__file__).parent.parent
 # seconds, for the three processes together (about 25 s of CPU time); a
 # machine loaded by other work can ask for more
@@ -38,24 +44,26 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(tmp_path):
+def _launch(tmp_path, worker=WORKER, backend="jax"):
     """Starts the three processes; returns `(arrays, findings)` of worker 0, worker 1, alone."""
-    pytest.importorskip("jax")
+    if backend == "jax":
+        pytest.importorskip("jax")
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
     one.mkdir()
     env = {
         **os.environ,
-        "KERAS_BACKEND": "jax",
+        "KERAS_BACKEND": backend,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
     env.pop("TF_USE_LEGACY_KERAS", None)
-    port = str(_free_port())
+    # JAX: the coordinator's port; TensorFlow: one port per worker
+    port = str(_free_port()) if backend == "jax" else f"{_free_port()},{_free_port()}"
     commands = [
-        [sys.executable, str(WORKER), "0", "2", port, str(two)],
-        [sys.executable, str(WORKER), "1", "2", port, str(two)],
-        [sys.executable, str(WORKER), "0", "1", "0", str(one)],
+        [sys.executable, str(worker), "0", "2", port, str(two)],
+        [sys.executable, str(worker), "1", "2", port, str(two)],
+        [sys.executable, str(worker), "0", "1", "0", str(one)],
     ]
     procs = [
         subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -95,6 +103,27 @@ def test_two_processes_train_as_one(tmp_path):
     _check_reinit_without_seed_draws_with_the_chiefs_seed(runs)
     _check_only_the_chief_writes_the_backup(runs)
     _check_reintroduction_raises_a_clear_error(runs)
+
+
+def test_two_multi_worker_mirrored_workers_train_as_one(tmp_path):
+    # The same runs on two `MultiWorkerMirroredStrategy` workers, once
+    # `patch_multi_worker_fit` has mended Keras's TensorFlow trainer.
+    runs = _launch(tmp_path, TF_WORKER, "tensorflow")
+    _check_the_workers_join_one_computation(runs)
+    (_, w0), (_, w1), _ = runs
+    assert (w0["process_index"], w1["process_index"]) == (0, 1)
+    _check_every_worker_has_the_same_masks_and_weights(runs)
+    for run in ("iterative", "gradual"):
+        _check_the_workers_train_as_one_process_on_the_global_batch(runs, run)
+    _check_reinit_without_seed_draws_with_the_chiefs_seed(runs)
+    _check_only_the_chief_writes_the_backup(runs)
+    for _, found in runs[:2]:
+        assert (
+            "does not run on several `MultiWorkerMirroredStrategy` workers"
+            in (found["reintroduce"])
+        )
+        assert "Received: 2 workers" in found["reintroduce"]
+    assert runs[2][1]["reintroduce"] is None  # one process: it trains
 
 
 def _check_the_workers_join_one_computation(runs):
@@ -178,3 +207,56 @@ def test_a_backup_that_does_not_write_leaves_the_files_alone(tmp_path):
     other.clear()
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert other.load(0)["part"][0] == {"x": 1}  # it reads what the chief wrote
+
+
+def test_patch_multi_worker_fit_leaves_one_worker_alone(monkeypatch):
+    # On one worker (and for every other strategy) Keras's own functions run,
+    # so patching changes nothing that already worked.
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("mends Keras's TensorFlow trainer")
+    from keras.src.backend.tensorflow import trainer
+
+    from keras_lth import distributed
+
+    # restored after the test, so other tests see Keras as it was
+    monkeypatch.setattr(trainer, "reduce_per_replica", trainer.reduce_per_replica)
+    monkeypatch.setattr(
+        trainer.TensorFlowTrainer,
+        "_maybe_symbolic_build",
+        trainer.TensorFlowTrainer._maybe_symbolic_build,
+    )
+    distributed.patch_multi_worker_fit()
+    patched = trainer.reduce_per_replica
+    distributed.patch_multi_worker_fit()  # a second call does nothing
+    assert trainer.reduce_per_replica is patched
+
+    def fit():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile("sgd", "mse")
+        x = np.arange(24, dtype="float32").reshape(8, 3) / 24
+        model.fit(x, np.ones((8, 2), "float32"), batch_size=4, epochs=1, verbose=0)
+        return model.get_weights()
+
+    after = fit()
+    monkeypatch.undo()
+    for a, b in zip(after, fit(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_patch_multi_worker_fit_refuses_a_trainer_it_does_not_know(monkeypatch):
+    import keras
+
+    from keras_lth import distributed
+
+    if keras.backend.backend() != "tensorflow":
+        with pytest.raises(ValueError, match="needs the TensorFlow backend. Received: backend"):
+            distributed.patch_multi_worker_fit()
+        return
+    from keras.src.backend.tensorflow import trainer
+
+    monkeypatch.delattr(trainer, "_collective_all_reduce_multi_worker")
+    with pytest.raises(ValueError, match="missing \\['_collective_all_reduce_multi_worker'\\]"):
+        distributed.patch_multi_worker_fit()
