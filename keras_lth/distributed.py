@@ -48,8 +48,13 @@ def _multi_worker(model):
     strategy = getattr(model, "distribute_strategy", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return None
-    workers = strategy.cluster_resolver.cluster_spec().as_dict().get("worker", [])
-    return strategy if len(workers) > 1 else None
+    return strategy if _tasks(strategy)[0] + _tasks(strategy)[1] > 1 else None
+
+
+def _tasks(strategy):
+    """`(chiefs, workers)` of the cluster (`TF_CONFIG` may name a chief apart)."""
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(spec.get("chief", [])), len(spec.get("worker", []))
 
 
 def process_count(model=None) -> int:
@@ -61,16 +66,23 @@ def process_count(model=None) -> int:
     """
     strategy = _multi_worker(model)
     if strategy is not None:
-        return len(strategy.cluster_resolver.cluster_spec().as_dict()["worker"])
+        return sum(_tasks(strategy))
     jax = _jax()
     return 1 if jax is None else int(jax.process_count())
 
 
 def process_index(model=None) -> int:
-    """This process's index, `0` being the chief (see `process_count`)."""
+    """This process's index, `0` being the chief (see `process_count`).
+
+    Under `MultiWorkerMirroredStrategy` the chief is the `"chief"` task
+    when `TF_CONFIG` names one, worker 0 otherwise (as TensorFlow's).
+    """
     strategy = _multi_worker(model)
     if strategy is not None:
-        return int(strategy.cluster_resolver.task_id)
+        resolver = strategy.cluster_resolver
+        if resolver.task_type == "chief":
+            return 0
+        return _tasks(strategy)[0] + int(resolver.task_id)
     jax = _jax()
     return 0 if jax is None else int(jax.process_index())
 

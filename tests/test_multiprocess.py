@@ -246,6 +246,7 @@ def test_patch_multi_worker_fit_leaves_one_worker_alone(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.jax
 def test_patch_multi_worker_fit_refuses_a_trainer_it_does_not_know(monkeypatch):
     import keras
 
@@ -260,3 +261,31 @@ def test_patch_multi_worker_fit_refuses_a_trainer_it_does_not_know(monkeypatch):
     monkeypatch.delattr(trainer, "_collective_all_reduce_multi_worker")
     with pytest.raises(ValueError, match="missing \\['_collective_all_reduce_multi_worker'\\]"):
         distributed.patch_multi_worker_fit()
+
+
+@pytest.mark.parametrize(
+    "cluster, task, index",
+    [
+        ({"worker": ["a:1", "b:1"]}, ("worker", 0), 0),
+        ({"worker": ["a:1", "b:1"]}, ("worker", 1), 1),
+        ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("chief", 0), 0),
+        ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("worker", 0), 1),
+    ],
+)
+def test_a_chief_task_of_tf_config_is_process_0(monkeypatch, cluster, task, index):
+    # TensorFlow's chief: the "chief" task when TF_CONFIG names one, else worker 0.
+    from types import SimpleNamespace
+
+    from keras_lth import distributed
+
+    resolver = SimpleNamespace(
+        task_type=task[0],
+        task_id=task[1],
+        cluster_spec=lambda: SimpleNamespace(as_dict=lambda: cluster),
+    )
+    strategy = SimpleNamespace(cluster_resolver=resolver)
+    monkeypatch.setattr(distributed, "_multi_worker", lambda model: strategy)
+    model = object()
+    assert distributed.process_count(model) == sum(len(v) for v in cluster.values())
+    assert distributed.process_index(model) == index
+    assert distributed.is_chief(model) == (index == 0)
