@@ -7,7 +7,7 @@ of `__all__` so that `from keras_lth import *` works without it. Everything
 else is internal.
 """
 
-from keras_lth import data, layers, models, pruning, reintroduce
+from keras_lth import data, distributed, layers, models, pruning, reintroduce
 from keras_lth.callbacks import PruningScheduler
 from keras_lth.compaction import compact
 from keras_lth.conversion import prunable
@@ -37,6 +37,7 @@ __all__ = [
     "compact",
     "data",
     "density",
+    "distributed",
     "layers",
     "masked_layers",
     "models",

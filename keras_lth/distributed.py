@@ -48,7 +48,7 @@ def _multi_worker(model):
     strategy = getattr(model, "distribute_strategy", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return None
-    return strategy if _tasks(strategy)[0] + _tasks(strategy)[1] > 1 else None
+    return strategy if sum(_tasks(strategy)) > 1 else None
 
 
 def _tasks(strategy):

@@ -764,6 +764,7 @@ API_PAGES = {
     "keras_lth.pruning": "pruning.md",
     "keras_lth.schedules": "schedules.md",
     "keras_lth.callbacks": "callbacks.md",
+    "keras_lth.distributed": "distributed.md",
     "keras_lth.reintroduce": "reintroduce.md",
     "keras_lth.export": "export.md",
     "keras_lth.models": "models.md",
