@@ -27,23 +27,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras
-
 import keras_lth as lth
 from keras_lth.targets import PruningTargets
 
-UNITS = (300, 100, 10)
 START, STEP = 0.01, 0.0024  # about PolynomialDecay(0, 0.8, end_step=100_000) per 100 steps
-
-
-def build():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [keras.Input((784,))]
-        + [lth.MaskedDense(u, activation=None if i == 2 else "relu") for i, u in enumerate(UNITS)]
-    )
-    model.compile("adam", "mse")
-    return model
 
 
 def main(argv=None):
@@ -53,7 +40,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, received {args.steps}")
-    targets = PruningTargets(build(), {}, "weight")
+    targets = PruningTargets(lth.models.lenet_300_100(seed=0), {}, "weight")
     sparsity = START
     targets.prune_to_sparsity(sparsity)  # warm-up
     profile = cProfile.Profile() if args.profile else None

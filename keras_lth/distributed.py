@@ -184,10 +184,8 @@ def patch_multi_worker_fit():
             return reduce(values, strategy, reduction)
 
         def mean(v):
-            if (
-                getattr(first_local(v), "shape", None) is not None
-                and first_local(v).shape.rank == 0
-            ):
+            shape = getattr(first_local(v), "shape", None)
+            if shape is not None and shape.rank == 0:
                 return strategy.reduce("MEAN", v, axis=None)
             return reduce(v, strategy, reduction)
 

@@ -145,6 +145,8 @@ def _lowest(scores: np.ndarray, count: int) -> np.ndarray:
     the `count`-th lowest score `t`; everything below `t` goes, and so do
     the first of the entries equal to `t` until `count` are gone.
     """
+    if count <= 0:
+        return np.arange(0)
     if count >= scores.size:
         return np.arange(scores.size)
     t = np.partition(scores, count - 1)[count - 1]

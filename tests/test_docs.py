@@ -920,3 +920,22 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
         for name, mode in (("overhead", "off"), ("overhead_jit", "on"), ("overhead_full", "on"))
     ]
     assert f"iterative pruning measured {min(lows)}–{max(lows)}" in prose
+
+
+def test_pruning_step_timings_are_the_recorded_logs():
+    def recorded(commit):
+        log = read(f"docs/results/prune_step/log_{commit}.txt")
+        assert log.startswith(
+            f"$ PYTHONPATH=<checkout of {commit}> python benchmarks/prune_step.py"
+        )
+        median = re.search(r"median ([0-9.]+) ms", log)[1]
+        total = re.search(r"function calls .* in ([0-9.]+) seconds", log)[1]
+        return log, median, total
+
+    before, slow, total = recorded("51ba3bd")
+    argsort = re.search(r"([0-9.]+) +[0-9.]+ +\{method 'argsort'", before)[1]
+    _, fast, _ = recorded("55488c5")
+    page = " ".join(read("docs/results/overhead-issue11.md").split())
+    assert f"median of {slow} ms, {argsort} s of the {total} s profiled" in page
+    assert f"at 55488c5 takes {fast} ms" in page
+    assert f"takes {fast} ms instead of {slow} ms" in " ".join(read("CHANGELOG.md").split())
