@@ -19,6 +19,8 @@ Variants, timed interleaved on the same LeNet-300-100 set-up as `overhead.py`:
 - `masked_gradual_poly`: `masked_gradual` with tfmot's `PolynomialDecay`
   (0 to 0.8 over `POLY_END` steps, every `FREQUENCY` steps; the timed fits
   run before its end, so the masks keep changing);
+- `masked_gradual_poly_zeroed`: `masked_gradual_poly` with
+  `MaskedDense(pruned_values="zeroed")`;
 - `masked_gradual_fast` (opt-in): the same with a prototype of a cheaper
   batch hook (see `_fast_gradual_scheduler`).
 
@@ -29,6 +31,7 @@ Usage (normally through `overhead.py`):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -59,6 +62,7 @@ DEFAULT_VARIANTS = (
     "keras3",
     "keras3_again",
     "masked_gradual_poly",
+    "masked_gradual_poly_zeroed",
 )
 AA_CONTROL = "keras3_again"
 VARIANT_NAMES = DEFAULT_VARIANTS + ("masked_gradual_fast",)
@@ -183,6 +187,13 @@ def main(argv=None):
         AA_CONTROL: (lambda jit: keras3_model(jit, keras.layers.Dense), list, KerasClock()),
         "masked_gradual_poly": (
             keras3_model,
+            lambda: [lth.PruningScheduler(poly_schedule(), verbose=0)],
+            KerasClock(),
+        ),
+        "masked_gradual_poly_zeroed": (
+            lambda jit: keras3_model(
+                jit, functools.partial(lth.MaskedDense, pruned_values="zeroed")
+            ),
             lambda: [lth.PruningScheduler(poly_schedule(), verbose=0)],
             KerasClock(),
         ),

@@ -14,7 +14,11 @@ Times LeNet-300-100 (784-300-100-10, relu; Adam 1.2e-3, batch 60,
   is the noise of the run;
 - `plain_cnn` / `masked_cnn`: the CNN of `build_cnn` in plain Keras, and
   converted by `keras_lth.prunable` under the same `PruningScheduler`
-  (budget 1.10 against `plain_cnn`).
+  (budget 1.10 against `plain_cnn`);
+- `masked_zeroed` / `masked_cnn_zeroed`: `masked` and `masked_cnn` with
+  `pruned_values="zeroed"` (pruned weights held at zero by a variable
+  constraint; the layers compute with their raw kernels), with the same
+  budgets.
 
 The run also measures the machine's float32 matmul peak (`matmul_peak`) and
 prints the FLOP/s that the LeNet-300-100 steps achieve against it
@@ -43,7 +47,9 @@ tfmot: a child process started with `TF_USE_LEGACY_KERAS=1` times tfmot's
 `prune_low_magnitude` on the same network in tf_keras, interleaved with plain
 tf_keras, and keras-lth's gradual pruning on tfmot's schedules interleaved
 with plain Keras 3 (`keras3`; budget `GRADUAL_BUDGET` for
-`masked_gradual_poly`, tfmot's `PolynomialDecay`; see `_tfmot_reference.py`),
+`masked_gradual_poly`, tfmot's `PolynomialDecay`, and for
+`masked_gradual_poly_zeroed`, the same with `pruned_values="zeroed"`; see
+`_tfmot_reference.py`),
 with a second plain Keras 3 model, `keras3_again`, as the child's own A/A
 control. Importing tfmot switches `tf.keras` to
 legacy Keras for the whole process, so it never happens in this one; the
@@ -167,6 +173,8 @@ class Variant:
             masked variant converts it with `keras_lth.prunable`).
         baseline: The variant whose step time this one is divided by.
         budget: Acceptance bound of that ratio, or `None` (a diagnostic).
+        pruned_values: The masked layers' `pruned_values` (`"kept"`, the
+            default, or `"zeroed"`).
     """
 
     name: str
@@ -178,6 +186,7 @@ class Variant:
     network: str = "lenet"
     baseline: str = BASELINE
     budget: float | None = None
+    pruned_values: str = "kept"
 
 
 VARIANTS = [
@@ -195,6 +204,14 @@ VARIANTS = [
         keras.layers.Dense,
     ),
     Variant(
+        "masked_zeroed",
+        "masked with MaskedDense(pruned_values='zeroed')",
+        lth.MaskedDense,
+        _iterative_scheduler,
+        budget=1.05,
+        pruned_values="zeroed",
+    ),
+    Variant(
         "plain_cnn",
         "the small CNN of plain Keras layers, no callback",
         keras.layers.Dense,
@@ -209,6 +226,16 @@ VARIANTS = [
         network="cnn",
         baseline="plain_cnn",
         budget=1.10,
+    ),
+    Variant(
+        "masked_cnn_zeroed",
+        "masked_cnn converted with keras_lth.prunable(..., pruned_values='zeroed')",
+        keras.layers.Dense,
+        _iterative_scheduler,
+        network="cnn",
+        baseline="plain_cnn",
+        budget=1.10,
+        pruned_values="zeroed",
     ),
     # Diagnostics (--variants NAME): where the masked overhead comes from.
     Variant(
@@ -302,12 +329,15 @@ def build_model(variant, jit_compile, seed=0):
     if variant.network == "cnn":
         model = build_cnn()
         if variant.callbacks is not list:  # the masked CNN
-            model = lth.prunable(model)
+            model = lth.prunable(model, pruned_values=variant.pruned_values)
     else:
+        kwargs = {} if variant.pruned_values == "kept" else {"pruned_values": variant.pruned_values}
         model = keras.Sequential(
             [keras.Input((784,))]
             + [
-                variant.layer(units, activation=None if name == "output" else "relu", name=name)
+                variant.layer(
+                    units, activation=None if name == "output" else "relu", name=name, **kwargs
+                )
                 for units, name in zip(UNITS, LAYER_NAMES)
             ]
         )
@@ -407,7 +437,7 @@ def flops_lines(result):
         f"({1e3 * flops / peak:.3f} ms at the peak)"
     ]
     for mode, variants in result["keras3"].items():
-        for name in ("plain", "masked"):
+        for name in ("plain", "masked", "masked_zeroed"):
             e = variants.get(name)
             if e is None:
                 continue

@@ -27,6 +27,7 @@ from keras import ops
 from keras_lth import distributed, pruning
 from keras_lth import reintroduce as reintro
 from keras_lth.gradual import GradualPruning
+from keras_lth.layers import zero_pruned
 from keras_lth.optimizer_reset import OptimizerReset
 from keras_lth.records import RoundRecords
 from keras_lth.resume import ResumeState
@@ -420,6 +421,7 @@ class PruningScheduler(keras.callbacks.Callback):
         else:
             self._targets.prune(s.rate, s.layer_rates, self.scope, self.structure, self.norm)
         self._rewinding.rewind_to(r)
+        zero_pruned(self.model)  # rewound values under 0 masks (pruned_values="zeroed")
         self._optimizer.reset()
         if self._reintroducer is not None:
             self._reintroducer.round_started(r)

@@ -16,7 +16,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_lth.layers import MASKED_CLASSES, masked_layers, sublayers
+from keras_lth.layers import MASKED_CLASSES, check_pruned_values, masked_layers, sublayers
 
 #: Masked class -> the Keras class it masks.
 PLAIN_CLASSES = {masked: plain for plain, masked in MASKED_CLASSES.items()}
@@ -43,7 +43,7 @@ _NOT_PRUNABLE = tuple(
 _WRAPPERS = (keras.layers.Wrapper, keras.layers.Bidirectional)
 
 
-def prunable(model_or_layer, layers=None, exclude=None):
+def prunable(model_or_layer, layers=None, exclude=None, pruned_values="kept"):
     """A copy of a Keras model whose supported layers are masked, ready to prune.
 
     Every layer of a supported Keras class becomes its masked twin
@@ -87,6 +87,12 @@ def prunable(model_or_layer, layers=None, exclude=None):
             callables are called with the layers only, not the models.
         exclude: Layers to leave as they are, in the same forms as `layers`.
             Wins over `layers`.
+        pruned_values: `"kept"` (default) or `"zeroed"` (TensorFlow backend),
+            the `pruned_values` of the layers this call masks (see
+            `keras_lth.layers.MaskedLayer.pruned_values`): `"zeroed"` layers
+            hold zeros under their masks and train faster, but cannot be
+            used with re-introduction. Masked layers already in the model
+            keep their own.
 
     Returns:
         A new model (or layer). The original is not modified.
@@ -118,6 +124,7 @@ def prunable(model_or_layer, layers=None, exclude=None):
             f"Received: model_or_layer={model_or_layer!r} of type "
             f"{type(model_or_layer).__name__}"
         )
+    check_pruned_values(pruned_values)
     select = _selector(layers, "layers")
     leave = _selector(exclude, "exclude")
     if not isinstance(model_or_layer, keras.Model):
@@ -128,7 +135,7 @@ def prunable(model_or_layer, layers=None, exclude=None):
                 f"({type(model_or_layer).__name__}) with layers={layers!r}, "
                 f"exclude={exclude!r}"
             )
-        return _prunable_layer(model_or_layer)
+        return _prunable_layer(model_or_layer, pruned_values)
     model = model_or_layer
     check_graph_model(model, "prunable", _SUBCLASSED_HINT)
     found = dict(_graph_layers(model))
@@ -157,7 +164,7 @@ def prunable(model_or_layer, layers=None, exclude=None):
         if chosen(layer):
             reason = _cannot_mask(layer)
             if reason is None:
-                return _masked_twin(layer), _copy_into_masked
+                return _masked_twin(layer, pruned_values), _copy_into_masked
             if _looks_prunable(layer) or (
                 select is not None
                 and _matches(layer, (), [i for i in select if isinstance(i, str)])
@@ -266,7 +273,7 @@ def _build_like(old, new):
 # ---------------------------------------------------------------------- #
 # One layer at a time
 # ---------------------------------------------------------------------- #
-def _prunable_layer(layer):
+def _prunable_layer(layer, pruned_values):
     if _is_masked(layer):
         new, copy = _copy_layer(layer), _copy_masked_weights
     else:
@@ -277,7 +284,7 @@ def _prunable_layer(layer):
                 f"({type(layer).__name__}): {reason}. Expected one of "
                 f"{', '.join(sorted(c.__name__ for c in MASKED_CLASSES))}."
             )
-        new, copy = _masked_twin(layer), _copy_into_masked
+        new, copy = _masked_twin(layer, pruned_values), _copy_into_masked
     if layer.built:
         _build_like(layer, new)
         copy(layer, new)
@@ -338,8 +345,10 @@ def _looks_prunable(layer) -> bool:
     )
 
 
-def _masked_twin(layer):
-    return MASKED_CLASSES[type(layer)].from_config(layer.get_config())
+def _masked_twin(layer, pruned_values):
+    return MASKED_CLASSES[type(layer)].from_config(
+        {**layer.get_config(), "pruned_values": pruned_values}
+    )
 
 
 def _copy_layer(layer):

@@ -21,6 +21,7 @@ def plain_config(layer) -> dict:
     for arg in _UNSET_ARGUMENTS:
         if arg in config and config[arg] is None:
             config.pop(arg)
+    config.pop("pruned_values", None)  # keras-lth's own argument
     return config
 
 

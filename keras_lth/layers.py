@@ -18,6 +18,13 @@ Within one call of the layer the product is computed once per attribute,
 however often the Keras class reads it (`Dense.call` reads `self.bias` in
 its `is not None` test and again in the add).
 
+`pruned_values="zeroed"` (TensorFlow backend) is the cheaper alternative:
+the raw variable holds exact zeros where the mask is 0, the attribute is the
+raw variable itself (no product in the forward or backward pass), and a
+variable constraint, which Keras optimizers apply after every update, sets
+the pruned entries back to zero. Masks, rewinding and loading zero them too.
+Pruned values are then lost, so re-introduction refuses such layers.
+
 Two kinds of layer hold their masks differently:
 
 - A *leaf* layer (`MaskedDense`, the convolutions, `MaskedEmbedding`,
@@ -49,6 +56,24 @@ from keras import ops
 from keras_lth import pruning
 
 GRADIENT_MODES = ("masked", "dense")
+PRUNED_VALUES = ("kept", "zeroed")
+
+
+def check_pruned_values(pruned_values, arg="pruned_values"):
+    """Validates a `pruned_values` argument (`"kept"` or `"zeroed"`)."""
+    if isinstance(pruned_values, str) and pruned_values in PRUNED_VALUES:
+        if pruned_values == "zeroed" and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"`{arg}='zeroed'` needs the TensorFlow backend: under "
+                f"{keras.backend.backend()!r}, Keras's trainer does not let the "
+                "constraint that zeroes pruned weights read their mask. Use "
+                f"`{arg}='kept'` (the default). Received: {arg}={pruned_values!r}"
+            )
+        return pruned_values
+    raise ValueError(
+        f"Received an invalid value for `{arg}`, expected one of "
+        f"{PRUNED_VALUES}. Received: {arg}={pruned_values!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -104,14 +129,22 @@ class MaskedLayer:
     #: Attributes the Keras layer computes with, in saving order.
     masked_attributes: tuple = ("kernel",)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, pruned_values="kept", **kwargs):
         for arg in ("lora_rank", "quantization_config"):
             if kwargs.get(arg) is not None:
                 raise ValueError(
                     f"`{type(self).__name__}` does not support `{arg}`. "
                     f"Received: {arg}={kwargs[arg]!r}"
                 )
+        check_pruned_values(pruned_values)
         super().__init__(*args, **kwargs)
+        self.__dict__["_lth_pruned"] = pruned_values
+
+    def get_config(self):
+        config = super().get_config()
+        if self.pruned_values != "kept":  # configs of the default stay as they were
+            config["pruned_values"] = self.pruned_values
+        return config
 
     def __call__(self, *args, **kwargs):
         # The masked values of this call, computed once each (see
@@ -130,6 +163,7 @@ class MaskedLayer:
     def build(self, input_shape):
         super().build(input_shape)
         _create_masks(self, self)
+        _set_zeroing(self)
 
     # -- what pruning reads and writes --------------------------------- #
     @property
@@ -189,7 +223,62 @@ class MaskedLayer:
                 "Received an invalid value for `gradient_mode`, expected one "
                 f"of {GRADIENT_MODES}. Received: gradient_mode={mode!r}"
             )
+        if mode == "dense" and self.pruned_values == "zeroed":
+            raise ValueError(
+                f"Layer '{self.name}' has pruned_values='zeroed': its pruned "
+                "weights are zeros, with no values of their own for a dense "
+                "gradient to train. Set `pruned_values='kept'` first. "
+                f"Received: gradient_mode={mode!r}"
+            )
         self.__dict__["_lth_gradient"] = mode
+
+    @property
+    def pruned_values(self):
+        """`"kept"` (default) or `"zeroed"`: what the raw variable holds where the mask is 0.
+
+        - `"kept"`: the values the weights had when they were pruned. The
+          layer computes with `raw * mask`; pruned weights get a zero
+          gradient. Rewinding, re-introduction and a mask set back to 1
+          find the old values.
+        - `"zeroed"` (TensorFlow backend only): exact zeros. The layer
+          computes with the raw variable itself, which makes a training step
+          cheaper (no product and no masked gradient: measured in
+          `benchmarks/overhead.py`). A variable constraint, applied by Keras
+          optimizers after every update, sets pruned entries back to zero, on
+          top of the variable's own constraint; `set_masks`, rewinding
+          (`PruningScheduler`) and loading zero them too. Pruned weights do
+          receive a gradient, so an optimizer that clips by the global norm
+          (`global_clipnorm`) sees it; with elementwise optimizers (SGD,
+          Adam, ...) the kept weights train exactly as with `"kept"`. A
+          weight whose mask is set back to 1 starts from 0. Re-introduction
+          (`PruningScheduler(reintroduce=...)`) refuses such layers. After
+          writing raw values yourself (`model.set_weights`), call
+          `zero_pruned()`.
+
+        Setting it on a built layer installs or removes the constraint (and
+        zeroes pruned values); retrace the training function afterwards
+        (`model.make_train_function(force=True)`, or a new `fit`).
+        """
+        return self.__dict__.get("_lth_pruned", "kept")
+
+    @pruned_values.setter
+    def pruned_values(self, mode):
+        check_pruned_values(mode)
+        if mode == "zeroed" and self.gradient_mode == "dense":
+            raise ValueError(
+                f"Layer '{self.name}' trains with gradient_mode='dense' (a "
+                "re-introduction strategy), which needs the pruned values. "
+                f"Received: pruned_values={mode!r}"
+            )
+        self.__dict__["_lth_pruned"] = mode
+        if f"{self.masked_attributes[0]}_mask" in self.__dict__:
+            _set_zeroing(self)
+
+    def zero_pruned(self):
+        """Sets the raw values under 0 masks to zero (`pruned_values="zeroed"` keeps them so)."""
+        self._check_built("masks")
+        for w in self._all_weights():
+            _zero(w.variable, w.mask)
 
     def set_masks(self, kernel_mask=None, bias_mask=None, **masks):
         """Assigns masks; a mask passed as `None` is left as it is.
@@ -232,6 +321,8 @@ class MaskedLayer:
         }
         for name, value in checked.items():
             known[name].mask.assign(value.astype(bool))
+            if self.pruned_values == "zeroed":
+                _zero(known[name].variable, known[name].mask)
 
     def get_masks(self) -> dict:
         """`{"<attribute>_mask": 0/1 float32 array}` for every mask, bias mask included."""
@@ -289,6 +380,9 @@ class MaskedLayer:
         for var, key in zip(variables, keys):
             # Masks are stored as bools; earlier versions saved float 0/1 masks.
             var.assign(np.asarray(store[key]) != 0 if _is_mask(self, var) else store[key])
+        if self.pruned_values == "zeroed":
+            # (a composite's masks load first: Keras loads a layer before its sublayers)
+            self.zero_pruned()
 
     # -- what Keras features do not fit --------------------------------- #
     def enable_lora(self, *args, **kwargs):
@@ -384,6 +478,8 @@ def _masked_property(attr):
 
     def fget(self):
         raw = _raw(self, attr)
+        if self.__dict__.get("_lth_pruned") == "zeroed":
+            return raw  # pruned entries are zeros already
         mask = self.__dict__.get(mask_name)
         if mask is None or raw is None:  # no bias; or in the Keras build, before the masks
             return raw
@@ -463,6 +559,54 @@ def _attach(layer, owner, name, prefix, variable):
         # A regularizer on the raw value would penalise pruned weights and,
         # through its gradient, change their raw values.
         variable.regularizer = _MaskedRegularizer(variable.regularizer, mask)
+
+
+class _ZeroPruned:
+    """A variable constraint: the variable's own `constraint`, then zeros where `mask` is 0."""
+
+    def __init__(self, constraint, mask):
+        self.constraint = constraint
+        self.mask = mask
+
+    def __call__(self, value):
+        if self.constraint is not None:
+            value = self.constraint(value)
+        return ops.where(self.mask, value, 0.0)
+
+
+def _set_zeroing(layer):
+    """Installs (or removes) the zeroing constraint of each masked variable of `layer`.
+
+    Called from `build` too, before Keras marks the layer built.
+    """
+    zeroed = layer.pruned_values == "zeroed"
+    for attr in (*type(layer).masked_attributes, "bias"):
+        mask = layer.__dict__.get(f"{attr}_mask")
+        if mask is None:  # no bias
+            continue
+        variable = _raw(layer, attr)
+        current = variable.constraint
+        if zeroed:
+            if not isinstance(current, _ZeroPruned):
+                variable.constraint = _ZeroPruned(current, mask)
+            _zero(variable, mask)
+        elif isinstance(current, _ZeroPruned):
+            variable.constraint = current.constraint
+
+
+def _zero(variable, mask):
+    """Sets the values of `variable` under the 0s of `mask` to zero."""
+    mask = ops.convert_to_numpy(mask)
+    if not mask.all():
+        raw = ops.convert_to_numpy(variable)
+        variable.assign(np.where(mask, raw, np.zeros((), raw.dtype)))
+
+
+def zero_pruned(model):
+    """Calls `zero_pruned()` on every masked layer of `model` with `pruned_values="zeroed"`."""
+    for layer in masked_layers(model):
+        if layer.pruned_values == "zeroed":
+            layer.zero_pruned()
 
 
 def _masked_class(base, attributes, bias=True):
@@ -783,11 +927,36 @@ def _adopt(owner, sublayer, masked_class, key):
         True  # a flag: a reference to the owner would make a cycle that saving walks
     )
     sublayer.__dict__["_lth_key"] = key
+    sublayer.__dict__["_lth_pruned"] = owner.__dict__.get("_lth_pruned", "kept")
     _create_masks(sublayer, owner)
+    _set_zeroing(sublayer)
 
 
 class _CompositeMixin:
     """Saving and stripping for layers whose masks live on their sublayers."""
+
+    def __init__(self, *args, pruned_values="kept", **kwargs):
+        check_pruned_values(pruned_values)
+        super().__init__(*args, **kwargs)
+        self.__dict__["_lth_pruned"] = pruned_values
+
+    def get_config(self):
+        config = super().get_config()
+        if self.pruned_values != "kept":
+            config["pruned_values"] = self.pruned_values
+        return config
+
+    @property
+    def pruned_values(self):
+        """`"kept"` or `"zeroed"`, for every masked sublayer (see `MaskedLayer.pruned_values`)."""
+        return self.__dict__.get("_lth_pruned", "kept")
+
+    @pruned_values.setter
+    def pruned_values(self, mode):
+        check_pruned_values(mode)
+        for sub in self.masked_sublayers():
+            sub.pruned_values = mode
+        self.__dict__["_lth_pruned"] = mode
 
     def masked_sublayers(self) -> list:
         """The masked sublayers, in order."""

@@ -69,6 +69,14 @@ class Reintroducer:
                 "does not run on several `MultiWorkerMirroredStrategy` workers; use one "
                 f"machine (`MirroredStrategy`). Received: {workers} workers"
             )
+        zeroed = [k for k, l in targets.layers.items() if l.pruned_values == "zeroed"]
+        if zeroed:
+            raise ValueError(
+                "Re-introduction (`reintroduce=`) needs the values of pruned weights, "
+                "and layers with pruned_values='zeroed' keep only zeros there. Build "
+                "them with pruned_values='kept' (the default). Received: "
+                f"pruned_values='zeroed' for layers {zeroed}"
+            )
         self.model = model
         self.targets = targets
         self.optimizer_reset = optimizer_reset

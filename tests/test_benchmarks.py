@@ -45,20 +45,22 @@ def test_overhead_reports_masked_vs_plain(smoke):
     stdout, result = smoke
     assert set(result["keras3"]) == {"off", "on"}  # both jit_compile modes
     for mode, variants in result["keras3"].items():
-        plain, masked = variants["plain"], variants["masked"]
-        # 1 repeat x 2 epochs x (5 steps - the first of each epoch)
-        assert plain["n_steps"] == masked["n_steps"] == 8
-        assert plain["step_ms"] > 0 and masked["step_ms"] > 0
-        assert masked["density_when_timed"] < 1.0  # timed with pruned masks
-        ratio = masked["vs_plain"]["ratio"]
-        assert ratio == pytest.approx(masked["step_ms"] / plain["step_ms"])
-        line = f"jit={mode}: masked/plain = {ratio:.3f}"
-        assert line in stdout
-        assert any(s.startswith(line) for s in result["summary"])
-        cpu_ratio = masked["vs_plain"]["cpu_ratio"]
-        assert plain["cpu_step_ms"] > 0 and masked["cpu_step_ms"] > 0
-        assert cpu_ratio == pytest.approx(masked["cpu_step_ms"] / plain["cpu_step_ms"])
-        assert f"jit={mode}: masked/plain CPU time = {cpu_ratio:.3f}" in stdout
+        for name in ("masked", "masked_zeroed"):  # pruned values kept, and zeroed
+            plain, masked = variants["plain"], variants[name]
+            # 1 repeat x 2 epochs x (5 steps - the first of each epoch)
+            assert plain["n_steps"] == masked["n_steps"] == 8
+            assert plain["step_ms"] > 0 and masked["step_ms"] > 0
+            assert masked["density_when_timed"] < 1.0  # timed with pruned masks
+            ratio = masked["vs_plain"]["ratio"]
+            assert ratio == pytest.approx(masked["step_ms"] / plain["step_ms"])
+            line = f"jit={mode}: {name}/plain = {ratio:.3f}"
+            assert line in stdout
+            assert any(s.startswith(line) and "1.05 budget" in s for s in result["summary"])
+            cpu_ratio = masked["vs_plain"]["cpu_ratio"]
+            assert plain["cpu_step_ms"] > 0 and masked["cpu_step_ms"] > 0
+            assert cpu_ratio == pytest.approx(masked["cpu_step_ms"] / plain["cpu_step_ms"])
+            assert f"jit={mode}: {name}/plain CPU time = {cpu_ratio:.3f}" in stdout
+        assert f"jit={mode}: masked_zeroed step " in stdout  # its FLOP/s line
 
 
 @pytest.mark.skipif(not HAS_TFMOT, reason="tensorflow-model-optimization not installed")
@@ -75,15 +77,15 @@ def test_overhead_reports_tfmot_from_a_child_process(smoke):
         assert "vs_tf_keras" in tfmot
         assert "cpu_ratio" in tfmot["vs_tf_keras"]
         # gradual pruning against plain Keras 3, in the same child process
-        poly = child["results"][mode]["masked_gradual_poly"]
-        q = poly["vs_keras3"]["ratio"]
-        assert q == pytest.approx(poly["step_ms"] / child["results"][mode]["keras3"]["step_ms"])
-        assert f"jit={mode}: masked_gradual_poly/keras3 = {q:.3f}" in stdout
-        m = poly["vs_keras3"]["mean_ratio"]
-        assert m == pytest.approx(
-            poly["mean_step_ms"] / child["results"][mode]["keras3"]["mean_step_ms"]
-        )
-        assert f"jit={mode}: masked_gradual_poly/keras3 mean step = {m:.3f}" in stdout
+        for name in ("masked_gradual_poly", "masked_gradual_poly_zeroed"):
+            poly = child["results"][mode][name]
+            q = poly["vs_keras3"]["ratio"]
+            keras3 = child["results"][mode]["keras3"]
+            assert q == pytest.approx(poly["step_ms"] / keras3["step_ms"])
+            assert f"jit={mode}: {name}/keras3 = {q:.3f}" in stdout
+            m = poly["vs_keras3"]["mean_ratio"]
+            assert m == pytest.approx(poly["mean_step_ms"] / keras3["mean_step_ms"])
+            assert f"jit={mode}: {name}/keras3 mean step = {m:.3f}" in stdout
         # the child's own A/A control: a second plain Keras 3 model
         aa = child["results"][mode]["keras3_again"]["vs_keras3"]["ratio"]
         assert f"jit={mode}: keras3_again/keras3 = {aa:.3f}" in stdout
@@ -97,12 +99,13 @@ def test_overhead_reports_tfmot_from_a_child_process(smoke):
 def test_overhead_reports_the_cnn_and_the_flop_rate(smoke):
     stdout, result = smoke
     for mode, variants in result["keras3"].items():
-        cnn = variants["masked_cnn"]
-        assert cnn["density_when_timed"] < 1.0
-        assert cnn["vs_plain"]["ratio"] == pytest.approx(
-            cnn["step_ms"] / variants["plain_cnn"]["step_ms"]
-        )
-        assert f"jit={mode}: masked_cnn/plain_cnn = {cnn['vs_plain']['ratio']:.3f}" in stdout
+        for name in ("masked_cnn", "masked_cnn_zeroed"):
+            cnn = variants[name]
+            assert cnn["density_when_timed"] < 1.0
+            assert cnn["vs_plain"]["ratio"] == pytest.approx(
+                cnn["step_ms"] / variants["plain_cnn"]["step_ms"]
+            )
+            assert f"jit={mode}: {name}/plain_cnn = {cnn['vs_plain']['ratio']:.3f}" in stdout
         assert f"jit={mode}: plain_again/plain = " in stdout
     assert result["matmul_peak_flops"] > 1e8
     assert result["lenet_step_flops"] == 3 * 2 * 60 * (784 * 300 + 300 * 100 + 100 * 10)
@@ -120,11 +123,13 @@ def test_variant_table():
     names = [v.name for v in overhead.VARIANTS]
     assert len(set(names)) == len(names)
     default = {v.name for v in overhead.VARIANTS if v.default}
-    assert default == {"plain", "masked", "plain_again", "plain_cnn", "masked_cnn"}
+    budgeted = {"masked", "masked_zeroed", "masked_cnn", "masked_cnn_zeroed"}
+    assert default == {"plain", "plain_again", "plain_cnn"} | budgeted
     assert "plain_again" in default  # the A/A control
     for v in overhead.VARIANTS:
         assert v.baseline in names
-        assert (v.budget is None) == (v.name not in {"masked", "masked_cnn"})
+        assert (v.budget is None) == (v.name not in budgeted)
+        assert v.pruned_values == ("zeroed" if v.name.endswith("_zeroed") else "kept")
     assert not set(names) & set(overhead._tfmot_reference.VARIANT_NAMES)
 
 
