@@ -72,6 +72,7 @@ python benchmarks/overhead.py --steps 5 --repeats 1    # smoke run
 python benchmarks/overhead.py --variants scored,double_feedback,double_complement
 python benchmarks/overhead.py --variants masked_nobias,plain_hook --no-tfmot
 python benchmarks/overhead.py --variants masked_010,masked_layer --no-tfmot --steps 300
+python benchmarks/overhead.py --only masked,plain_again,masked_zeroed --no-tfmot
 ```
 """
 
@@ -584,6 +585,20 @@ def summary_lines(result):
     return lines
 
 
+def only_variants(names):
+    """The variants `names` and those their ratios divide by, in table order."""
+    by_name = {v.name: v for v in VARIANTS}
+    unknown = sorted(set(names) - set(by_name))
+    if unknown:
+        raise ValueError(f"unknown variants in --only: {unknown}")
+    wanted = {BASELINE, *names}
+    for name in names:
+        wanted.add(by_name[name].baseline)
+        if by_name[name].vs_masked is not None:
+            wanted.add("masked")
+    return [v for v in VARIANTS if v.name in wanted]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="steps per epoch (2 epochs per fit)")
@@ -594,6 +609,12 @@ def main(argv=None):
         default=None,
         help="comma list of opt-in diagnostic variants to add; known: "
         + ", ".join([v.name for v in VARIANTS] + list(_tfmot_reference.VARIANT_NAMES)),
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma list: time only these variants (and their baselines) instead of the "
+        "default set; combine with --no-tfmot to skip the child process",
     )
     parser.add_argument("--no-tfmot", dest="tfmot", action="store_false", help="skip tfmot")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -608,7 +629,14 @@ def main(argv=None):
     except KeyError:
         parser.error(f"expected --jit off, on or off,on. Received: {args.jit}")
     child_variants = list(_tfmot_reference.DEFAULT_VARIANTS)
-    if args.variants:
+    if args.only and args.variants:
+        parser.error("expected --only or --variants, not both")
+    if args.only:
+        try:
+            variants = only_variants(args.only.split(","))
+        except ValueError as error:
+            parser.error(str(error))
+    elif args.variants:
         wanted = {BASELINE, *args.variants.split(",")}
         unknown = wanted - {v.name for v in VARIANTS} - set(_tfmot_reference.VARIANT_NAMES)
         if unknown:

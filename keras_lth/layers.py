@@ -39,7 +39,9 @@ Two kinds of layer hold their masks differently:
 
 `masked_layers(model)` lists the masked (sub)layers of a model. Each has
 `masked_weights` (a `MaskedWeight` per prunable variable), `bias_weight`,
-`set_masks`, `density` and `effective_weights`.
+`set_masks`, `density`, `effective_weights` and `pruned_values`;
+`zero_pruned(model)` restores the zeros of `"zeroed"` layers after raw
+values were written by hand.
 """
 
 from __future__ import annotations
@@ -706,13 +708,18 @@ class MaskedDense(MaskedLayer, keras.layers.Dense):
         activation: Activation function to use. Defaults to `None` (linear).
         use_bias: Boolean, whether the layer uses a bias vector.
             Defaults to `True`.
+        pruned_values: `"kept"` (default) or `"zeroed"` (TensorFlow
+            backend): what the raw variables hold under the masks; see
+            `MaskedLayer.pruned_values`. Every masked layer takes it.
         **kwargs: The other arguments of `keras.layers.Dense`
             (initializers, regularizers, constraints, `name`, `dtype`, ...).
             LoRA and quantization are not supported.
 
     Masks are non-trainable boolean weights (`kernel_mask`, `bias_mask`),
     saved with the layer. `kernel` reads as `raw * mask`; the raw variable
-    keeps the values of pruned weights, which receive no gradient.
+    keeps the values of pruned weights, which receive no gradient. With
+    `pruned_values="zeroed"`, `kernel` is the raw variable, which holds
+    zeros under the mask.
     Regularizers apply to the effective (masked) weights. An optimizer's
     decoupled weight decay (`AdamW`, `weight_decay=`) acts on every raw value,
     pruned or not: use a regularizer when pruned raw values must be kept.

@@ -119,6 +119,21 @@ def test_unknown_variant_is_rejected(capsys):
     assert "no_such_variant" in capsys.readouterr().err
 
 
+def test_only_selects_variants_with_their_baselines(capsys):
+    names = lambda only: [v.name for v in overhead.only_variants(only)]  # noqa: E731
+    assert names(["masked_zeroed"]) == ["plain", "masked_zeroed"]
+    assert names(["masked_cnn_zeroed"]) == ["plain", "plain_cnn", "masked_cnn_zeroed"]
+    assert names(["scored"]) == ["plain", "masked", "scored"]  # its budget is against masked
+    for argv, message in (
+        (["--only", "nope"], "unknown variants in --only: ['nope']"),
+        (["--only", "masked", "--variants", "scored"], "expected --only or --variants"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            overhead.main(argv)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 def test_variant_table():
     names = [v.name for v in overhead.VARIANTS]
     assert len(set(names)) == len(names)

@@ -34,13 +34,13 @@ def _data(n=256, seed=0):
 X, Y = _data()
 
 
-def _make_model():
+def _make_model(pruned_values="kept"):
     model = keras.Sequential(
         [
             keras.Input((10,)),
-            MaskedDense(32, activation="relu", name=NAMES[0]),
-            MaskedDense(16, activation="relu", name=NAMES[1]),
-            MaskedDense(3, name=NAMES[2]),
+            MaskedDense(32, activation="relu", name=NAMES[0], pruned_values=pruned_values),
+            MaskedDense(16, activation="relu", name=NAMES[1], pruned_values=pruned_values),
+            MaskedDense(3, name=NAMES[2], pruned_values=pruned_values),
         ]
     )
     model.compile(
@@ -51,13 +51,15 @@ def _make_model():
     return model
 
 
-def _run(initial, strategy=None, schedule=None, epochs=None, **scheduler_kwargs):
+def _run(
+    initial, strategy=None, schedule=None, epochs=None, pruned_values="kept", **scheduler_kwargs
+):
     """Trains a fresh model from `initial` weights; returns what the test compares."""
     if strategy is None:
-        model = _make_model()
+        model = _make_model(pruned_values)
     else:
         with strategy.scope():
-            model = _make_model()
+            model = _make_model(pruned_values)
     model.set_weights(initial)
     if schedule is None:
         schedule = IterativeSchedule(
@@ -214,4 +216,22 @@ def test_mirrored_gradual_pruning_gives_the_single_device_masks(strategy, initia
         np.testing.assert_array_equal(mirrored["masks"][name], single["masks"][name], err_msg=name)
     for got, want in zip(mirrored["weights"], single["weights"]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    _assert_replicas_agree(mirrored["model"])
+
+
+def test_mirrored_zeroed_layers_train_like_kept_ones(strategy, initial):
+    """`pruned_values="zeroed"`: the constraint runs on every replica."""
+    single = _run(initial, rewind="init")
+    mirrored = _run(initial, strategy, rewind="init", pruned_values="zeroed")
+    assert mirrored["densities"] == single["densities"] and single["densities"][-1] < 0.6
+    for name in NAMES:
+        np.testing.assert_array_equal(mirrored["masks"][name], single["masks"][name], err_msg=name)
+    kept_layers, zeroed_layers = masked_layers(single["model"]), masked_layers(mirrored["model"])
+    for a, b in zip(kept_layers, zeroed_layers):
+        for u, v in zip(a.effective_weights(), b.effective_weights()):
+            np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-5, err_msg=a.name)
+        for w in b._all_weights():  # exact zeros under the mask, on both replicas
+            mask = np.array(w.mask)
+            for copy in w.variable.value.values:
+                assert not np.any(np.array(copy)[~mask]), w.key
     _assert_replicas_agree(mirrored["model"])
