@@ -879,18 +879,18 @@ def _summary_ratios(path):
 
 
 def test_readme_mask_cost_table_is_the_recorded_runs():
-    run, flops = _summary_ratios("overhead_intel/overhead.json")  # the table
-    again, _ = _summary_ratios("overhead_intel/overhead_default.json")  # the second run
+    run, flops = _summary_ratios("overhead_intel/overhead_zeroed.json")  # the table
+    again, _ = _summary_ratios("overhead_intel/overhead_zeroed_lenet.json")  # the second run
+    earlier, _ = _summary_ratios("overhead_intel/overhead.json")  # re-introduction
     section = read("README.md").split("## What the masks cost", 1)[1].split("\n## ", 1)[0]
     rows = {
         "A/A control": "plain_again/plain",
-        "iterative pruning": "masked/plain",
+        "iterative pruning, masked": "masked/plain",
+        'iterative pruning, `pruned_values="zeroed"`': "masked_zeroed/plain",
         "masked small CNN": "masked_cnn/plain_cnn",
-        "`ScoredPruning`": "scored/masked",
-        '`DoublePruning("feedback")`': "double_feedback/masked",
-        '`DoublePruning("complement")`': "double_complement/masked",
+        'small CNN, `pruned_values="zeroed"`': "masked_cnn_zeroed/plain_cnn",
         "gradual, `PolynomialDecay`": "masked_gradual_poly/keras3",
-        "today's `MaskedDense`": "masked_layer/masked_010",
+        'gradual, `pruned_values="zeroed"`': "masked_gradual_poly_zeroed/keras3",
     }
     for label, ratio in rows.items():
         (line,) = [l for l in section.splitlines() if l.startswith(f"| {label}")]
@@ -900,26 +900,57 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     aa = f"its A/A: {run['off', 'keras3_again/keras3']}, {run['on', 'keras3_again/keras3']}"
     assert aa in section
     prose = " ".join(section.split())
-    assert (
-        f"(a second run: {again['off', 'masked/plain']} and "
-        f"{again['off', 'masked_gradual_poly/keras3']})" in prose
-    )
-    assert (
-        f"{again['on', 'masked/plain']} and {again['on', 'masked_gradual_poly/keras3']} "
-        "in the second run" in prose
-    )
+    assert f"(second run: {again['on', 'masked_zeroed/plain']})" in prose
+    assert f"(second run: {again['off', 'masked_zeroed/plain']})" in prose
+    for label, ratio in (
+        ("`ScoredPruning`", "scored/masked"),
+        ('`DoublePruning("feedback")`', "double_feedback/masked"),
+        ('`"complement"`', "double_complement/masked"),
+    ):
+        assert f"{label} {earlier['off', ratio]} / {earlier['on', ratio]}" in prose, label
     gflops, share = flops["on", "plain"]
-    assert f"plain jit-on step: {gflops} GFLOP/s, {share}% of its measured peak" in prose
-    for log in ("log.txt", "log_default.txt"):
+    assert f"Plain jit-on step: {gflops} GFLOP/s, {share}% of the measured matmul peak" in prose
+    for log in ("log.txt", "log_default.txt", "log_zeroed.txt", "log_zeroed_lenet.txt"):
         text = (DOCS / "results" / "overhead_intel" / log).read_text()
         assert text.startswith("$ python benchmarks/overhead.py ") and "load average" in text
         assert _recorded_wall(text)
-    # the AMD runs the README quotes as a range
-    lows = [
-        _summary_ratios(f"overhead_bool/{name}.json")[0][mode, "masked/plain"]
-        for name, mode in (("overhead", "off"), ("overhead_jit", "on"), ("overhead_full", "on"))
-    ]
-    assert f"iterative pruning measured {min(lows)}–{max(lows)}" in prose
+
+
+def test_zeroed_results_section_is_the_recorded_runs():
+    run, flops = _summary_ratios("overhead_intel/overhead_zeroed.json")
+    again, _ = _summary_ratios("overhead_intel/overhead_zeroed_lenet.json")
+    page = read("docs/results/overhead-issue11.md").split("## Pruned values zeroed", 1)[1]
+    tables = [t for t in page.split("\n\n") if t.startswith("| ratio of median step times")]
+    assert len(tables) == 2
+    for table, ratios in zip(tables, (run, again)):
+        for line in table.splitlines()[2:]:
+            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+            names = re.findall(r"`(\w+)`", cells[0])
+            if cells[0].startswith("the same, ratio of mean steps"):
+                continue  # the mean line of the row above, checked below
+            ratio = f"{names[0]}/{names[1]}" if len(names) > 1 else None
+            if ratio is None or (ratios is run and ("off", ratio) not in ratios):
+                continue
+            assert cells[2] == ratios["off", ratio], (cells, ratios["off", ratio])
+            assert cells[3] == ratios["on", ratio], (cells, ratios["on", ratio])
+    with open(DOCS / "results" / "overhead_intel" / "overhead_zeroed.json") as f:
+        summary = " ".join(json.load(f)["summary"])
+    for mode in ("off", "on"):
+        m = re.search(
+            rf"jit={mode}: masked_gradual_poly_zeroed/keras3 mean step = ([0-9.]+)", summary
+        )
+        assert f" {m[1]} " in tables[0].split("ratio of mean steps", 1)[1].split("\n", 1)[0] + " "
+    prose = " ".join(page.split())
+    for log, commit in (("log_zeroed.txt", "0d13ca4"), ("log_zeroed_lenet.txt", "fce5186")):
+        text = (DOCS / "results" / "overhead_intel" / log).read_text()
+        assert text.splitlines()[2].startswith(commit)
+        assert f"at {commit}" in prose and f"({_recorded_wall(text)} wall" in prose
+    (off, off_share), (on, on_share) = flops["off", "plain"], flops["on", "plain"]
+    assert f"{off} GFLOP/s with jit off, {on} with jit on ({off_share}% and {on_share}%)" in prose
+    zeroed_off, zeroed_on = flops["off", "masked_zeroed"][0], flops["on", "masked_zeroed"][0]
+    assert f"the zeroed masked step reaches {zeroed_off} and {zeroed_on}" in prose
+    peak = re.search(r"matmul peak \(1024x1024 float32, tf.function\): ([0-9.]+)", summary)[1]
+    assert f"({peak} GFLOP/s)" in prose.replace("(first run, ", "(")
 
 
 def test_pruning_step_timings_are_the_recorded_logs():
