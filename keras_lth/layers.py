@@ -240,8 +240,8 @@ class MaskedLayer:
 
         - `"kept"`: the values the weights had when they were pruned. The
           layer computes with `raw * mask`; pruned weights get a zero
-          gradient. Rewinding, re-introduction and a mask set back to 1
-          find the old values.
+          gradient. Re-introduction and a mask set back to 1 find the old
+          values.
         - `"zeroed"` (TensorFlow backend only): exact zeros. The layer
           computes with the raw variable itself, which makes a training step
           cheaper (no product and no masked gradient: measured in
@@ -961,6 +961,13 @@ class _CompositeMixin:
     @pruned_values.setter
     def pruned_values(self, mode):
         check_pruned_values(mode)
+        dense = [s.name for s in self.masked_sublayers() if s.gradient_mode == "dense"]
+        if mode == "zeroed" and dense:  # checked before any sublayer changes
+            raise ValueError(
+                f"Layer '{self.name}': sublayers {dense} train with "
+                "gradient_mode='dense' (a re-introduction strategy), which needs "
+                f"the pruned values. Received: pruned_values={mode!r}"
+            )
         for sub in self.masked_sublayers():
             sub.pruned_values = mode
         self.__dict__["_lth_pruned"] = mode

@@ -287,6 +287,12 @@ def test_reintroduction_and_dense_gradients_refuse_zeroed_layers():
     kept.get_layer("h1").gradient_mode = "dense"
     with pytest.raises(ValueError, match="gradient_mode='dense'"):
         kept.get_layer("h1").pruned_values = "zeroed"
+    mha = lth.layers.MaskedMultiHeadAttention(2, 4)
+    mha(np.ones((1, 3, 8)), np.ones((1, 3, 8)))
+    mha.masked_sublayers()[-1].gradient_mode = "dense"
+    with pytest.raises(ValueError, match="sublayers \\['attention_output'\\]"):
+        mha.pruned_values = "zeroed"
+    assert {s.pruned_values for s in mha.masked_sublayers()} == {"kept"}  # none switched
 
 
 @pytest.mark.parametrize("bad", ["zero", None, 0, True])
