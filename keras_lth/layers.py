@@ -61,21 +61,69 @@ GRADIENT_MODES = ("masked", "dense")
 PRUNED_VALUES = ("kept", "zeroed")
 
 
-def check_pruned_values(pruned_values, arg="pruned_values"):
+def check_pruned_values(pruned_values):
     """Validates a `pruned_values` argument (`"kept"` or `"zeroed"`)."""
     if isinstance(pruned_values, str) and pruned_values in PRUNED_VALUES:
         if pruned_values == "zeroed" and keras.backend.backend() != "tensorflow":
             raise ValueError(
-                f"`{arg}='zeroed'` needs the TensorFlow backend: under "
+                "`pruned_values='zeroed'` needs the TensorFlow backend: under "
                 f"{keras.backend.backend()!r}, Keras's trainer does not let the "
                 "constraint that zeroes pruned weights read their mask. Use "
-                f"`{arg}='kept'` (the default). Received: {arg}={pruned_values!r}"
+                f"`pruned_values='kept'` (the default). Received: pruned_values={pruned_values!r}"
             )
         return pruned_values
     raise ValueError(
-        f"Received an invalid value for `{arg}`, expected one of "
-        f"{PRUNED_VALUES}. Received: {arg}={pruned_values!r}"
+        "Received an invalid value for `pruned_values`, expected one of "
+        f"{PRUNED_VALUES}. Received: pruned_values={pruned_values!r}"
     )
+
+
+class _PrunedValuesArgument:
+    """The `pruned_values` argument, config entry and property of leaf and composite layers.
+
+    Subclasses add the property's setter (`@_PrunedValuesArgument.pruned_values.setter`).
+    """
+
+    def __init__(self, *args, pruned_values="kept", **kwargs):
+        check_pruned_values(pruned_values)
+        super().__init__(*args, **kwargs)
+        self.__dict__["_lth_pruned"] = pruned_values
+
+    def get_config(self):
+        config = super().get_config()
+        if self.pruned_values != "kept":  # configs of the default stay as they were
+            config["pruned_values"] = self.pruned_values
+        return config
+
+    @property
+    def pruned_values(self):
+        """`"kept"` (default) or `"zeroed"`: what the raw variable holds where the mask is 0.
+
+        - `"kept"`: the values the weights had when they were pruned. The
+          layer computes with `raw * mask`; pruned weights get a zero
+          gradient. Re-introduction and a mask set back to 1 find the old
+          values.
+        - `"zeroed"` (TensorFlow backend only): exact zeros. The layer
+          computes with the raw variable itself, which makes a training step
+          cheaper (no product and no masked gradient: measured in
+          `benchmarks/overhead.py`). A variable constraint, applied by Keras
+          optimizers after every update, sets pruned entries back to zero, on
+          top of the variable's own constraint; `set_masks`, rewinding
+          (`PruningScheduler`) and loading zero them too. Pruned weights do
+          receive a gradient, so an optimizer that clips by the global norm
+          (`global_clipnorm`) sees it; with elementwise optimizers (SGD,
+          Adam, ...) the kept weights train exactly as with `"kept"`. A
+          weight whose mask is set back to 1 starts from 0. Re-introduction
+          (`PruningScheduler(reintroduce=...)`) refuses such layers. After
+          writing raw values yourself (`model.set_weights`), call
+          `zero_pruned()`.
+
+        A composite layer (attention, recurrent) sets it on every masked
+        sublayer. Setting it on a built layer installs or removes the
+        constraint (and zeroes pruned values); retrace the training function
+        afterwards (`model.make_train_function(force=True)`, or a new `fit`).
+        """
+        return self.__dict__.get("_lth_pruned", "kept")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -120,7 +168,7 @@ def layer_key(layer) -> str:
     return layer.__dict__.get("_lth_key", layer.name)
 
 
-class MaskedLayer:
+class MaskedLayer(_PrunedValuesArgument):
     """Mixin that masks the weights a Keras layer computes with.
 
     Subclasses put it before the Keras class (`class MaskedDense(MaskedLayer,
@@ -131,22 +179,14 @@ class MaskedLayer:
     #: Attributes the Keras layer computes with, in saving order.
     masked_attributes: tuple = ("kernel",)
 
-    def __init__(self, *args, pruned_values="kept", **kwargs):
+    def __init__(self, *args, **kwargs):
         for arg in ("lora_rank", "quantization_config"):
             if kwargs.get(arg) is not None:
                 raise ValueError(
                     f"`{type(self).__name__}` does not support `{arg}`. "
                     f"Received: {arg}={kwargs[arg]!r}"
                 )
-        check_pruned_values(pruned_values)
         super().__init__(*args, **kwargs)
-        self.__dict__["_lth_pruned"] = pruned_values
-
-    def get_config(self):
-        config = super().get_config()
-        if self.pruned_values != "kept":  # configs of the default stay as they were
-            config["pruned_values"] = self.pruned_values
-        return config
 
     def __call__(self, *args, **kwargs):
         # The masked values of this call, computed once each (see
@@ -234,36 +274,7 @@ class MaskedLayer:
             )
         self.__dict__["_lth_gradient"] = mode
 
-    @property
-    def pruned_values(self):
-        """`"kept"` (default) or `"zeroed"`: what the raw variable holds where the mask is 0.
-
-        - `"kept"`: the values the weights had when they were pruned. The
-          layer computes with `raw * mask`; pruned weights get a zero
-          gradient. Re-introduction and a mask set back to 1 find the old
-          values.
-        - `"zeroed"` (TensorFlow backend only): exact zeros. The layer
-          computes with the raw variable itself, which makes a training step
-          cheaper (no product and no masked gradient: measured in
-          `benchmarks/overhead.py`). A variable constraint, applied by Keras
-          optimizers after every update, sets pruned entries back to zero, on
-          top of the variable's own constraint; `set_masks`, rewinding
-          (`PruningScheduler`) and loading zero them too. Pruned weights do
-          receive a gradient, so an optimizer that clips by the global norm
-          (`global_clipnorm`) sees it; with elementwise optimizers (SGD,
-          Adam, ...) the kept weights train exactly as with `"kept"`. A
-          weight whose mask is set back to 1 starts from 0. Re-introduction
-          (`PruningScheduler(reintroduce=...)`) refuses such layers. After
-          writing raw values yourself (`model.set_weights`), call
-          `zero_pruned()`.
-
-        Setting it on a built layer installs or removes the constraint (and
-        zeroes pruned values); retrace the training function afterwards
-        (`model.make_train_function(force=True)`, or a new `fit`).
-        """
-        return self.__dict__.get("_lth_pruned", "kept")
-
-    @pruned_values.setter
+    @_PrunedValuesArgument.pruned_values.setter
     def pruned_values(self, mode):
         check_pruned_values(mode)
         if mode == "zeroed" and self.gradient_mode == "dense":
@@ -939,26 +950,10 @@ def _adopt(owner, sublayer, masked_class, key):
     _set_zeroing(sublayer)
 
 
-class _CompositeMixin:
+class _CompositeMixin(_PrunedValuesArgument):
     """Saving and stripping for layers whose masks live on their sublayers."""
 
-    def __init__(self, *args, pruned_values="kept", **kwargs):
-        check_pruned_values(pruned_values)
-        super().__init__(*args, **kwargs)
-        self.__dict__["_lth_pruned"] = pruned_values
-
-    def get_config(self):
-        config = super().get_config()
-        if self.pruned_values != "kept":
-            config["pruned_values"] = self.pruned_values
-        return config
-
-    @property
-    def pruned_values(self):
-        """`"kept"` or `"zeroed"`, for every masked sublayer (see `MaskedLayer.pruned_values`)."""
-        return self.__dict__.get("_lth_pruned", "kept")
-
-    @pruned_values.setter
+    @_PrunedValuesArgument.pruned_values.setter
     def pruned_values(self, mode):
         check_pruned_values(mode)
         dense = [s.name for s in self.masked_sublayers() if s.gradient_mode == "dense"]
