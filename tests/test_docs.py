@@ -34,6 +34,7 @@ import os
 import pathlib
 import re
 import statistics
+from collections import Counter
 
 import keras
 import pytest
@@ -914,6 +915,20 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
         text = (DOCS / "results" / "overhead_intel" / log).read_text()
         assert text.startswith("$ python benchmarks/overhead.py ") and "load average" in text
         assert _recorded_wall(text)
+
+    # The commands the README shows are the logged ones (less their --out).
+    def logged(log):
+        first = (DOCS / "results" / "overhead_intel" / log).read_text().splitlines()[0]
+        return re.sub(r" --out \S+", "", first.removeprefix("$ ")).split()
+
+    base = logged("log_zeroed.txt")
+    assert f"`{' '.join(base)}`" in prose
+    for log, added in (
+        ("log_zeroed_lenet.txt", "--only masked,plain_again,masked_zeroed --no-tfmot"),
+        ("log.txt", "--variants scored,double_feedback,double_complement,masked_010,masked_layer"),
+    ):
+        assert f"`{added}`" in prose, added
+        assert Counter(logged(log)) == Counter(base + added.split()), log
 
 
 def test_zeroed_results_section_is_the_recorded_runs():
