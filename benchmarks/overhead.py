@@ -16,9 +16,12 @@ Times LeNet-300-100 (784-300-100-10, relu; Adam 1.2e-3, batch 60,
   converted by `keras_lth.prunable` under the same `PruningScheduler`
   (budget 1.10 against `plain_cnn`);
 - `masked_zeroed` / `masked_cnn_zeroed`: `masked` and `masked_cnn` with
-  `pruned_values="zeroed"` (pruned weights held at zero by a variable
-  constraint; the layers compute with their raw kernels), with the same
-  budgets.
+  `pruned_values="zeroed"` (pruned weights held at exact zeros; the layers
+  compute with their raw kernels and mask their gradients in place, see
+  `keras_lth.zeroing`), with the same budgets;
+- `plain_gradmask` (opt-in diagnostic): plain `Dense` layers whose kernel
+  gradients pass through that same select with an all-true mask, no
+  callback: the least an exact mask adds to a dense step.
 
 The run also measures the machine's float32 matmul peak (`matmul_peak`) and
 prints the FLOP/s that the LeNet-300-100 steps achieve against it
@@ -156,6 +159,26 @@ class _NoBiasMaskDense(lth.MaskedDense):
         return self.activation(x)
 
 
+class _GradientSelectDense(keras.layers.Dense):
+    """Diagnostic: `Dense` whose kernel gradient passes through one select (an all-true mask).
+
+    No mask has a zero, there is no scheduler: the least work any exact
+    mask adds to a dense step (one pass over each kernel-sized array), here
+    the in-place select that zeroed layers apply to their gradients.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.keep = self.add_weight(
+            name="keep", shape=self.kernel.shape, initializer="ones", trainable=False, dtype="bool"
+        )
+
+    def call(self, inputs, training=None):
+        kernel = lth.layers._gradient_masked(self.kernel, self.keep)
+        x = keras.ops.add(keras.ops.matmul(inputs, kernel), self.bias)
+        return self.activation(x)
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One configuration to time.
@@ -251,6 +274,12 @@ VARIANTS = [
         "MaskedDense without the bias-mask multiply + PruningScheduler (prototype)",
         _NoBiasMaskDense,
         _iterative_scheduler,
+        default=False,
+    ),
+    Variant(
+        "plain_gradmask",
+        "keras.layers.Dense whose kernel gradients pass one select (all-true mask), no callback",
+        _GradientSelectDense,
         default=False,
     ),
     # Masked Dense against keras-lth 0.1.0's layer, both without a callback

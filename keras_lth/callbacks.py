@@ -9,6 +9,7 @@ own modules:
 - `keras_lth.rewinding.Rewinding`: the rewind point, late rewinding, reinit;
 - `keras_lth.optimizer_reset.OptimizerReset`: the optimizer's restart;
 - `keras_lth.gradual.GradualPruning`: tfmot schedules;
+- `keras_lth.zeroing.ZeroHolding`: how zeroed layers keep their zeros;
 - `keras_lth.swaps.Reintroducer`: re-introduction (training step, scores,
   swap events);
 - `keras_lth.records.RoundRecords`: epoch logs and round records;
@@ -35,6 +36,7 @@ from keras_lth.rewinding import Rewinding
 from keras_lth.schedules import IterativeSchedule, is_tfmot_schedule
 from keras_lth.swaps import Reintroducer
 from keras_lth.targets import PruningTargets
+from keras_lth.zeroing import ZeroHolding
 
 REWIND_MODES = ("init", "reinit", None)
 Callback = keras.callbacks.Callback
@@ -236,6 +238,7 @@ class PruningScheduler(keras.callbacks.Callback):
         # (gradual pruning never rewinds: no rewind point to keep)
         self._rewinding = Rewinding(None if self.gradual else rewind, seed)
         self._optimizer = OptimizerReset()
+        self._zeroing = ZeroHolding()
         self._gradual = GradualPruning(schedule) if self.gradual else None
         self._reintroducer = None
         if reintroduce is not None:
@@ -403,6 +406,7 @@ class PruningScheduler(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._reintroducer is not None:
             self._reintroducer.uninstall()
+        self._zeroing.stop()
         last = len(self._records.epoch_logs) - 1
         if last >= 0:
             r = self.round_of(last)
@@ -470,8 +474,11 @@ class PruningScheduler(keras.callbacks.Callback):
         self._rewinding.start(self.model, fresh=state is None)
         if state is not None:
             self._restore(state, epoch)
+        # After `BackupAndRestore` restored masks and optimizer, before the
+        # first step is traced.
+        self._zeroing.start(self.model, self._targets, self._optimizer)
         if self._gradual is not None:
-            self._gradual.start(self._targets, self._iterations())
+            self._gradual.start(self._targets, self._iterations(), self._zeroing.pruned)
 
     def _parts(self):
         parts = {"records": self._records, "rewinding": self._rewinding}

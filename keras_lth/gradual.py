@@ -84,10 +84,16 @@ class GradualPruning:
         self.steps = pruning_steps(schedule)
         self.next_step = None
         self.targets = None
+        self.on_pruned = None
 
-    def start(self, targets, iterations):
-        """Applies the schedule up to the next training step, `iterations + 1`."""
+    def start(self, targets, iterations, on_pruned=None):
+        """Applies the schedule up to the next training step, `iterations + 1`.
+
+        `on_pruned(weights, old_masks)`, if given, is called after every
+        pruning with the `MaskedWeight`s and their masks before it.
+        """
         self.targets = targets
+        self.on_pruned = on_pruned
         self.next_step = int(iterations) + 1
         self.update(self.next_step)
 
@@ -125,7 +131,9 @@ class GradualPruning:
                     target = sparsity
         self.skip(upto)
         if target is not None:
-            self.targets.prune_to_sparsity(_scalar(target))
+            old = self.targets.prune_to_sparsity(_scalar(target))
+            if self.on_pruned is not None:
+                self.on_pruned(self.targets.all_weights(), old)
 
 
 def _scalar(value):

@@ -20,10 +20,14 @@ its `is not None` test and again in the add).
 
 `pruned_values="zeroed"` (TensorFlow backend) is the cheaper alternative:
 the raw variable holds exact zeros where the mask is 0, the attribute is the
-raw variable itself (no product in the forward or backward pass), and a
-variable constraint, which Keras optimizers apply after every update, sets
-the pruned entries back to zero. Masks, rewinding and loading zero them too.
-Pruned values are then lost, so re-introduction refuses such layers.
+raw variable's value itself (no product in the forward pass), and its
+gradient is masked in place, so pruned weights get a zero gradient as with
+the product. During a `PruningScheduler` run with one of Keras's
+elementwise optimizers that is all it takes (`keras_lth.zeroing`);
+otherwise a variable constraint, which Keras optimizers apply after every
+update, also sets the pruned entries back to zero. Masks, rewinding and
+loading zero them too. Pruned values are then lost, so re-introduction
+refuses such layers.
 
 Two kinds of layer hold their masks differently:
 
@@ -104,16 +108,19 @@ class _PrunedValuesArgument:
           gradient. Re-introduction and a mask set back to 1 find the old
           values.
         - `"zeroed"` (TensorFlow backend only): exact zeros. The layer
-          computes with the raw variable itself, which makes a training step
-          cheaper (no product and no masked gradient: measured in
-          `benchmarks/overhead.py`). A variable constraint, applied by Keras
-          optimizers after every update, sets pruned entries back to zero, on
-          top of the variable's own constraint; `set_masks`, rewinding
-          (`PruningScheduler`) and loading zero them too. Pruned weights do
-          receive a gradient, so an optimizer that clips by the global norm
-          (`global_clipnorm`) sees it; with elementwise optimizers (SGD,
-          Adam, ...) the kept weights train exactly as with `"kept"`. A
-          weight whose mask is set back to 1 starts from 0. Re-introduction
+          computes with the raw variable's value itself (no product) and
+          masks its gradient in place, so pruned weights get a zero
+          gradient, as with `"kept"`; a training step is cheaper (measured
+          in `benchmarks/overhead.py`). During a `PruningScheduler` run with
+          one of Keras's elementwise optimizers (`keras_lth.zeroing`), the
+          masked gradients and the scheduler's resets of the optimizer's
+          slots at pruned positions keep the zeros; otherwise a variable
+          constraint, applied by Keras optimizers after every update, also
+          sets pruned entries back to zero, on top of the variable's own
+          constraint. `set_masks`, rewinding (`PruningScheduler`) and
+          loading zero them too. With elementwise optimizers (SGD, Adam,
+          ...) the kept weights train exactly as with `"kept"`. A weight
+          whose mask is set back to 1 starts from 0. Re-introduction
           (`PruningScheduler(reintroduce=...)`) refuses such layers. After
           writing raw values yourself (`model.set_weights`), call
           `zero_pruned()`.
@@ -491,15 +498,16 @@ def _masked_property(attr):
 
     def fget(self):
         raw = _raw(self, attr)
-        if self.__dict__.get("_lth_pruned") == "zeroed":
-            return raw  # pruned entries are zeros already
         mask = self.__dict__.get(mask_name)
         if mask is None or raw is None:  # no bias; or in the Keras build, before the masks
             return raw
         memo = _CALLS.by_layer.get(id(self))
         if memo is not None and attr in memo:  # read before in this call
             return memo[attr]
-        value = _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
+        if self.__dict__.get("_lth_pruned") == "zeroed":
+            value = _gradient_masked(raw, mask)  # pruned entries are zeros already
+        else:
+            value = _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
         if memo is not None:  # (None: read outside a call of the layer)
             memo[attr] = value
         return value
@@ -530,6 +538,41 @@ def _apply_mask(raw, mask, gradient):
         # r + (0 - r) == 0), but the raw variable gets the dense gradient.
         return ops.add(raw, ops.stop_gradient(ops.multiply(raw, mask) - raw))
     return ops.multiply(raw, mask)
+
+
+def _gradient_masked(raw, mask):
+    """`raw` itself in the forward pass; its gradient is zero where `mask` is False.
+
+    What zeroed layers compute with: no product in the forward pass, and one
+    select on the gradient, done in place (the gradient's buffer is forwarded
+    to the output). TensorFlow only, as `pruned_values="zeroed"` is.
+    """
+    import tensorflow as tf
+
+    # Read here, not inside the custom gradient's function, which would then
+    # see a variable (`ops.convert_to_tensor` may return the `tf.Variable`);
+    # autocast inside `call` under mixed precision.
+    raw = tf.convert_to_tensor(ops.convert_to_tensor(raw))
+    mask = tf.convert_to_tensor(ops.convert_to_tensor(mask))
+
+    # The mask is an input, not a capture: inside a recurrent layer's loop
+    # the gradient function may not capture the loop body's tensors.
+    @tf.custom_gradient
+    def identity(x, keep):
+        def grad(upstream):
+            shape = upstream.shape
+            zeros = (
+                tf.zeros(shape, upstream.dtype)  # a constant once traced
+                if shape.is_fully_defined()
+                else tf.zeros_like(upstream)
+            )
+            # Select, not `tf.where` (SelectV2): on CPU without XLA, SelectV2
+            # is the slower kernel even when no operand is broadcast.
+            return tf.raw_ops.Select(condition=keep, x=upstream, y=zeros), None
+
+        return tf.identity(x), grad
+
+    return identity(raw, mask)
 
 
 def mask_value(mask) -> np.ndarray:
@@ -590,21 +633,40 @@ class _ZeroPruned:
 def _set_zeroing(layer):
     """Installs (or removes) the zeroing constraint of each masked variable of `layer`.
 
-    Called from `build` too, before Keras marks the layer built.
+    A zeroed layer has the constraint unless `hold_zeros_by_gradient`
+    switched it off. Called from `build` too, before Keras marks the layer
+    built.
     """
     zeroed = layer.pruned_values == "zeroed"
+    constrained = zeroed and layer.__dict__.get("_lth_zero_by") != "gradient"
     for attr in (*type(layer).masked_attributes, "bias"):
         mask = layer.__dict__.get(f"{attr}_mask")
         if mask is None:  # no bias
             continue
         variable = _raw(layer, attr)
         current = variable.constraint
-        if zeroed:
-            if not isinstance(current, _ZeroPruned):
-                variable.constraint = _ZeroPruned(current, mask)
-            _zero(variable, mask)
-        elif isinstance(current, _ZeroPruned):
+        if constrained and not isinstance(current, _ZeroPruned):
+            variable.constraint = _ZeroPruned(current, mask)
+        elif not constrained and isinstance(current, _ZeroPruned):
             variable.constraint = current.constraint
+        if zeroed:
+            _zero(variable, mask)
+
+
+def hold_zeros_by_gradient(layer, on=True):
+    """Whether a zeroed layer relies on its masked gradients alone to keep its zeros.
+
+    A zeroed layer's pruned weights get a zero gradient; with `on=True` the
+    zeroing constraint is removed, so nothing else sets them back to zero
+    after an update. That is exact only if the optimizer moves no weight
+    whose gradient is zero and whose slots are at their initial values,
+    which `keras_lth.zeroing` (the `PruningScheduler`'s part) checks and
+    maintains. `on=False` installs the constraint again. No effect on kept
+    layers. Retrace the training function afterwards.
+    """
+    layer.__dict__["_lth_zero_by"] = "gradient" if on else "constraint"
+    if f"{type(layer).masked_attributes[0]}_mask" in layer.__dict__:
+        _set_zeroing(layer)
 
 
 def _zero(variable, mask):

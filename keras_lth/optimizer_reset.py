@@ -22,6 +22,7 @@ checked by name and shape), not by a name prefix: layers named `h1` and
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 
 import keras
@@ -66,6 +67,11 @@ class OptimizerReset:
             current[where] = np.broadcast_to(value, current.shape)[where]
             slot.assign(current)
 
+    def resets_slots(self) -> bool:
+        """Whether `reset_at` can reset the slots: the optimizer is built and its copy matches."""
+        plan = self._get_plan()
+        return plan is not None and plan.exact
+
     def _get_plan(self):
         opt = getattr(self.model, "optimizer", None)
         if opt is None or not opt.built:
@@ -89,10 +95,11 @@ class OptimizerReset:
 
 
 class _Plan:
-    def __init__(self, values, keep, slots):
+    def __init__(self, values, keep, slots, exact=True):
         self.values = values  # initial value (scalar where constant) per optimizer variable
         self.keep = keep  # True for the learning rates
         self.slots = slots  # id(model variable) -> [(slot variable, initial value)]
+        self.exact = exact  # False: the fallback, which knows no slot
 
 
 class _NoRoundTrip(Exception):
@@ -124,8 +131,8 @@ def initial_state(optimizer, trainable_variables, model=None) -> _Plan:
         except Exception as e:
             raise _NoRoundTrip(f"build failed: {e}") from e
     real, new = optimizer.variables, fresh.variables
-    described = [(v.name, tuple(v.shape)) for v in real]
-    if described != [(v.name, tuple(v.shape)) for v in new]:
+    described = [(_base_name(v.name), tuple(v.shape)) for v in real]
+    if described != [(_base_name(v.name), tuple(v.shape)) for v in new]:
         raise _NoRoundTrip(
             f"its copy has the variables {[(v.name, tuple(v.shape)) for v in new]}, "
             f"the optimizer {described}"
@@ -143,13 +150,22 @@ def initial_state(optimizer, trainable_variables, model=None) -> _Plan:
     return _Plan(values, keep, slots)
 
 
+def _base_name(name):
+    """A variable's name without the suffix Keras adds to make a default name unique.
+
+    An optimizer's own unnamed variables (Nadam's running product) are
+    `variable` in the optimizer and `variable_1` in its copy.
+    """
+    return re.sub(r"_\d+$", "", name)
+
+
 def _fallback(optimizer):
     values, keep = [], []
     for var in optimizer.variables:
         is_count = var.name in ("iteration", "iterations")
         values.append(np.zeros((), var.dtype) if is_count else None)
         keep.append(not is_count)
-    return _Plan(values, keep, {})
+    return _Plan(values, keep, {}, exact=False)
 
 
 def _record_references(optimizer):

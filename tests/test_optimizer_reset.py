@@ -54,6 +54,8 @@ OPTIMIZERS = {
     "adam": lambda: keras.optimizers.Adam(1e-2),
     "adagrad": lambda: keras.optimizers.Adagrad(0.05, initial_accumulator_value=0.3),
     "rmsprop": lambda: keras.optimizers.RMSprop(1e-2, momentum=0.5),
+    # an unnamed variable of its own, named `variable` here and `variable_1` in its copy
+    "nadam": lambda: keras.optimizers.Nadam(1e-2),
 }
 
 

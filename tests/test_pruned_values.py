@@ -1,4 +1,4 @@
-"""`pruned_values="zeroed"`: pruned weights held at zero by a constraint, no mask product.
+"""`pruned_values="zeroed"`: pruned weights held at zero, no mask product.
 
 The invariant: with an elementwise optimizer, a model whose masked layers
 hold zeros under their masks trains *exactly* like the default
@@ -141,15 +141,24 @@ def test_zeroed_gradual_pruning_trains_exactly_like_kept(tfmot):
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_zeroed_layer_computes_with_its_raw_variable(jit_compile):
+    import tensorflow as tf
+
     layer = MaskedDense(3, pruned_values="zeroed")
     layer.build((None, 4))
-    assert layer.kernel is layer.raw_variable()  # no product
-    assert layer.bias is layer.raw_variable("bias")
     mask = np.ones((4, 3), "float32")
     mask[0] = 0
     layer.set_masks(mask, bias_mask=np.array([1, 0, 1], "float32"))
+    for attr in ("kernel", "bias"):  # the raw values themselves, no product
+        raw = keras.ops.convert_to_numpy(layer.raw_variable(attr))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(getattr(layer, attr)), raw)
     assert not np.any(keras.ops.convert_to_numpy(layer.kernel)[0])
     assert keras.ops.convert_to_numpy(layer.bias)[1] == 0
+    # Pruned weights get a zero gradient, as a kept layer's do.
+    with tf.GradientTape() as tape:
+        out = layer(np.ones((2, 4), "float32"))
+    kernel_grad, bias_grad = tape.gradient(out, [layer.raw_variable(), layer.raw_variable("bias")])
+    assert not np.any(kernel_grad.numpy()[0]) and np.all(kernel_grad.numpy()[1:] != 0)
+    np.testing.assert_array_equal(bias_grad.numpy(), [2.0, 0.0, 2.0])
     model = keras.Sequential([keras.Input((4,)), layer])
     model.compile(keras.optimizers.Adam(0.1), "mse", jit_compile=jit_compile)
     model.fit(np.ones((8, 4)), np.ones((8, 3)), epochs=2, verbose=0)
@@ -207,7 +216,8 @@ def test_saving_and_loading_keep_the_zeros(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert [l.pruned_values for l in masked_layers(loaded)] == ["zeroed"] * 3
-    assert isinstance(loaded.get_layer("h1").raw_variable().constraint, type(h1.kernel.constraint))
+    constraint = type(h1.raw_variable().constraint)
+    assert isinstance(loaded.get_layer("h1").raw_variable().constraint, constraint)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(b, a)
 
