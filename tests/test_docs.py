@@ -879,9 +879,23 @@ def _summary_ratios(path):
     return ratios, flops
 
 
+def _child_ratio(path, mode, name):
+    """`name`/keras3 of a `_tfmot_reference.py` JSON, as the summary prints it."""
+    with open(DOCS / "results" / path) as f:
+        entry = json.load(f)["results"][mode][name]
+    return f"{entry['vs_keras3']['ratio']:.3f}"
+
+
+def _logged_command(path):
+    """A recorded log's command (its first line), less `--out` and the env prefix."""
+    first = (DOCS / "results" / path).read_text().splitlines()[0].removeprefix("$ ")
+    return re.sub(r" --out \S+", "", first.removeprefix("TF_USE_LEGACY_KERAS=1 ")).split()
+
+
 def test_readme_mask_cost_table_is_the_recorded_runs():
-    run, flops = _summary_ratios("overhead_intel/overhead_zeroed.json")  # the table
-    again, _ = _summary_ratios("overhead_intel/overhead_zeroed_lenet.json")  # the second run
+    run, flops = _summary_ratios("overhead_amd/overhead_gradmask.json")  # the table
+    lenet, _ = _summary_ratios("overhead_amd/overhead_gradmask_lenet.json")
+    prerun, _ = _summary_ratios("overhead_amd/overhead_prerun_lenet.json")
     earlier, _ = _summary_ratios("overhead_intel/overhead.json")  # re-introduction
     section = read("README.md").split("## What the masks cost", 1)[1].split("\n## ", 1)[0]
     rows = {
@@ -901,40 +915,125 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     aa = f"its A/A: {run['off', 'keras3_again/keras3']}, {run['on', 'keras3_again/keras3']}"
     assert aa in section
     prose = " ".join(section.split())
-    assert f"(second run: {again['on', 'masked_zeroed/plain']})" in prose
-    assert f"(second run: {again['off', 'masked_zeroed/plain']})" in prose
+    z, m = "masked_zeroed/plain", "masked/plain"
+    assert (
+        f"zeroed {lenet['off', z]} and {prerun['off', z]} with jit off, "
+        f"{lenet['on', z]} and {prerun['on', z]} with jit on (default layers "
+        f"{lenet['off', m]}, {prerun['off', m]}; {lenet['on', m]}, {prerun['on', m]})"
+    ) in prose
+    child = "overhead_amd/tfmot_child_jit_on.json"
+    assert (
+        f"gradual, jit on: zeroed {_child_ratio(child, 'on', 'masked_gradual_poly_zeroed')}, "
+        f"default {_child_ratio(child, 'on', 'masked_gradual_poly')}"
+    ) in prose
     for label, ratio in (
         ("`ScoredPruning`", "scored/masked"),
         ('`DoublePruning("feedback")`', "double_feedback/masked"),
         ('`"complement"`', "double_complement/masked"),
     ):
         assert f"{label} {earlier['off', ratio]} / {earlier['on', ratio]}" in prose, label
-    gflops, share = flops["on", "plain"]
-    assert f"Plain jit-on step: {gflops} GFLOP/s, {share}% of the measured matmul peak" in prose
-    for log in ("log.txt", "log_default.txt", "log_zeroed.txt", "log_zeroed_lenet.txt"):
-        text = (DOCS / "results" / "overhead_intel" / log).read_text()
-        assert text.startswith("$ python benchmarks/overhead.py ") and "load average" in text
-        assert _recorded_wall(text)
+    gflops, share = flops["off", "plain"]
+    assert f"Plain jit-off step: {gflops} GFLOP/s, {share}% of the measured matmul peak" in prose
+    for log in ("log_gradmask.txt", "log_gradmask_lenet.txt", "log_tfmot_child_jit_on.txt"):
+        text = (DOCS / "results" / "overhead_amd" / log).read_text()
+        assert text.startswith("$ ") and "load average" in text and _recorded_wall(text)
 
     # The commands the README shows are the logged ones (less their --out).
-    def logged(log):
-        first = (DOCS / "results" / "overhead_intel" / log).read_text().splitlines()[0]
-        return re.sub(r" --out \S+", "", first.removeprefix("$ ")).split()
-
-    base = logged("log_zeroed.txt")
+    base = _logged_command("overhead_amd/log_gradmask.txt")
     assert f"`{' '.join(base)}`" in prose
+    bare = [w for w in base if w not in ("--variants", "plain_gradmask")]
     for log, added in (
-        ("log_zeroed_lenet.txt", "--only masked,plain_again,masked_zeroed --no-tfmot"),
-        ("log.txt", "--variants scored,double_feedback,double_complement,masked_010,masked_layer"),
+        (
+            "overhead_amd/log_gradmask_lenet.txt",
+            "--only masked,plain_again,masked_zeroed,plain_gradmask --no-tfmot",
+        ),
+        (
+            "overhead_amd/log_prerun_lenet.txt",
+            "--only masked,plain_again,masked_zeroed,plain_gradmask --no-tfmot",
+        ),
+        (
+            "overhead_intel/log.txt",
+            "--variants scored,double_feedback,double_complement,masked_010,masked_layer",
+        ),
     ):
         assert f"`{added}`" in prose, added
-        assert Counter(logged(log)) == Counter(base + added.split()), log
+        assert Counter(_logged_command(log)) == Counter(bare + added.split()), log
+
+
+def test_readme_says_where_keras_compiles_with_xla():
+    """Keras 3 on TensorFlow uses XLA by default only when it sees a GPU."""
+    import tensorflow as tf
+
+    assert "Keras uses XLA (jit on) by default only with a GPU: jit off on a CPU." in " ".join(
+        read("README.md").split()
+    )
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")  # jit_compile="auto"
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert model.jit_compile is has_gpu
+
+
+def test_zeroed_by_gradients_section_is_the_recorded_runs():
+    page = read("docs/results/overhead-issue11.md")
+    section = page.split("## Pruned values zeroed by masked gradients", 1)[1]
+    tables = [t for t in section.split("\n\n") if t.startswith("| step-time ratio, medians")]
+    assert len(tables) == 3
+    full, flops = _summary_ratios("overhead_amd/overhead_gradmask.json")
+    with open(DOCS / "results" / "overhead_amd" / "overhead_gradmask.json") as f:
+        summary = " ".join(json.load(f)["summary"])
+    means = dict(
+        ((mode, ratio), value)
+        for mode, ratio, value in re.findall(
+            r"jit=(on|off): (\w+/\w+) mean step = ([0-9.]+)", summary
+        )
+    )
+    lenet, _ = _summary_ratios("overhead_amd/overhead_gradmask_lenet.json")
+    prerun, _ = _summary_ratios("overhead_amd/overhead_prerun_lenet.json")
+    child = "overhead_amd/tfmot_child_jit_on.json"
+    sources = (
+        [(full, "off"), (full, "on")],
+        [(lenet, "off"), (lenet, "on"), (prerun, "off"), (prerun, "on")],
+        [(None, "on")],
+    )
+    for table, columns in zip(tables, sources):
+        ratio = None  # the previous row's
+        for line in table.splitlines()[2:]:
+            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+            if cells[0].startswith("the same, ratio of mean steps"):
+                want = [means[mode, ratio] for _, mode in columns]
+            else:
+                names = re.findall(r"`(\w+)`", cells[0])
+                ratio = f"{names[0]}/{names[-1]}"
+                want = [
+                    _child_ratio(child, mode, names[0]) if ratios is None else ratios[mode, ratio]
+                    for ratios, mode in columns
+                ]
+            assert cells[2:] == want, (cells, want)
+    prose = " ".join(section.split())
+    for log in ("log_gradmask.txt", "log_gradmask_lenet.txt"):
+        text = (DOCS / "results" / "overhead_amd" / log).read_text()
+        assert text.splitlines()[2].startswith("0bab819")
+        assert f"at 0bab819 ({_recorded_wall(text)} wall" in prose
+    peak = re.search(r"matmul peak \(1024x1024 float32, tf.function\): ([0-9.]+)", summary)[1]
+    (off, off_share), zeroed = flops["off", "plain"], flops["off", "masked_zeroed"][0]
+    assert (
+        f"(the whole benchmark's run, {peak} GFLOP/s): {off} GFLOP/s with jit off ({off_share}%); "
+        f"the zeroed masked step reaches {zeroed}."
+    ) in prose
+    for name in ("log_prerun_lenet.txt", "log_tfmot_child_jit_on.txt"):
+        assert (
+            (DOCS / "results" / "overhead_amd" / name)
+            .read_text()
+            .splitlines()[2]
+            .startswith("0bab819")
+        )
 
 
 def test_zeroed_results_section_is_the_recorded_runs():
     run, flops = _summary_ratios("overhead_intel/overhead_zeroed.json")
     again, _ = _summary_ratios("overhead_intel/overhead_zeroed_lenet.json")
-    page = read("docs/results/overhead-issue11.md").split("## Pruned values zeroed", 1)[1]
+    page = read("docs/results/overhead-issue11.md").split("## Pruned values zeroed\n", 1)[1]
+    page = page.split("\n## ", 1)[0]  # this section only
     tables = [t for t in page.split("\n\n") if t.startswith("| ratio of median step times")]
     assert len(tables) == 2
     with open(DOCS / "results" / "overhead_intel" / "overhead_zeroed.json") as f:
