@@ -38,8 +38,10 @@ from keras import ops
 from keras_lth.layers import hold_zeros_by_gradient
 
 #: Keras optimizers whose update of a weight with a zero gradient, zero value
-#: and initial slots is zero (their update of each entry reads only that
-#: entry's gradient, value and slots; weight decay scales the value).
+#: and initial slots is zero: each entry's step is proportional to its own
+#: gradient or moments (Adafactor and Lamb also scale it by a norm of the
+#: whole variable), and weight decay scales the value. Each is checked by
+#: `tests/test_zeroing.py`.
 HOLDING_OPTIMIZERS = (
     "SGD",
     "Adam",

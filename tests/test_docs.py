@@ -892,6 +892,14 @@ def _logged_command(path):
     return re.sub(r" --out \S+", "", first.removeprefix("TF_USE_LEGACY_KERAS=1 ")).split()
 
 
+def _mean_ratios(path):
+    """`{(jit, "a/b"): ratio of mean steps}` of an overhead JSON's printed summary."""
+    with open(DOCS / "results" / path) as f:
+        summary = " ".join(json.load(f)["summary"])
+    found = re.findall(r"jit=(on|off): (\w+/\w+) mean step = ([0-9.]+)", summary)
+    return {(mode, ratio): value for mode, ratio, value in found}
+
+
 def test_readme_mask_cost_table_is_the_recorded_runs():
     run, flops = _summary_ratios("overhead_amd/overhead_gradmask.json")  # the table
     lenet, _ = _summary_ratios("overhead_amd/overhead_gradmask_lenet.json")
@@ -979,14 +987,9 @@ def test_zeroed_by_gradients_section_is_the_recorded_runs():
     tables = [t for t in section.split("\n\n") if t.startswith("| step-time ratio, medians")]
     assert len(tables) == 3
     full, flops = _summary_ratios("overhead_amd/overhead_gradmask.json")
+    means = _mean_ratios("overhead_amd/overhead_gradmask.json")
     with open(DOCS / "results" / "overhead_amd" / "overhead_gradmask.json") as f:
         summary = " ".join(json.load(f)["summary"])
-    means = dict(
-        ((mode, ratio), value)
-        for mode, ratio, value in re.findall(
-            r"jit=(on|off): (\w+/\w+) mean step = ([0-9.]+)", summary
-        )
-    )
     lenet, _ = _summary_ratios("overhead_amd/overhead_gradmask_lenet.json")
     prerun, _ = _summary_ratios("overhead_amd/overhead_prerun_lenet.json")
     child = "overhead_amd/tfmot_child_jit_on.json"
@@ -1036,14 +1039,9 @@ def test_zeroed_results_section_is_the_recorded_runs():
     page = page.split("\n## ", 1)[0]  # this section only
     tables = [t for t in page.split("\n\n") if t.startswith("| ratio of median step times")]
     assert len(tables) == 2
+    means = _mean_ratios("overhead_intel/overhead_zeroed.json")
     with open(DOCS / "results" / "overhead_intel" / "overhead_zeroed.json") as f:
         summary = " ".join(json.load(f)["summary"])
-    means = dict(
-        ((mode, ratio), value)
-        for mode, ratio, value in re.findall(
-            r"jit=(on|off): (\w+/\w+) mean step = ([0-9.]+)", summary
-        )
-    )
     for table, ratios in zip(tables, (run, again)):
         ratio = None  # the previous row's
         for line in table.splitlines()[2:]:  # every row: `variant` ... / `baseline` ...

@@ -11,6 +11,7 @@ optimizer the constraint stays.
 import keras
 import numpy as np
 import pytest
+from test_pruned_values import _assert_zero_under_masks
 
 import keras_lth as lth
 from keras_lth.layers import MaskedDense, _ZeroPruned, masked_layers
@@ -59,11 +60,10 @@ def _mlp(pruned_values, optimizer):
 
 
 def _zero_under_masks(model):
-    for layer in masked_layers(model):
-        for w in layer._all_weights():
-            raw = keras.ops.convert_to_numpy(w.variable)
-            if np.any(raw[~keras.ops.convert_to_numpy(w.mask)]):
-                return False
+    try:
+        _assert_zero_under_masks(model)
+    except AssertionError:
+        return False
     return True
 
 
