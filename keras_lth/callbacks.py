@@ -9,7 +9,8 @@ own modules:
 - `keras_lth.rewinding.Rewinding`: the rewind point, late rewinding, reinit;
 - `keras_lth.optimizer_reset.OptimizerReset`: the optimizer's restart;
 - `keras_lth.gradual.GradualPruning`: tfmot schedules;
-- `keras_lth.zeroing.ZeroHolding`: how zeroed layers keep their zeros;
+- `keras_lth.zeroing.ZeroHolding`: how layers keep their pruned weights at
+  zero while they train (kept layers set their pruned values aside);
 - `keras_lth.swaps.Reintroducer`: re-introduction (training step, scores,
   swap events);
 - `keras_lth.records.RoundRecords`: epoch logs and round records;
@@ -396,7 +397,8 @@ class PruningScheduler(keras.callbacks.Callback):
         logs["density"] = self._targets.density()
         logs["round"] = r
         if self.layout is not None and self._rewinding.due_after(epoch):
-            self._rewinding.take()  # late rewinding: the values after epoch k
+            with self._zeroing.values_kept():
+                self._rewinding.take()  # late rewinding: the values after epoch k
         self._records.log_epoch(epoch, logs)
         if epoch == self._round_end(r):
             self._finish_round(r, epoch)
@@ -420,13 +422,14 @@ class PruningScheduler(keras.callbacks.Callback):
     # ------------------------------------------------------------------ #
     def _prune_and_rewind(self, r):
         s = self.schedule
-        if self._reintroducer is not None and self._reintroducer.at_prune:
-            self._reintroducer.reselect(r, s.rate, s.layer_rates)
-        else:
-            self._targets.prune(s.rate, s.layer_rates, self.scope, self.structure, self.norm)
-        self._rewinding.rewind_to(r)
-        zero_pruned(self.model)  # rewound values under 0 masks (pruned_values="zeroed")
-        self._optimizer.reset()
+        with self._zeroing.values_kept():
+            if self._reintroducer is not None and self._reintroducer.at_prune:
+                self._reintroducer.reselect(r, s.rate, s.layer_rates)
+            else:
+                self._targets.prune(s.rate, s.layer_rates, self.scope, self.structure, self.norm)
+            self._rewinding.rewind_to(r)
+            zero_pruned(self.model)  # rewound values under 0 masks (pruned_values="zeroed")
+            self._optimizer.reset()
         if self._reintroducer is not None:
             self._reintroducer.round_started(r)
 
@@ -476,7 +479,9 @@ class PruningScheduler(keras.callbacks.Callback):
             self._restore(state, epoch)
         # After `BackupAndRestore` restored masks and optimizer, before the
         # first step is traced.
-        self._zeroing.start(self.model, self._targets, self._optimizer)
+        self._zeroing.start(
+            self.model, self._targets, self._optimizer, set_aside=self._reintroducer is None
+        )
         if self._gradual is not None:
             self._gradual.start(self._targets, self._iterations(), self._zeroing.pruned)
 

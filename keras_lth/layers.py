@@ -46,6 +46,12 @@ Two kinds of layer hold their masks differently:
 `set_masks`, `density`, `effective_weights` and `pruned_values`;
 `zero_pruned(model)` restores the zeros of `"zeroed"` layers after raw
 values were written by hand.
+
+During a `PruningScheduler` run, kept layers compute as zeroed ones do
+wherever that changes nothing they compute: their pruned values wait in
+host memory (`set_pruned_values_aside`, `restore_pruned_values`; saving
+writes them, `kept_values(model)` reads them in place) and the raw
+variables hold zeros (`keras_lth.zeroing`).
 """
 
 from __future__ import annotations
@@ -106,7 +112,9 @@ class _PrunedValuesArgument:
         - `"kept"`: the values the weights had when they were pruned. The
           layer computes with `raw * mask`; pruned weights get a zero
           gradient. Re-introduction and a mask set back to 1 find the old
-          values.
+          values. During a `PruningScheduler` run the layer may instead
+          compute as a zeroed one, its pruned values set aside in host
+          memory until the run ends (`set_pruned_values_aside`).
         - `"zeroed"` (TensorFlow backend only): exact zeros. The layer
           computes with the raw variable's value itself (no product) and
           masks its gradient in place, so pruned weights get a zero
@@ -343,6 +351,8 @@ class MaskedLayer(_PrunedValuesArgument):
             known[name].mask.assign(value.astype(bool))
             if self.pruned_values == "zeroed":
                 _zero(known[name].variable, known[name].mask)
+            elif _ASIDE in self.__dict__:  # a weight pruned (or back) during a run
+                _set_weight_aside(self, known[name])
 
     def get_masks(self) -> dict:
         """`{"<attribute>_mask": 0/1 float32 array}` for every mask, bias mask included."""
@@ -379,8 +389,10 @@ class MaskedLayer(_PrunedValuesArgument):
     def save_own_variables(self, store):
         if not self.built:
             return
+        aside = self.__dict__.get(_ASIDE, {})
         for i, v in enumerate(self._saved_variables()):
-            store[str(i)] = v
+            # A kept layer whose pruned values are set aside saves them.
+            store[str(i)] = _with_aside(v, aside[id(v)]) if id(v) in aside else v
 
     def load_own_variables(self, store):
         if not self.built:
@@ -400,9 +412,12 @@ class MaskedLayer(_PrunedValuesArgument):
         for var, key in zip(variables, keys):
             # Masks are stored as bools; earlier versions saved float 0/1 masks.
             var.assign(np.asarray(store[key]) != 0 if _is_mask(self, var) else store[key])
+        # (a composite's masks load first: Keras loads a layer before its sublayers)
         if self.pruned_values == "zeroed":
-            # (a composite's masks load first: Keras loads a layer before its sublayers)
             self.zero_pruned()
+        elif _ASIDE in self.__dict__:  # the loaded values are the kept ones
+            del self.__dict__[_ASIDE]
+            set_pruned_values_aside(self)
 
     # -- what Keras features do not fit --------------------------------- #
     def enable_lora(self, *args, **kwargs):
@@ -504,7 +519,7 @@ def _masked_property(attr):
         memo = _CALLS.by_layer.get(id(self))
         if memo is not None and attr in memo:  # read before in this call
             return memo[attr]
-        if self.__dict__.get("_lth_pruned") == "zeroed":
+        if self.__dict__.get("_lth_pruned") == "zeroed" or _ASIDE in self.__dict__:
             value = _gradient_masked(raw, mask)  # pruned entries are zeros already
         else:
             value = _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
@@ -675,6 +690,86 @@ def _zero(variable, mask):
     if not mask.all():
         raw = ops.convert_to_numpy(variable)
         variable.assign(np.where(mask, raw, np.zeros((), raw.dtype)))
+
+
+# ---------------------------------------------------------------------- #
+# Kept layers' pruned values set aside (during a `PruningScheduler` run)
+# ---------------------------------------------------------------------- #
+_ASIDE = "_lth_aside"  # {id(raw variable): (pruned positions, their kept values)}
+
+
+def set_pruned_values_aside(layer):
+    """Moves a kept layer's pruned values to host memory, leaving zeros in the raw variables.
+
+    The layer then computes as a zeroed layer does (the raw variable itself,
+    its gradient masked in place: no product in the forward pass), while it
+    still keeps its pruned values: saving writes them, a mask set back to 1
+    finds its value, and `restore_pruned_values` puts them back. The
+    `PruningScheduler` does this for the run's kept layers when the
+    optimizer keeps zeros exactly as the kept layer keeps its values
+    (`keras_lth.zeroing`); nothing else keeps the zeros, so an optimizer
+    that moves weights whose gradient is zero would make the layer compute
+    with them. TensorFlow backend only. Called again, it takes the masks as
+    they are now (the values of weights pruned since are set aside, those
+    of weights unpruned since come back). Retrace the training function
+    afterwards.
+    """
+    for w in layer._all_weights():
+        _set_weight_aside(layer, w)
+
+
+def restore_pruned_values(layer):
+    """Writes back the values set aside by `set_pruned_values_aside`; the layer computes `raw * mask` again.
+
+    Retrace the model's functions afterwards (`train_function`,
+    `test_function`, `predict_function`): one traced while the values were
+    set aside computes with the raw variables themselves.
+    """
+    aside = layer.__dict__.pop(_ASIDE, None)
+    if not aside:
+        return
+    for w in layer._all_weights():
+        entry = aside.get(id(w.variable))
+        if entry is not None and entry[0].any():
+            w.variable.assign(_with_aside(w.variable, entry))
+
+
+def pruned_values_aside(layer) -> bool:
+    """Whether `set_pruned_values_aside` holds `layer`'s pruned values now."""
+    return _ASIDE in layer.__dict__
+
+
+def kept_values(model, variables=None) -> list:
+    """NumPy values of `variables` (default `model.weights`) with the pruned values set aside in place.
+
+    What the raw variables hold under the product mechanism: the same as
+    reading them, except during a `PruningScheduler` run, where kept layers
+    may hold zeros under their masks (`set_pruned_values_aside`).
+    """
+    aside = {}
+    for layer in masked_layers(model):
+        aside.update(layer.__dict__.get(_ASIDE, {}))
+    variables = model.weights if variables is None else variables
+    return [_with_aside(v, aside.get(id(v))) for v in variables]
+
+
+def _set_weight_aside(layer, w):
+    aside = layer.__dict__.setdefault(_ASIDE, {})
+    before = aside.get(id(w.variable))
+    values = _with_aside(w.variable, before)
+    pruned = ~ops.convert_to_numpy(w.mask)
+    aside[id(w.variable)] = (pruned, values[pruned])
+    if pruned.any() or (before is not None and before[0].any()):
+        w.variable.assign(np.where(pruned, np.zeros((), values.dtype), values))
+
+
+def _with_aside(variable, entry):
+    """The NumPy value of `variable` with its set-aside values (if any) in place."""
+    values = ops.convert_to_numpy(variable)
+    if entry is not None and entry[0].any():
+        values = values.copy()
+        values[entry[0]] = entry[1]
+    return values
 
 
 def zero_pruned(model):

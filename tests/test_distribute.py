@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from keras_lth.callbacks import PruningScheduler
-from keras_lth.layers import MaskedDense, masked_layers
+from keras_lth.layers import MaskedDense, kept_values, masked_layers
 from keras_lth.schedules import IterativeSchedule
 
 NAMES = ("h1", "h2", "out")
@@ -74,7 +74,8 @@ def _run(
             if batch == 0 and not scheduler.gradual and len(starts) < ROUNDS + 1:
                 e = len(history_epochs)
                 if e == scheduler.round_start(len(starts)):
-                    starts.append([np.array(v) for v in self.model.trainable_variables])
+                    model = self.model
+                    starts.append(kept_values(model, model.trainable_variables))
 
         def on_epoch_end(self, epoch, logs=None):
             history_epochs.append(epoch)

@@ -32,6 +32,7 @@ from keras_lth.layers import (
     MaskedLSTM,
     MaskedMultiHeadAttention,
     MaskedSeparableConv2D,
+    kept_values,
     layer_key,
     masked_layers,
     masked_weights,
@@ -141,9 +142,7 @@ class Spy(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == 0:
-            self.starts.append(
-                [keras.ops.convert_to_numpy(v) for v in non_mask_weights(self.model)]
-            )
+            self.starts.append(kept_values(self.model, non_mask_weights(self.model)))
 
     def on_epoch_end(self, epoch, logs=None):
         self.masks.append(masks(self.model))

@@ -151,8 +151,9 @@ def test_other_optimizers_keep_the_constraint():
     assert all(watch.zeros) and watch.constrained == {True}
 
 
-def test_kept_models_are_not_retraced():
-    model = _mlp("kept", keras.optimizers.Adam(1e-2))
+def test_kept_models_are_not_retraced_where_their_values_stay():
+    """(With a trusted optimizer their values are set aside, `tests/test_aside.py`.)"""
+    model = _mlp("kept", AdamSubclass(1e-2))
     schedule = lth.IterativeSchedule(rounds=1, epochs_per_round=1, rate=0.5)
     _fit(model, schedule, epochs=2)
     assert model.train_function is not None  # the run's own, kept by Keras
