@@ -901,39 +901,29 @@ def _mean_ratios(path):
 
 
 def test_readme_mask_cost_table_is_the_recorded_runs():
-    run, flops = _summary_ratios("overhead_amd/overhead_gradmask.json")  # the table
-    lenet, _ = _summary_ratios("overhead_amd/overhead_gradmask_lenet.json")
-    prerun, _ = _summary_ratios("overhead_amd/overhead_prerun_lenet.json")
+    run, flops = _summary_ratios("overhead_amd/overhead_aside.json")  # CNN, gradual
+    lenet, _ = _summary_ratios("overhead_amd/overhead_aside_lenet.json")  # iterative, twice
+    lenet2, _ = _summary_ratios("overhead_amd/overhead_aside_lenet2.json")
     earlier, _ = _summary_ratios("overhead_intel/overhead.json")  # re-introduction
     section = read("README.md").split("## What the masks cost", 1)[1].split("\n## ", 1)[0]
     rows = {
-        "A/A control": "plain_again/plain",
-        "iterative pruning, masked": "masked/plain",
-        'iterative pruning, `pruned_values="zeroed"`': "masked_zeroed/plain",
-        "masked small CNN": "masked_cnn/plain_cnn",
-        'small CNN, `pruned_values="zeroed"`': "masked_cnn_zeroed/plain_cnn",
-        "gradual, `PolynomialDecay`": "masked_gradual_poly/keras3",
-        'gradual, `pruned_values="zeroed"`': "masked_gradual_poly_zeroed/keras3",
+        "A/A control": ([lenet, lenet2], "plain_again/plain"),
+        "iterative pruning, masked": ([lenet, lenet2], "masked/plain"),
+        'iterative pruning, `pruned_values="zeroed"`': ([lenet, lenet2], "masked_zeroed/plain"),
+        "masked small CNN": ([run], "masked_cnn/plain_cnn"),
+        "gradual, `PolynomialDecay`": ([run], "masked_gradual_poly/keras3"),
+        'gradual, `pruned_values="zeroed"`': ([run], "masked_gradual_poly_zeroed/keras3"),
     }
-    for label, ratio in rows.items():
+    for label, (runs, ratio) in rows.items():
         (line,) = [l for l in section.splitlines() if l.startswith(f"| {label}")]
-        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-        assert cells[2] == run["off", ratio], (label, cells)
-        assert cells[3] == run["on", ratio], (label, cells)
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for cell, mode in ((cells[2], "off"), (cells[3], "on")):
+            assert cell.replace("*", "").split(", ") == [r[mode, ratio] for r in runs], label
+    cnn_aa = f"(A/A {run['off', 'plain_again/plain']}, {run['on', 'plain_again/plain']}: not valid)"
+    assert cnn_aa in section
     aa = f"its A/A: {run['off', 'keras3_again/keras3']}, {run['on', 'keras3_again/keras3']}"
     assert aa in section
     prose = " ".join(section.split())
-    z, m = "masked_zeroed/plain", "masked/plain"
-    assert (
-        f"zeroed {lenet['off', z]} and {prerun['off', z]} with jit off, "
-        f"{lenet['on', z]} and {prerun['on', z]} with jit on (default layers "
-        f"{lenet['off', m]}, {prerun['off', m]}; {lenet['on', m]}, {prerun['on', m]})"
-    ) in prose
-    child = "overhead_amd/tfmot_child_jit_on.json"
-    assert (
-        f"gradual, jit on: zeroed {_child_ratio(child, 'on', 'masked_gradual_poly_zeroed')}, "
-        f"default {_child_ratio(child, 'on', 'masked_gradual_poly')}"
-    ) in prose
     for label, ratio in (
         ("`ScoredPruning`", "scored/masked"),
         ('`DoublePruning("feedback")`', "double_feedback/masked"),
@@ -942,30 +932,17 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
         assert f"{label} {earlier['off', ratio]} / {earlier['on', ratio]}" in prose, label
     gflops, share = flops["off", "plain"]
     assert f"Plain jit-off step: {gflops} GFLOP/s, {share}% of the measured matmul peak" in prose
-    for log in ("log_gradmask.txt", "log_gradmask_lenet.txt", "log_tfmot_child_jit_on.txt"):
+    for log in ("log_aside.txt", "log_aside_lenet.txt", "log_aside_lenet2.txt"):
         text = (DOCS / "results" / "overhead_amd" / log).read_text()
         assert text.startswith("$ ") and "load average" in text and _recorded_wall(text)
 
     # The commands the README shows are the logged ones (less their --out).
-    base = _logged_command("overhead_amd/log_gradmask.txt")
-    assert f"`{' '.join(base)}`" in prose
-    bare = [w for w in base if w not in ("--variants", "plain_gradmask")]
-    for log, added in (
-        (
-            "overhead_amd/log_gradmask_lenet.txt",
-            "--only masked,plain_again,masked_zeroed,plain_gradmask --no-tfmot",
-        ),
-        (
-            "overhead_amd/log_prerun_lenet.txt",
-            "--only masked,plain_again,masked_zeroed,plain_gradmask --no-tfmot",
-        ),
-        (
-            "overhead_intel/log.txt",
-            "--variants scored,double_feedback,double_complement,masked_010,masked_layer",
-        ),
-    ):
-        assert f"`{added}`" in prose, added
-        assert Counter(_logged_command(log)) == Counter(bare + added.split()), log
+    for log in ("overhead_amd/log_aside.txt", "overhead_amd/log_aside_lenet.txt"):
+        assert f"`{' '.join(_logged_command(log))}`" in prose, log
+    base = _logged_command("overhead_amd/log_aside.txt")
+    added = "--variants scored,double_feedback,double_complement,masked_010,masked_layer"
+    assert f"`{added}`" in prose
+    assert Counter(_logged_command("overhead_intel/log.txt")) == Counter(base + added.split())
 
 
 def test_readme_says_where_keras_compiles_with_xla():
@@ -983,7 +960,7 @@ def test_readme_says_where_keras_compiles_with_xla():
 
 def test_zeroed_by_gradients_section_is_the_recorded_runs():
     page = read("docs/results/overhead-issue11.md")
-    section = page.split("## Pruned values zeroed by masked gradients", 1)[1]
+    section = page.split("## Pruned values zeroed by masked gradients", 1)[1].split("\n## ", 1)[0]
     tables = [t for t in section.split("\n\n") if t.startswith("| step-time ratio, medians")]
     assert len(tables) == 3
     full, flops = _summary_ratios("overhead_amd/overhead_gradmask.json")
@@ -1030,6 +1007,49 @@ def test_zeroed_by_gradients_section_is_the_recorded_runs():
             .splitlines()[2]
             .startswith("0bab819")
         )
+
+
+def test_kept_values_aside_section_is_the_recorded_runs():
+    page = read("docs/results/overhead-issue11.md")
+    section = page.split("## Kept values set aside", 1)[1].split("\n## ", 1)[0]
+    tables = [t for t in section.split("\n\n") if t.startswith("| step-time ratio, medians")]
+    assert len(tables) == 2
+    full, _ = _summary_ratios("overhead_amd/overhead_aside.json")
+    means = _mean_ratios("overhead_amd/overhead_aside.json")
+    lenet, _ = _summary_ratios("overhead_amd/overhead_aside_lenet.json")
+    lenet2, _ = _summary_ratios("overhead_amd/overhead_aside_lenet2.json")
+    sources = (
+        [(full, "off"), (full, "on")],
+        [(lenet, "off"), (lenet, "on"), (lenet2, "off"), (lenet2, "on")],
+    )
+    for table, columns in zip(tables, sources):
+        ratio = None  # the previous row's
+        rows = table.splitlines()[2:]
+        for line in rows:
+            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+            if cells[0].startswith("the same, ratio of mean steps"):
+                want = [means[mode, ratio] for _, mode in columns]
+            else:
+                names = re.findall(r"`(\w+)`", cells[0])
+                ratio = f"{names[0]}/{names[-1]}"
+                want = [ratios[mode, ratio] for ratios, mode in columns]
+            assert cells[2:] == want, (cells, want)
+        assert len(rows) == (10 if columns[0][0] is full else 3)
+    prose = " ".join(section.split())
+    for log in ("log_aside.txt", "log_aside_lenet.txt", "log_aside_lenet2.txt"):
+        text = (DOCS / "results" / "overhead_amd" / log).read_text()
+        assert text.splitlines()[2].startswith("76838a3")
+        assert text.startswith("$ ") and "load average" in text
+        assert f"({_recorded_wall(text)} wall" in prose, log
+    for log, json_name in (
+        ("log_aside.txt", "overhead_aside.json"),
+        ("log_aside_lenet.txt", "overhead_aside_lenet.json"),
+    ):
+        command = " ".join(_logged_command(f"overhead_amd/{log}"))
+        assert f"{command} --out docs/results/overhead_amd/{json_name}" in prose
+    assert _logged_command("overhead_amd/log_aside_lenet2.txt") == _logged_command(
+        "overhead_amd/log_aside_lenet.txt"
+    )
 
 
 def test_zeroed_results_section_is_the_recorded_runs():
