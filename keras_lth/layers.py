@@ -280,6 +280,7 @@ class MaskedLayer(_PrunedValuesArgument):
                 "Received an invalid value for `gradient_mode`, expected one "
                 f"of {GRADIENT_MODES}. Received: gradient_mode={mode!r}"
             )
+        _check_not_aside(self, "gradient_mode", mode)
         if mode == "dense" and self.pruned_values == "zeroed":
             raise ValueError(
                 f"Layer '{self.name}' has pruned_values='zeroed': its pruned "
@@ -292,6 +293,7 @@ class MaskedLayer(_PrunedValuesArgument):
     @_PrunedValuesArgument.pruned_values.setter
     def pruned_values(self, mode):
         check_pruned_values(mode)
+        _check_not_aside(self, "pruned_values", mode)
         if mode == "zeroed" and self.gradient_mode == "dense":
             raise ValueError(
                 f"Layer '{self.name}' trains with gradient_mode='dense' (a "
@@ -714,8 +716,30 @@ def set_pruned_values_aside(layer):
     of weights unpruned since come back). Retrace the training function
     afterwards.
     """
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "`set_pruned_values_aside` needs the TensorFlow backend (the layer "
+            "then masks its gradients with TensorFlow's custom gradients). "
+            f"Received: backend={keras.backend.backend()!r}"
+        )
+    if layer.pruned_values != "kept" or layer.gradient_mode != "masked":
+        raise ValueError(
+            f"`set_pruned_values_aside` expected a layer with pruned_values='kept' "
+            f"and gradient_mode='masked'. Received: layer '{layer.name}' with "
+            f"pruned_values={layer.pruned_values!r}, gradient_mode={layer.gradient_mode!r}"
+        )
     for w in layer._all_weights():
         _set_weight_aside(layer, w)
+
+
+def _check_not_aside(layer, arg, value):
+    if _ASIDE in layer.__dict__:
+        raise ValueError(
+            f"Layer '{layer.name}' has its pruned values set aside (a "
+            "`PruningScheduler` run, or `set_pruned_values_aside`): it computes "
+            f"with its raw variables until `restore_pruned_values(layer)`. "
+            f"Received: {arg}={value!r} while they are aside"
+        )
 
 
 def restore_pruned_values(layer):

@@ -38,7 +38,7 @@ conditions above, an optimizer whose update of each weight reads nothing
 but that weight's own gradient, value and slots (`ELEMENTWISE_OPTIMIZERS`:
 not Adafactor or Lamb, which scale every step by a norm of the whole
 variable, pruned values included), no variable constraint on the layer
-(MaxNorm and the like read whole rows), masked gradients
+(MaxNorm and the like read whole columns), masked gradients
 (`gradient_mode="masked"`), no re-introduction (which reads and changes
 pruned values while training) and the TensorFlow backend. With them the
 kept weights train bit for bit as with `raw * mask`; the pruned values are

@@ -300,3 +300,35 @@ def test_saving_and_loading_while_aside(tmp_path):
     )
     restore_pruned_values(layer)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.raw_variable()), values)
+
+
+def test_misuse_is_refused_with_nothing_changed():
+    layer, mask = _built_layer()
+    set_pruned_values_aside(layer)
+    with pytest.raises(ValueError, match="set aside.*pruned_values='zeroed'"):
+        layer.pruned_values = "zeroed"
+    with pytest.raises(ValueError, match="set aside.*gradient_mode='dense'"):
+        layer.gradient_mode = "dense"
+    assert pruned_values_aside(layer) and layer.pruned_values == "kept"
+    assert layer.gradient_mode == "masked"
+    restore_pruned_values(layer)
+    layer.gradient_mode = "dense"  # allowed once the values are back
+    with pytest.raises(ValueError, match="gradient_mode='dense'"):
+        set_pruned_values_aside(layer)
+    zeroed = MaskedDense(3, pruned_values="zeroed")
+    zeroed.build((None, 2))
+    with pytest.raises(ValueError, match="pruned_values='zeroed'"):
+        set_pruned_values_aside(zeroed)
+    assert not pruned_values_aside(zeroed)
+
+
+@pytest.mark.jax
+def test_nothing_is_set_aside_off_tensorflow():
+    """Under JAX the run keeps the product (the masked identity is TensorFlow's)."""
+    if keras.backend.backend() == "tensorflow":
+        pytest.skip("runs in the JAX job (KERAS_BACKEND=jax pytest -m jax)")
+    model = _mlp(keras.optimizers.Adam(1e-2))
+    watch = _fit(model, _iterative(), epochs=6, rewind="init")
+    assert watch.aside == {("h1", False), ("out", False)}
+    with pytest.raises(ValueError, match="needs the TensorFlow backend.*Received: backend='jax'"):
+        set_pruned_values_aside(model.get_layer("h1"))
