@@ -900,6 +900,44 @@ def _mean_ratios(path):
     return {(mode, ratio): value for mode, ratio, value in found}
 
 
+def _matmul_peak(path):
+    """The matmul peak (GFLOP/s, as printed) of an overhead JSON's summary."""
+    with open(DOCS / "results" / path) as f:
+        summary = " ".join(json.load(f)["summary"])
+    return re.search(r"matmul peak \(1024x1024 float32, tf.function\): ([0-9.]+)", summary)[1]
+
+
+def _overhead_section(title):
+    """A section of the overhead results page and its ratio tables."""
+    page = read("docs/results/overhead-issue11.md")
+    section = page.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    tables = [t for t in section.split("\n\n") if t.startswith("| step-time ratio, medians")]
+    return section, tables
+
+
+def _assert_ratio_tables(tables, sources, means, child=None):
+    """Each results table's cells are the ratios of its columns' runs.
+
+    `sources`: per table, `[(ratios or None for the child JSON, jit mode), ...]`
+    per column; a row "the same, ratio of mean steps" holds the previous
+    row's ratio of mean steps (`means`).
+    """
+    for table, columns in zip(tables, sources):
+        ratio = None  # the previous row's
+        for line in table.splitlines()[2:]:
+            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+            if cells[0].startswith("the same, ratio of mean steps"):
+                want = [means[mode, ratio] for _, mode in columns]
+            else:
+                names = re.findall(r"`(\w+)`", cells[0])
+                ratio = f"{names[0]}/{names[-1]}"
+                want = [
+                    _child_ratio(child, mode, names[0]) if ratios is None else ratios[mode, ratio]
+                    for ratios, mode in columns
+                ]
+            assert cells[2:] == want, (cells, want)
+
+
 def test_readme_mask_cost_table_is_the_recorded_runs():
     run, flops = _summary_ratios("overhead_amd/overhead_aside.json")  # CNN, gradual
     lenet, _ = _summary_ratios("overhead_amd/overhead_aside_lenet.json")  # iterative, twice
@@ -959,14 +997,10 @@ def test_readme_says_where_keras_compiles_with_xla():
 
 
 def test_zeroed_by_gradients_section_is_the_recorded_runs():
-    page = read("docs/results/overhead-issue11.md")
-    section = page.split("## Pruned values zeroed by masked gradients", 1)[1].split("\n## ", 1)[0]
-    tables = [t for t in section.split("\n\n") if t.startswith("| step-time ratio, medians")]
+    section, tables = _overhead_section("Pruned values zeroed by masked gradients")
     assert len(tables) == 3
     full, flops = _summary_ratios("overhead_amd/overhead_gradmask.json")
     means = _mean_ratios("overhead_amd/overhead_gradmask.json")
-    with open(DOCS / "results" / "overhead_amd" / "overhead_gradmask.json") as f:
-        summary = " ".join(json.load(f)["summary"])
     lenet, _ = _summary_ratios("overhead_amd/overhead_gradmask_lenet.json")
     prerun, _ = _summary_ratios("overhead_amd/overhead_prerun_lenet.json")
     child = "overhead_amd/tfmot_child_jit_on.json"
@@ -975,26 +1009,13 @@ def test_zeroed_by_gradients_section_is_the_recorded_runs():
         [(lenet, "off"), (lenet, "on"), (prerun, "off"), (prerun, "on")],
         [(None, "on")],
     )
-    for table, columns in zip(tables, sources):
-        ratio = None  # the previous row's
-        for line in table.splitlines()[2:]:
-            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-            if cells[0].startswith("the same, ratio of mean steps"):
-                want = [means[mode, ratio] for _, mode in columns]
-            else:
-                names = re.findall(r"`(\w+)`", cells[0])
-                ratio = f"{names[0]}/{names[-1]}"
-                want = [
-                    _child_ratio(child, mode, names[0]) if ratios is None else ratios[mode, ratio]
-                    for ratios, mode in columns
-                ]
-            assert cells[2:] == want, (cells, want)
+    _assert_ratio_tables(tables, sources, means, child)
     prose = " ".join(section.split())
     for log in ("log_gradmask.txt", "log_gradmask_lenet.txt"):
         text = (DOCS / "results" / "overhead_amd" / log).read_text()
         assert text.splitlines()[2].startswith("0bab819")
         assert f"at 0bab819 ({_recorded_wall(text)} wall" in prose
-    peak = re.search(r"matmul peak \(1024x1024 float32, tf.function\): ([0-9.]+)", summary)[1]
+    peak = _matmul_peak("overhead_amd/overhead_gradmask.json")
     (off, off_share), zeroed = flops["off", "plain"], flops["off", "masked_zeroed"][0]
     assert (
         f"(the whole benchmark's run, {peak} GFLOP/s): {off} GFLOP/s with jit off ({off_share}%); "
@@ -1010,11 +1031,9 @@ def test_zeroed_by_gradients_section_is_the_recorded_runs():
 
 
 def test_kept_values_aside_section_is_the_recorded_runs():
-    page = read("docs/results/overhead-issue11.md")
-    section = page.split("## Kept values set aside", 1)[1].split("\n## ", 1)[0]
-    tables = [t for t in section.split("\n\n") if t.startswith("| step-time ratio, medians")]
+    section, tables = _overhead_section("Kept values set aside")
     assert len(tables) == 2
-    full, _ = _summary_ratios("overhead_amd/overhead_aside.json")
+    full, flops = _summary_ratios("overhead_amd/overhead_aside.json")
     means = _mean_ratios("overhead_amd/overhead_aside.json")
     lenet, _ = _summary_ratios("overhead_amd/overhead_aside_lenet.json")
     lenet2, _ = _summary_ratios("overhead_amd/overhead_aside_lenet2.json")
@@ -1022,20 +1041,15 @@ def test_kept_values_aside_section_is_the_recorded_runs():
         [(full, "off"), (full, "on")],
         [(lenet, "off"), (lenet, "on"), (lenet2, "off"), (lenet2, "on")],
     )
-    for table, columns in zip(tables, sources):
-        ratio = None  # the previous row's
-        rows = table.splitlines()[2:]
-        for line in rows:
-            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-            if cells[0].startswith("the same, ratio of mean steps"):
-                want = [means[mode, ratio] for _, mode in columns]
-            else:
-                names = re.findall(r"`(\w+)`", cells[0])
-                ratio = f"{names[0]}/{names[-1]}"
-                want = [ratios[mode, ratio] for ratios, mode in columns]
-            assert cells[2:] == want, (cells, want)
-        assert len(rows) == (10 if columns[0][0] is full else 3)
+    _assert_ratio_tables(tables, sources, means)
+    assert [len(t.splitlines()) - 2 for t in tables] == [10, 3]
     prose = " ".join(section.split())
+    peak = _matmul_peak("overhead_amd/overhead_aside.json")
+    (off, off_share), masked = flops["off", "plain"], flops["off", "masked"][0]
+    assert (
+        f"benchmark's run ({peak} GFLOP/s): {off} GFLOP/s with jit off ({off_share}%); the "
+        f"default masked step, values set aside, reaches {masked}."
+    ) in prose
     for log in ("log_aside.txt", "log_aside_lenet.txt", "log_aside_lenet2.txt"):
         text = (DOCS / "results" / "overhead_amd" / log).read_text()
         assert text.splitlines()[2].startswith("76838a3")
