@@ -324,6 +324,7 @@ class PruningScheduler(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if not self._started:
             self._start(epoch)
+        self._zeroing.adopt_writes()  # weights set by other callbacks since
         self._epoch = epoch
         if self._gradual is not None:
             # tfmot's step of the epoch's batch 0; later batches count on the host
@@ -390,6 +391,7 @@ class PruningScheduler(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        self._zeroing.adopt_writes()
         if self._gradual is not None:
             # The masks of the next step, before the logs and the backup see them.
             self._gradual.update(self._iterations() + 1)

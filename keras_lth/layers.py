@@ -713,8 +713,11 @@ def set_pruned_values_aside(layer):
     that moves weights whose gradient is zero would make the layer compute
     with them. TensorFlow backend only. Called again, it takes the masks as
     they are now (the values of weights pruned since are set aside, those
-    of weights unpruned since come back). Retrace the training function
-    afterwards.
+    of weights unpruned since come back) and adopts what was written since
+    (`written_since_aside`): a non-zero value under a 0 mask becomes the
+    pruned value, a zero there leaves the set-aside one (what `get_weights`
+    read during the run and `set_weights` wrote back). Retrace the training
+    function afterwards.
     """
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
@@ -788,12 +791,49 @@ def _set_weight_aside(layer, w):
 
 
 def _with_aside(variable, entry):
-    """The NumPy value of `variable` with its set-aside values (if any) in place."""
+    """The NumPy value of `variable` with its set-aside values (if any) in place.
+
+    A set-aside position holds 0 in the raw variable unless something wrote
+    to it since (`model.set_weights`, an `assign`): a value written there is
+    the weight's value now, as it would be under `raw * mask`, and it wins.
+    """
     values = ops.convert_to_numpy(variable)
     if entry is not None and entry[0].any():
         values = values.copy()
-        values[entry[0]] = entry[1]
+        written = values[entry[0]]
+        values[entry[0]] = np.where(written != 0, written, entry[1])
     return values
+
+
+def written_since_aside(layer) -> bool:
+    """Whether the raw variables or masks of a layer whose pruned values are aside were written from outside.
+
+    Nothing in training changes them (the gradients are masked, the
+    optimizer keeps zeros, the scheduler sets masks with `set_masks`): only
+    a write such as `model.set_weights` or an `assign` does, leaving a
+    non-zero raw value under a 0 mask, or a mask whose count of ones is not
+    the one set aside. The layer then computes with the raw variables as
+    they are (written values included, set-aside values missing) until
+    `set_pruned_values_aside(layer)` is called again, which adopts them.
+    One reduction on the device per masked variable, one value read back;
+    `False` when nothing is aside.
+    """
+    aside = layer.__dict__.get(_ASIDE)
+    if not aside:
+        return False
+    found = []
+    for w in layer._all_weights():
+        entry = aside.get(id(w.variable))
+        if entry is None:
+            continue
+        kept = ops.sum(ops.cast(w.mask, "int32"))
+        found.append(
+            ops.logical_or(
+                ops.any(ops.logical_and(ops.logical_not(w.mask), ops.not_equal(w.variable, 0))),
+                ops.not_equal(kept, int(entry[0].size - np.count_nonzero(entry[0]))),
+            )
+        )
+    return bool(found) and bool(ops.convert_to_numpy(ops.any(ops.stack(found))))
 
 
 def zero_pruned(model):

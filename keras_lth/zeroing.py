@@ -59,6 +59,7 @@ from keras_lth.layers import (
     hold_zeros_by_gradient,
     restore_pruned_values,
     set_pruned_values_aside,
+    written_since_aside,
 )
 
 #: Keras optimizers whose update of a weight with a zero gradient, zero value
@@ -219,6 +220,22 @@ class ZeroHolding:
             yield
         finally:
             for layer in self.kept:
+                set_pruned_values_aside(layer)
+
+    def adopt_writes(self):
+        """Sets aside again the kept layers whose weights or masks were written from outside.
+
+        What `model.set_weights` or an `assign` wrote is the model's state,
+        as under `raw * mask`: a non-zero value under a 0 mask becomes the
+        pruned value, a mask changed by hand counts, and the zeros the layer
+        computes with come back (`keras_lth.layers.written_since_aside`).
+        Until then the layer computes with the raw variables as written. The
+        scheduler looks at every epoch's start and end: one reduction on the
+        device per masked variable, a host round trip only for a layer
+        written to.
+        """
+        for layer in self.kept:
+            if written_since_aside(layer):
                 set_pruned_values_aside(layer)
 
     def stop(self):

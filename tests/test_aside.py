@@ -24,6 +24,7 @@ from keras_lth.layers import (
     pruned_values_aside,
     restore_pruned_values,
     set_pruned_values_aside,
+    written_since_aside,
 )
 from keras_lth.zeroing import ELEMENTWISE_OPTIMIZERS, HOLDING_OPTIMIZERS
 
@@ -97,9 +98,10 @@ def _gradual():
     )
 
 
-def _fit(model, schedule, epochs, callbacks=(), **kwargs):
+def _fit(model, schedule, epochs, callbacks=(), before=(), **kwargs):
+    """Trains under a scheduler; `before` are callbacks called before it, `callbacks` after."""
     watch = _Watch()
-    scheduler = lth.PruningScheduler(schedule, verbose=0, **kwargs)
+    watch.scheduler = lth.PruningScheduler(schedule, verbose=0, **kwargs)
     model.fit(
         X,
         Y,
@@ -107,7 +109,7 @@ def _fit(model, schedule, epochs, callbacks=(), **kwargs):
         epochs=epochs,
         shuffle=False,
         verbose=0,
-        callbacks=[scheduler, watch, *callbacks],
+        callbacks=[*before, watch.scheduler, watch, *callbacks],
     )
     return watch
 
@@ -300,6 +302,115 @@ def test_saving_and_loading_while_aside(tmp_path):
     )
     restore_pruned_values(layer)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.raw_variable()), values)
+
+
+def test_values_written_under_the_masks_are_adopted():
+    """A write from outside is the weight's value, as under the product."""
+    layer, mask = _built_layer()
+    values = np.arange(1, 31, dtype="float32").reshape(6, 5)
+    raw = lambda: keras.ops.convert_to_numpy(layer.raw_variable())  # noqa: E731
+    assert not written_since_aside(layer)  # nothing aside
+    set_pruned_values_aside(layer)
+    assert not written_since_aside(layer)
+    written = np.where(mask, values, 0)
+    written[0, 1] = -7.0  # under a 0 mask; [2, 1] stays 0, its kept value stands
+    layer.raw_variable().assign(written)
+    assert written_since_aside(layer)
+    model = keras.Sequential([keras.Input((6,)), layer])
+    expected = values.copy()
+    expected[0, 1] = -7.0
+    np.testing.assert_array_equal(
+        lth.layers.kept_values(model, [layer.raw_variable()])[0], expected
+    )
+    set_pruned_values_aside(layer)  # adopts it, and the zeros are back
+    assert not written_since_aside(layer)
+    np.testing.assert_array_equal(raw(), np.where(mask, values, 0))
+    restore_pruned_values(layer)
+    np.testing.assert_array_equal(raw(), expected)
+
+
+class _SetWeightsAt(keras.callbacks.Callback):
+    """`model.set_weights` at the end of epoch `epoch`.
+
+    `what`: `"before"` writes the weights read before the run, dense masks
+    included; `"values"` those values under the masks of now; `"masks"`
+    the weights read now (`get_weights`) with every mask set to 1.
+    """
+
+    def __init__(self, epoch, what):
+        super().__init__()
+        self.epoch, self.what = epoch, what
+
+    def on_train_begin(self, logs=None):
+        self.before = self.model.get_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch != self.epoch:
+            return
+        now = self.model.get_weights()
+        if self.what == "before":
+            new = self.before
+        elif self.what == "values":
+            new = [n if n.dtype == bool else b for n, b in zip(now, self.before)]
+        else:
+            new = [np.ones_like(n) if n.dtype == bool else n for n in now]
+        self.model.set_weights(new)
+
+
+@pytest.mark.parametrize(
+    "rewind, order, what",
+    [
+        ("init", "after", "before"),
+        (None, "after", "values"),
+        (None, "after", "masks"),
+        (None, "before", "values"),
+    ],
+)
+def test_weights_set_during_the_run_are_adopted_as_under_the_product(rewind, order, what):
+    """`set_weights` in round 1 sets the model's state, pruned values and masks included.
+
+    Written after the scheduler's epoch end, it is adopted at the next
+    epoch's start; written before it, at that epoch end, before the round's
+    test evaluation. Values read during the run hold zeros under the masks;
+    written back, the set-aside values stand, as the product's read values
+    would.
+    """
+    runs = []
+    for trusted in (True, False):
+        model = _mlp(_optimizer("Adam", trusted))
+        write = [_SetWeightsAt(2 if order == "after" else 3, what)]
+        watch = _fit(
+            model,
+            _iterative(),
+            epochs=6,
+            rewind=rewind,
+            test_data=(X, Y),
+            **({"callbacks": write} if order == "after" else {"before": write}),
+        )
+        assert ("h1", trusted) in watch.aside
+        if trusted:
+            assert all(watch.zeros)  # no pruned weight computed
+        runs.append((model, watch.scheduler.rounds))
+    (aside, aside_rounds), (product, product_rounds) = runs
+    _assert_same(aside, product, what=f"rewind={rewind}, {order}, {what}")
+    assert [r["test"] for r in aside_rounds] == [r["test"] for r in product_rounds]
+
+
+def test_early_stopping_before_the_scheduler_restores_as_under_the_product():
+    """`EarlyStopping(restore_best_weights=True)` writes the best epoch's weights
+    at the end of the run: before the scheduler's end the pruned values stand."""
+    runs = []
+    for trusted in (True, False):
+        model = _mlp(_optimizer("Adam", trusted))
+        stop = keras.callbacks.EarlyStopping("loss", patience=1, restore_best_weights=True)
+        watch = _fit(model, _iterative(), epochs=6, rewind=None, before=[stop])
+        assert ("h1", trusted) in watch.aside
+        assert stop.best_epoch >= 2  # in a pruned round
+        runs.append(model)
+    _assert_same(*runs)
+    h1 = runs[0].get_layer("h1")
+    mask = keras.ops.convert_to_numpy(h1.kernel_mask)
+    assert not mask.all() and np.all(keras.ops.convert_to_numpy(h1.raw_variable())[~mask] != 0)
 
 
 def test_misuse_is_refused_with_nothing_changed():
