@@ -22,7 +22,13 @@ Variants, timed interleaved on the same LeNet-300-100 set-up as `overhead.py`:
 - `masked_gradual_poly_zeroed`: `masked_gradual_poly` with
   `MaskedDense(pruned_values="zeroed")`;
 - `masked_gradual_fast` (opt-in): the same with a prototype of a cheaper
-  batch hook (see `_fast_gradual_scheduler`).
+  batch hook (see `_fast_gradual_scheduler`);
+- `masked_gradual_idle` (opt-in): `masked_gradual_poly` whose schedule
+  begins after the timed fits (`IDLE_BEGIN`): the batch hook and the run's
+  set-up without a pruning step;
+- `masked_iterative` (opt-in): `overhead.py`'s `masked` (iterative pruning,
+  no batch hook) in this process, to tell this process's cost from gradual
+  pruning's.
 
 Usage (normally through `overhead.py`):
 `TF_USE_LEGACY_KERAS=1 python benchmarks/_tfmot_reference.py --out t.json`
@@ -40,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _overhead_common import (
     BATCH_SIZE,
+    EPOCHS_PER_FIT,
     LEARNING_RATE,
     UNITS,
     StepClock,
@@ -53,6 +60,7 @@ from _overhead_common import (
 SPARSITY = 0.5
 FREQUENCY = 100
 POLY_END = 100_000
+IDLE_BEGIN = 10**9  # a step no benchmark reaches
 BASELINE = "tf_keras"
 KERAS3_BASELINE = "keras3"
 DEFAULT_VARIANTS = (
@@ -65,7 +73,9 @@ DEFAULT_VARIANTS = (
     "masked_gradual_poly_zeroed",
 )
 AA_CONTROL = "keras3_again"
-VARIANT_NAMES = DEFAULT_VARIANTS + ("masked_gradual_fast",)
+# Opt-in diagnostics, without a budget: where gradual pruning's cost comes from.
+DIAGNOSTICS = ("masked_gradual_fast", "masked_gradual_idle", "masked_iterative")
+VARIANT_NAMES = DEFAULT_VARIANTS + DIAGNOSTICS
 
 
 def _fast_gradual_scheduler(lth, schedule):
@@ -156,6 +166,19 @@ def main(argv=None):
             0.0, 0.8, begin_step=0, end_step=POLY_END, frequency=FREQUENCY
         )
 
+    def idle_schedule():
+        return tfmot.sparsity.keras.PolynomialDecay(
+            0.0, 0.8, begin_step=IDLE_BEGIN, end_step=IDLE_BEGIN + POLY_END, frequency=FREQUENCY
+        )
+
+    def iterative_scheduler():
+        # overhead.py's `_iterative_scheduler`: a prune, a rewind and an
+        # optimizer reset at the second epoch of every fit.
+        schedule = lth.IterativeSchedule(
+            rounds=1, epochs_per_round=EPOCHS_PER_FIT // 2, rate=0.2, layer_rates={"output": 0.1}
+        )
+        return [lth.PruningScheduler(schedule, rewind="init", verbose=0)]
+
     def keras3_model(jit, layer=lth.MaskedDense):
         keras.utils.set_random_seed(0)
         model = keras.Sequential(
@@ -197,6 +220,12 @@ def main(argv=None):
             lambda: [lth.PruningScheduler(poly_schedule(), verbose=0)],
             KerasClock(),
         ),
+        "masked_gradual_idle": (
+            keras3_model,
+            lambda: [lth.PruningScheduler(idle_schedule(), verbose=0)],
+            KerasClock(),
+        ),
+        "masked_iterative": (keras3_model, iterative_scheduler, KerasClock()),
         "masked_gradual_fast": (
             keras3_model,
             lambda: [_fast_gradual_scheduler(lth, schedule())],

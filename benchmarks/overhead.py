@@ -593,6 +593,8 @@ def summary_lines(result):
                 verdict = f"{'within' if q <= b else 'ABOVE'} the {b:.2f} budget"
                 if name == _tfmot_reference.AA_CONTROL:
                     verdict = "A/A control"
+                elif name in _tfmot_reference.DIAGNOSTICS:
+                    verdict = "diagnostic"
                 cpu = f", CPU time {c:.3f}" if c is not None else ""
                 lines.append(
                     f"jit={mode}: {name}/keras3 = {q:.3f}{cpu} ({verdict}; same child process)"

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +20,7 @@ sys.path.insert(0, BENCH)
 
 import _overhead_common as _common
 import overhead
+import overhead_runs
 
 HAS_TFMOT = importlib.util.find_spec("tensorflow_model_optimization") is not None
 
@@ -200,6 +202,82 @@ def test_summarize_and_compare_cpu_times_by_hand():
 def test_interleaved_alternates_the_order():
     orders = [order for _, order in _common.interleaved(["a", "b", "c"], 3)]
     assert orders == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+
+
+def _ratio(r, mean=None):
+    return {"ratio": r, "mean_ratio": r if mean is None else mean}
+
+
+def _main_run(aa, masked, zeroed=None):
+    off = {
+        "plain": {},
+        "plain_again": {"vs_plain": _ratio(aa)},
+        "masked": {"vs_plain": _ratio(masked)},
+    }
+    if zeroed is not None:
+        off["masked_zeroed"] = {"vs_plain": _ratio(zeroed)}
+    return {"keras3": {"off": off}}
+
+
+def _child_run(aa, gradual, mean):
+    return {
+        "results": {
+            "off": {
+                "keras3": {},
+                "keras3_again": {"vs_keras3": _ratio(aa)},
+                "masked_gradual_poly": {"vs_keras3": _ratio(gradual, mean)},
+                "masked_gradual_idle": {"vs_keras3": _ratio(1.5)},  # a diagnostic
+            }
+        }
+    }
+
+
+def test_pooled_runs_count_only_valid_controls(tmp_path):
+    runs = [
+        _main_run(1.00, 1.04, 1.02),
+        _main_run(0.94, 1.30),  # control not valid: left out of the pool
+        _main_run(1.03, 1.06, 1.01),
+        _child_run(0.99, 1.08, 1.2),
+        _child_run(1.01, 1.12, 1.3),
+    ]
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(str(tmp_path / f"{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(run, f)
+    out = tmp_path / "pooled.json"
+    assert overhead_runs.main([*paths, "--out", str(out)]) == 0
+    with open(out) as f:
+        pooled = json.load(f)["pooled"]
+    assert set(pooled) == {
+        "masked, jit off",
+        "masked_zeroed, jit off",
+        "masked_gradual_poly, jit off",
+    }  # the controls and diagnostics are not budgeted rows
+    masked = pooled["masked, jit off"]
+    assert [r["valid"] for r in masked["runs"]] == [True, False, True]
+    assert masked["valid_runs"] == 2 and masked["within_budget"] == 1
+    assert masked["mean"] == pytest.approx(1.05)
+    assert masked["std"] == pytest.approx(np.std([1.04, 1.06], ddof=1))
+    assert masked["verdict"] == "within on average, within noise of it"
+    assert pooled["masked_zeroed, jit off"]["verdict"] == "within"
+    gradual = pooled["masked_gradual_poly, jit off"]
+    assert gradual["budget"] == overhead.GRADUAL_BUDGET
+    assert gradual["mean"] == pytest.approx(1.10)
+    assert gradual["mean_step_ratio"] == pytest.approx(1.25)
+
+
+def test_pooled_verdicts_and_bad_files(tmp_path):
+    assert overhead_runs.verdict(1.00, 0.02, 1.05) == "within"
+    assert overhead_runs.verdict(1.05, 0.02, 1.05) == "within on average, within noise of it"
+    assert overhead_runs.verdict(1.06, 0.02, 1.05) == "above on average, within noise of it"
+    assert overhead_runs.verdict(1.10, 0.02, 1.05) == "ABOVE"
+    none = overhead_runs.pool([{"ratio": 1.0, "mean_ratio": 1.0, "valid": False}], 1.05)
+    assert none["verdict"] == "no valid run" and none["valid_runs"] == 0
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"rounds": []}))
+    with pytest.raises(ValueError, match=r"other.json: expected .*Received keys: \['rounds'\]"):
+        overhead_runs.main([str(bad)])
 
 
 def test_documented_overhead_figures_come_from_the_recorded_run():

@@ -1,0 +1,177 @@
+"""Several runs of the overhead benchmark pooled: each budgeted ratio over the runs whose A/A control is valid.
+
+One run of `benchmarks/overhead.py` (or of its tfmot child,
+`benchmarks/_tfmot_reference.py`) on a shared machine moves by a few percent
+from one run to the next, as its A/A control shows; a budget of 1.05 cannot
+be judged from one such run. This script reads the JSON files of several
+runs and, for every budgeted step-time ratio (median step against the
+variant's baseline, in the same process) and jit mode:
+
+- lists the ratio of every run with its process's A/A control
+  (`plain_again / plain` in the main process, `keras3_again / keras3` in
+  the child) and whether that control is within ±5%;
+- pools the runs with a valid control: mean ± sample standard deviation,
+  lowest and highest, how many are within the budget;
+- gives a verdict: `within` (mean + std within the budget), `within on
+  average, within noise of it` (mean within, mean + std not), `above on
+  average, within noise of it` (mean above, mean - std within), `ABOVE`
+  (mean - std above), or `no valid run`.
+
+The gradual rows (`masked_gradual*`, child process) also pool the ratio of
+mean steps (pruning steps included), as a diagnostic without a budget.
+
+```bash
+python benchmarks/overhead_runs.py docs/results/overhead_amd/overhead_aside_lenet.json \\
+    docs/results/overhead_amd/overhead_aside_lenet2.json --out pooled.json
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import _tfmot_reference
+import overhead
+
+CONTROL_TOLERANCE = 0.05  # an A/A control counts within 1 ± this
+MAIN_CONTROL = ("plain_again", "vs_plain")
+CHILD_CONTROL = ("keras3_again", "vs_keras3")
+
+
+def _process_rows(path, variants, control, budgets, key):
+    """`{(name, mode): entry}` of one process's budgeted ratios in one file."""
+    rows = {}
+    for mode, by_name in variants.items():
+        aa = by_name.get(control[0], {}).get(control[1], {}).get("ratio")
+        for name, e in by_name.items():
+            if name not in budgets or key not in e:
+                continue
+            rows[(name, mode)] = {
+                "file": path,
+                "ratio": e[key]["ratio"],
+                "mean_ratio": e[key]["mean_ratio"],
+                "control": aa,
+                "valid": aa is not None and abs(aa - 1) <= CONTROL_TOLERANCE,
+            }
+    return rows
+
+
+def runs_of(path, result):
+    """`{(variant, jit mode): one run's entry}` of every budgeted ratio in one result file.
+
+    Args:
+        path: The file's name, kept in each entry.
+        result: Its JSON: `benchmarks/overhead.py`'s (`"keras3"`, with the
+            child's results under `"tfmot"` when it ran) or the child's own
+            (`"results"`).
+    """
+    main_budgets = {v.name: v.budget for v in overhead.VARIANTS if v.budget is not None}
+    if "keras3" in result:
+        child = result.get("tfmot", {}).get("results", {})
+        rows = _process_rows(path, result["keras3"], MAIN_CONTROL, main_budgets, "vs_plain")
+    elif "results" in result:
+        child, rows = result["results"], {}
+    else:
+        raise ValueError(
+            f"{path}: expected the JSON of benchmarks/overhead.py (a 'keras3' key) or of "
+            f"its tfmot child (a 'results' key). Received keys: {sorted(result)}"
+        )
+    gradual = {
+        name: overhead.GRADUAL_BUDGET
+        for by_name in child.values()
+        for name in by_name
+        if name.startswith("masked_gradual") and name not in _tfmot_reference.DIAGNOSTICS
+    }
+    rows.update(_process_rows(path, child, CHILD_CONTROL, gradual, "vs_keras3"))
+    return rows
+
+
+def verdict(mean, std, budget):
+    """Where the pooled mean lies against `budget`, counting one sample std as noise."""
+    if mean + std <= budget:
+        return "within"
+    if mean <= budget:
+        return "within on average, within noise of it"
+    if mean - std <= budget:
+        return "above on average, within noise of it"
+    return "ABOVE"
+
+
+def pool(entries, budget):
+    """Pools one ratio's runs: those with a valid A/A control count."""
+    valid = [e["ratio"] for e in entries if e["valid"]]
+    out = {"budget": budget, "runs": entries, "valid_runs": len(valid)}
+    if not valid:
+        out["verdict"] = "no valid run"
+        return out
+    mean = statistics.fmean(valid)
+    std = statistics.stdev(valid) if len(valid) > 1 else 0.0
+    out.update(
+        mean=mean,
+        std=std,
+        lowest=min(valid),
+        highest=max(valid),
+        within_budget=sum(r <= budget for r in valid),
+        verdict=verdict(mean, std, budget) if len(valid) > 1 else "one valid run",
+        mean_step_ratio=statistics.fmean(e["mean_ratio"] for e in entries if e["valid"]),
+    )
+    return out
+
+
+def pooled(paths):
+    """`{"<variant>, jit <mode>": pool(...)}` over the result files `paths`."""
+    grouped = {}
+    for path in paths:
+        with open(path) as f:
+            result = json.load(f)
+        for key, entry in runs_of(path, result).items():
+            grouped.setdefault(key, []).append(entry)
+    budgets = {v.name: v.budget for v in overhead.VARIANTS if v.budget is not None}
+    return {
+        f"{name}, jit {mode}": pool(entries, budgets.get(name, overhead.GRADUAL_BUDGET))
+        for (name, mode), entries in sorted(grouped.items())
+    }
+
+
+def lines(result):
+    out = []
+    for key, p in result.items():
+        controls = ", ".join(
+            f"{e['ratio']:.3f} (A/A {e['control']:.3f}{'' if e['valid'] else ', not valid'})"
+            if e["control"] is not None
+            else f"{e['ratio']:.3f} (no A/A control)"
+            for e in p["runs"]
+        )
+        head = f"{key}: budget {p['budget']:.2f}; runs {controls}"
+        if "mean" in p:
+            head += (
+                f"; valid {p['valid_runs']}: {p['mean']:.3f} ± {p['std']:.3f}, "
+                f"{p['within_budget']}/{p['valid_runs']} within: {p['verdict']}"
+            )
+        else:
+            head += f": {p['verdict']}"
+        out.append(head)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="JSON files of overhead.py or its tfmot child")
+    parser.add_argument("--out", default=None, help="write the pooled results as JSON here")
+    args = parser.parse_args(argv)
+    result = pooled(args.files)
+    if not result:
+        raise ValueError(f"no budgeted ratio in {args.files}")
+    for line in lines(result):
+        print(line)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"files": args.files, "pooled": result}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
