@@ -183,7 +183,10 @@ def main(argv=None):
         keras.utils.set_random_seed(0)
         model = keras.Sequential(
             [keras.Input((784,))]
-            + [layer(u, activation=None if i == 2 else "relu") for i, u in enumerate(UNITS)]
+            + [
+                layer(u, activation=None if i == 2 else "relu", name=name)
+                for i, (u, name) in enumerate(zip(UNITS, ("hidden_1", "hidden_2", "output")))
+            ]
         )
         model.compile(
             keras.optimizers.Adam(LEARNING_RATE),
