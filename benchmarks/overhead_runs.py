@@ -157,15 +157,51 @@ def lines(result):
     return out
 
 
+def _baseline(name):
+    bases = {v.name: v.baseline for v in overhead.VARIANTS}
+    return bases.get(name, _tfmot_reference.KERAS3_BASELINE)
+
+
+def pooled_cell(p):
+    """`mean ± std (valid runs)`, `ratio (1)` for one valid run, `-` for none."""
+    if "mean" not in p:
+        return "-"
+    if p["valid_runs"] == 1:
+        return f"{p['mean']:.3f} (1)"
+    return f"{p['mean']:.3f} ± {p['std']:.3f} ({p['valid_runs']})"
+
+
+def markdown(result):
+    """The pooled results as Markdown table rows, one per ratio and jit mode."""
+    rows = [
+        "| ratio | budget | jit | every run (its A/A control) | pooled (valid runs) "
+        "| within | verdict |",
+        "|---|---:|---|---|---:|---:|---|",
+    ]
+    for key, p in result.items():
+        name, mode = key.split(", jit ")
+        runs = ", ".join(
+            f"{e['ratio']:.3f} ({e['control']:.3f}{'' if e['valid'] else ', not valid'})"
+            for e in p["runs"]
+        )
+        within = f"{p['within_budget']}/{p['valid_runs']}" if "mean" in p else "-"
+        rows.append(
+            f"| `{name}` / `{_baseline(name)}` | {p['budget']:.2f} | {mode} | {runs} "
+            f"| {pooled_cell(p)} | {within} | {p['verdict']} |"
+        )
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="JSON files of overhead.py or its tfmot child")
     parser.add_argument("--out", default=None, help="write the pooled results as JSON here")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args(argv)
     result = pooled(args.files)
     if not result:
         raise ValueError(f"no budgeted ratio in {args.files}")
-    for line in lines(result):
+    for line in markdown(result) if args.markdown else lines(result):
         print(line)
     if args.out:
         with open(args.out, "w") as f:

@@ -265,6 +265,12 @@ def test_pooled_runs_count_only_valid_controls(tmp_path):
     assert gradual["budget"] == overhead.GRADUAL_BUDGET
     assert gradual["mean"] == pytest.approx(1.10)
     assert gradual["mean_step_ratio"] == pytest.approx(1.25)
+    table = overhead_runs.markdown(pooled)
+    assert table[2] == (
+        "| `masked` / `plain` | 1.05 | off | 1.040 (1.000), 1.300 (0.940, not valid), "
+        "1.060 (1.030) | 1.050 ± 0.014 (2) | 1/2 | within on average, within noise of it |"
+    )
+    assert table[3].startswith("| `masked_gradual_poly` / `keras3` | 1.10 | off |")
 
 
 def test_pooled_verdicts_and_bad_files(tmp_path):

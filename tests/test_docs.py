@@ -34,6 +34,7 @@ import os
 import pathlib
 import re
 import statistics
+import sys
 from collections import Counter
 
 import keras
@@ -938,30 +939,52 @@ def _assert_ratio_tables(tables, sources, means, child=None):
             assert cells[2:] == want, (cells, want)
 
 
+def _overhead_runs():
+    """`benchmarks/overhead_runs.py`, imported (it renders the pooled tables)."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module("overhead_runs")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def _pooled(name="overhead_amd/pooled_aside.json"):
+    with open(DOCS / "results" / name) as f:
+        return json.load(f)
+
+
 def test_readme_mask_cost_table_is_the_recorded_runs():
-    run, flops = _summary_ratios("overhead_amd/overhead_aside.json")  # CNN, gradual
-    lenet, _ = _summary_ratios("overhead_amd/overhead_aside_lenet.json")  # iterative, twice
-    lenet2, _ = _summary_ratios("overhead_amd/overhead_aside_lenet2.json")
+    run, flops = _summary_ratios("overhead_amd/overhead_aside.json")  # CNN
     earlier, _ = _summary_ratios("overhead_intel/overhead.json")  # re-introduction
+    pooled = _pooled()["pooled"]
     section = read("README.md").split("## What the masks cost", 1)[1].split("\n## ", 1)[0]
     rows = {
-        "A/A control": ([lenet, lenet2], "plain_again/plain"),
-        "iterative pruning, masked": ([lenet, lenet2], "masked/plain"),
-        'iterative pruning, `pruned_values="zeroed"`': ([lenet, lenet2], "masked_zeroed/plain"),
-        "masked small CNN": ([run], "masked_cnn/plain_cnn"),
-        "gradual, `PolynomialDecay`": ([run], "masked_gradual_poly/keras3"),
-        'gradual, `pruned_values="zeroed"`': ([run], "masked_gradual_poly_zeroed/keras3"),
+        "iterative pruning, masked": "masked",
+        'iterative pruning, `pruned_values="zeroed"`': "masked_zeroed",
+        "gradual, `PolynomialDecay`": "masked_gradual_poly",
+        'gradual, `pruned_values="zeroed"`': "masked_gradual_poly_zeroed",
     }
-    for label, (runs, ratio) in rows.items():
+    for label, name in rows.items():
         (line,) = [l for l in section.splitlines() if l.startswith(f"| {label}")]
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = [c.strip().replace("*", "") for c in line.strip("|").split("|")]
         for cell, mode in ((cells[2], "off"), (cells[3], "on")):
-            assert cell.replace("*", "").split(", ") == [r[mode, ratio] for r in runs], label
+            assert cell == _overhead_runs().pooled_cell(pooled[f"{name}, jit {mode}"]), label
+    (line,) = [l for l in section.splitlines() if l.startswith("| masked small CNN")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:] == [run["off", "masked_cnn/plain_cnn"], run["on", "masked_cnn/plain_cnn"]]
+    controls = [e["control"] for p in pooled.values() for e in p["runs"]]
+    prose = " ".join(section.split())
+    assert f"The A/A controls ranged from {min(controls):.3f} to {max(controls):.3f}" in prose
+    files = [os.path.basename(f) for f in _pooled()["files"]]
+    lenet = [f for f in files if re.fullmatch(r"overhead_(aside|adopt)_lenet.*\.json", f)]
+    child = [f for f in files if f.startswith("tfmot_child_")]
+    assert (len(lenet), len(child)) == (4, 5)
+    assert "four times, tfmot's child process alone with jit off five times" in prose
+
     cnn_aa = f"(A/A {run['off', 'plain_again/plain']}, {run['on', 'plain_again/plain']}: not valid)"
     assert cnn_aa in section
-    aa = f"its A/A: {run['off', 'keras3_again/keras3']}, {run['on', 'keras3_again/keras3']}"
-    assert aa in section
-    prose = " ".join(section.split())
     for label, ratio in (
         ("`ScoredPruning`", "scored/masked"),
         ('`DoublePruning("feedback")`', "double_feedback/masked"),
@@ -970,10 +993,6 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
         assert f"{label} {earlier['off', ratio]} / {earlier['on', ratio]}" in prose, label
     gflops, share = flops["off", "plain"]
     assert f"Plain jit-off step: {gflops} GFLOP/s, {share}% of the measured matmul peak" in prose
-    for log in ("log_aside.txt", "log_aside_lenet.txt", "log_aside_lenet2.txt"):
-        text = (DOCS / "results" / "overhead_amd" / log).read_text()
-        assert text.startswith("$ ") and "load average" in text and _recorded_wall(text)
-
     # The commands the README shows are the logged ones (less their --out).
     for log in ("overhead_amd/log_aside.txt", "overhead_amd/log_aside_lenet.txt"):
         assert f"`{' '.join(_logged_command(log))}`" in prose, log
@@ -981,6 +1000,72 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     added = "--variants scored,double_feedback,double_complement,masked_010,masked_layer"
     assert f"`{added}`" in prose
     assert Counter(_logged_command("overhead_intel/log.txt")) == Counter(base + added.split())
+
+
+def test_pooled_runs_section_is_the_recorded_runs():
+    """The pooled table is what `overhead_runs.py` renders from the committed JSON,
+    which pools exactly the files its command's patterns match."""
+    section = read("docs/results/overhead-issue11.md").split("## Repeated runs, pooled", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    runs = _overhead_runs()
+    pooled = _pooled()
+    assert "\n".join(runs.markdown(pooled["pooled"])) in section
+    (command,) = [
+        l for l in section.splitlines() if l.startswith("python benchmarks/overhead_runs")
+    ]
+    patterns = command.split(" --out ")[0].split()[2:]
+    expanded = [f for p in patterns for f in sorted(glob.glob(str(REPO / p)))]
+    assert [os.path.relpath(f, REPO) for f in expanded] == pooled["files"]
+    # The same pooling, computed again from those files.
+    assert json.loads(json.dumps(runs.pooled(expanded))) == json.loads(
+        json.dumps(runs.pooled([str(REPO / f) for f in pooled["files"]]))
+    )
+    for key, p in runs.pooled(expanded).items():
+        assert p.get("mean") == pooled["pooled"][key].get("mean"), key
+    # Every run row: commit, wall and load averages from its log.
+    rows = [l for l in section.splitlines() if l.startswith("| `") and ".txt`" in l]
+    assert len(rows) == 7
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        names = re.findall(r"`([^`]+)`", cells[0])  # the JSON, the log, maybe the name run as
+        json_name, log_name = names[:2]
+        text = (DOCS / "results" / "overhead_amd" / log_name).read_text()
+        assert text.splitlines()[2].startswith(cells[1]), row
+        assert cells[2] == _recorded_wall(text), row
+        before = re.search(r"load average: ([0-9.]+)", text.splitlines()[1])[1]
+        after = re.search(r"uptime after: .*load average: ([0-9.]+)", text)[1]
+        assert cells[3] == f"{before}, {after}", row
+        run_as = names[2] if len(names) > 2 else json_name
+        assert text.splitlines()[0].endswith(f"--out docs/results/overhead_amd/{run_as}")
+    # The commands shown are the logged ones.
+    shown = [l for l in section.splitlines() if l.startswith(("python ", "TF_USE"))]
+    for log in ("log_adopt_lenet_a.txt", "log_child_off_a.txt", "log_child_diag.txt"):
+        first = (DOCS / "results" / "overhead_amd" / log).read_text().splitlines()[0]
+        assert first.removeprefix("$ ") in shown, log
+    for a, b in (
+        ("log_adopt_lenet_b.txt", "log_adopt_lenet_a.txt"),
+        ("log_child_off_b.txt", "log_child_off_a.txt"),
+        ("log_child_off_c.txt", "log_child_off_a.txt"),
+    ):
+        assert _logged_command(f"overhead_amd/{a}") == _logged_command(f"overhead_amd/{b}")
+    # The diagnostic table.
+    table = section.split("| `tfmot_child_diag.json`, jit off | median | mean |", 1)[1]
+    with open(DOCS / "results" / "overhead_amd" / "tfmot_child_diag.json") as f:
+        diag = json.load(f)["results"]["off"]
+    for line in table.strip().splitlines()[1:5]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name = re.findall(r"`(\w+)`", cells[0])[0]
+        e = diag[name]["vs_keras3"]
+        assert cells[1:] == [f"{e['ratio']:.3f}", f"{e['mean_ratio']:.3f}"], line
+    prose = " ".join(section.split())
+    p = pooled["pooled"]
+    for key, text in (
+        ("masked, jit off", "Iterative pruning, default layers, jit off: {} over {} valid runs"),
+        ("masked_gradual_poly, jit off", "`PolynomialDecay`, jit off: {} over {} valid runs"),
+    ):
+        cell = f"{p[key]['mean']:.3f} ± {p[key]['std']:.3f}"
+        words = {4: "4", 5: "5"}[p[key]["valid_runs"]]
+        assert text.format(cell, words) in prose, key
 
 
 def test_readme_says_where_keras_compiles_with_xla():
