@@ -811,12 +811,13 @@ def written_since_aside(layer) -> bool:
     Nothing in training changes them (the gradients are masked, the
     optimizer keeps zeros, the scheduler sets masks with `set_masks`): only
     a write such as `model.set_weights` or an `assign` does, leaving a
-    non-zero raw value under a 0 mask, or a mask whose count of ones is not
-    the one set aside. The layer then computes with the raw variables as
-    they are (written values included, set-aside values missing) until
-    `set_pruned_values_aside(layer)` is called again, which adopts them.
-    One reduction on the device per masked variable, one value read back;
-    `False` when nothing is aside.
+    non-zero raw value under a 0 mask, or a mask other than the one whose
+    positions were set aside. The layer then computes with the raw
+    variables as they are (written values included, set-aside values
+    missing) until `set_pruned_values_aside(layer)` is called again, which
+    adopts them. Two reductions on the device per masked variable (the
+    set-aside positions go to the device to be compared), one value read
+    back; `False` when nothing is aside.
     """
     aside = layer.__dict__.get(_ASIDE)
     if not aside:
@@ -826,11 +827,11 @@ def written_since_aside(layer) -> bool:
         entry = aside.get(id(w.variable))
         if entry is None:
             continue
-        kept = ops.sum(ops.cast(w.mask, "int32"))
+        pruned = ops.logical_not(w.mask)
         found.append(
             ops.logical_or(
-                ops.any(ops.logical_and(ops.logical_not(w.mask), ops.not_equal(w.variable, 0))),
-                ops.not_equal(kept, int(entry[0].size - np.count_nonzero(entry[0]))),
+                ops.any(ops.logical_and(pruned, ops.not_equal(w.variable, 0))),
+                ops.any(ops.not_equal(pruned, entry[0])),  # the positions set aside
             )
         )
     return bool(found) and bool(ops.convert_to_numpy(ops.any(ops.stack(found))))

@@ -230,9 +230,9 @@ class ZeroHolding:
         pruned value, a mask changed by hand counts, and the zeros the layer
         computes with come back (`keras_lth.layers.written_since_aside`).
         Until then the layer computes with the raw variables as written. The
-        scheduler looks at every epoch's start and end: one reduction on the
-        device per masked variable, a host round trip only for a layer
-        written to.
+        scheduler looks at every epoch's start and end: two reductions on
+        the device per masked variable, one value read back per layer, and
+        a host round trip of the values only for a layer written to.
         """
         for layer in self.kept:
             if written_since_aside(layer):

@@ -325,7 +325,18 @@ def test_values_written_under_the_masks_are_adopted():
     set_pruned_values_aside(layer)  # adopts it, and the zeros are back
     assert not written_since_aside(layer)
     np.testing.assert_array_equal(raw(), np.where(mask, values, 0))
+    # A mask written by hand: [0, 1] back, [1, 1] (a weight trained to 0)
+    # pruned; as many ones as before, no non-zero value under a 0.
+    layer.raw_variable().assign(np.where(np.arange(30).reshape(6, 5) == 6, 0, raw()))
+    swapped = mask.copy()
+    swapped[0, 1], swapped[1, 1] = True, False
+    layer.kernel_mask.assign(swapped)
+    assert written_since_aside(layer)
+    set_pruned_values_aside(layer)  # [0, 1] computes with its kept value again
+    assert not written_since_aside(layer)
+    assert raw()[0, 1] == -7.0 and raw()[1, 1] == 0
     restore_pruned_values(layer)
+    expected[1, 1] = 0.0
     np.testing.assert_array_equal(raw(), expected)
 
 
