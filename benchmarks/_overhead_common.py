@@ -18,6 +18,14 @@ BATCH_SIZE = 60
 LEARNING_RATE = 1.2e-3
 UNITS = (300, 100, 10)  # LeNet-300-100 on 784 inputs
 EPOCHS_PER_FIT = 2  # round 0 + one pruning round of a one-round schedule
+LAYER_NAMES = ("hidden_1", "hidden_2", "output")  # of the LeNet-300-100 layers
+# `keras_lth.IterativeSchedule(**ITERATIVE_SCHEDULE)`: one round per 2-epoch
+# fit, epoch 0 trains and epoch 1 starts with a prune, a rewind and an
+# optimizer reset (far more often than a real run, which prunes once per
+# `epochs_per_round` epochs).
+ITERATIVE_SCHEDULE = dict(
+    rounds=1, epochs_per_round=EPOCHS_PER_FIT // 2, rate=0.2, layer_rates={"output": 0.1}
+)
 
 
 def load_data(steps, seed=0):

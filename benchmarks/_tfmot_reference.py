@@ -46,7 +46,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _overhead_common import (
     BATCH_SIZE,
-    EPOCHS_PER_FIT,
+    ITERATIVE_SCHEDULE,
+    LAYER_NAMES,
     LEARNING_RATE,
     UNITS,
     StepClock,
@@ -171,12 +172,8 @@ def main(argv=None):
             0.0, 0.8, begin_step=IDLE_BEGIN, end_step=IDLE_BEGIN + POLY_END, frequency=FREQUENCY
         )
 
-    def iterative_scheduler():
-        # overhead.py's `_iterative_scheduler`: a prune, a rewind and an
-        # optimizer reset at the second epoch of every fit.
-        schedule = lth.IterativeSchedule(
-            rounds=1, epochs_per_round=EPOCHS_PER_FIT // 2, rate=0.2, layer_rates={"output": 0.1}
-        )
+    def iterative_scheduler():  # overhead.py's `_iterative_scheduler`
+        schedule = lth.IterativeSchedule(**ITERATIVE_SCHEDULE)
         return [lth.PruningScheduler(schedule, rewind="init", verbose=0)]
 
     def keras3_model(jit, layer=lth.MaskedDense):
@@ -185,7 +182,7 @@ def main(argv=None):
             [keras.Input((784,))]
             + [
                 layer(u, activation=None if i == 2 else "relu", name=name)
-                for i, (u, name) in enumerate(zip(UNITS, ("hidden_1", "hidden_2", "output")))
+                for i, (u, name) in enumerate(zip(UNITS, LAYER_NAMES))
             ]
         )
         model.compile(

@@ -101,6 +101,8 @@ from _masked_dense_010 import MaskedDense010
 from _overhead_common import (
     BATCH_SIZE,
     EPOCHS_PER_FIT,
+    ITERATIVE_SCHEDULE,
+    LAYER_NAMES,
     LEARNING_RATE,
     UNITS,
     StepClock,
@@ -116,16 +118,10 @@ import keras_lth as lth
 GRADUAL_BUDGET = 1.10  # keras-lth gradual / plain Keras 3, in the tfmot child process
 MAX_RATIO = 1.10  # the largest acceptance bound of a ratio to a baseline (see `Variant.budget`)
 BASELINE = "plain"
-LAYER_NAMES = ("hidden_1", "hidden_2", "output")
 
 
 def _iterative_scheduler():
-    # One round per 2-epoch fit: epoch 0 trains, epoch 1 starts with a prune,
-    # a rewind and an optimizer reset (far more often than a real run, which
-    # prunes once per `epochs_per_round` epochs).
-    schedule = lth.IterativeSchedule(
-        rounds=1, epochs_per_round=EPOCHS_PER_FIT // 2, rate=0.2, layer_rates={"output": 0.1}
-    )
+    schedule = lth.IterativeSchedule(**ITERATIVE_SCHEDULE)
     return [lth.PruningScheduler(schedule, rewind="init", verbose=0)]
 
 
@@ -134,9 +130,7 @@ def _reintroducing_scheduler(strategy):
     # step (scores, dense gradient, complement pass) runs at every step of
     # both epochs. Events fall at epoch ends, outside the timed steps.
     def make():
-        schedule = lth.IterativeSchedule(
-            rounds=1, epochs_per_round=EPOCHS_PER_FIT // 2, rate=0.2, layer_rates={"output": 0.1}
-        )
+        schedule = lth.IterativeSchedule(**ITERATIVE_SCHEDULE)
         return [lth.PruningScheduler(schedule, rewind="init", verbose=0, reintroduce=strategy())]
 
     return make

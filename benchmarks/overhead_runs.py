@@ -51,6 +51,7 @@ def _process_rows(path, variants, control, budgets, key):
                 continue
             rows[(name, mode)] = {
                 "file": path,
+                "budget": budgets[name],
                 "ratio": e[key]["ratio"],
                 "mean_ratio": e[key]["mean_ratio"],
                 "control": aa,
@@ -129,9 +130,8 @@ def pooled(paths):
             result = json.load(f)
         for key, entry in runs_of(path, result).items():
             grouped.setdefault(key, []).append(entry)
-    budgets = {v.name: v.budget for v in overhead.VARIANTS if v.budget is not None}
     return {
-        f"{name}, jit {mode}": pool(entries, budgets.get(name, overhead.GRADUAL_BUDGET))
+        f"{name}, jit {mode}": pool(entries, entries[0]["budget"])
         for (name, mode), entries in sorted(grouped.items())
     }
 

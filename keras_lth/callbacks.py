@@ -323,8 +323,9 @@ class PruningScheduler(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._started:
-            self._start(epoch)
-        self._zeroing.adopt_writes()  # weights set by other callbacks since
+            self._start(epoch)  # (sets the values aside as the weights are now)
+        else:
+            self._zeroing.adopt_writes()  # weights set by other callbacks since
         self._epoch = epoch
         if self._gradual is not None:
             # tfmot's step of the epoch's batch 0; later batches count on the host

@@ -123,6 +123,13 @@ def _assert_same(a, b, raw=True, what=""):
                 np.testing.assert_array_equal(u, v, err_msg=f"{what} {la.name} raw")
 
 
+def _assert_pruned_values_back(model):
+    """h1 has pruned weights, and each holds a kept (non-zero) value, not the run's zero."""
+    h1 = model.get_layer("h1")
+    mask = keras.ops.convert_to_numpy(h1.kernel_mask)
+    assert not mask.all() and np.all(keras.ops.convert_to_numpy(h1.raw_variable())[~mask] != 0)
+
+
 def test_the_elementwise_optimizers_are_the_holding_ones_without_whole_variable_norms():
     assert set(ELEMENTWISE_OPTIMIZERS) == set(HOLDING_OPTIMIZERS) - {"Adafactor", "Lamb"}
     assert set(OPTIMIZERS) == set(ELEMENTWISE_OPTIMIZERS)
@@ -206,9 +213,7 @@ def test_weights_saved_during_the_run_hold_the_kept_values(tmp_path):
         fresh.load_weights(path)
         saved.append(fresh)
     _assert_same(*saved)
-    h1 = saved[0].get_layer("h1")
-    mask = keras.ops.convert_to_numpy(h1.kernel_mask)
-    assert not mask.all() and np.all(keras.ops.convert_to_numpy(h1.raw_variable())[~mask] != 0)
+    _assert_pruned_values_back(saved[0])
 
 
 def test_functions_traced_during_the_run_compute_with_the_masks_after_it():
@@ -419,9 +424,7 @@ def test_early_stopping_before_the_scheduler_restores_as_under_the_product():
         assert stop.best_epoch >= 2  # in a pruned round
         runs.append(model)
     _assert_same(*runs)
-    h1 = runs[0].get_layer("h1")
-    mask = keras.ops.convert_to_numpy(h1.kernel_mask)
-    assert not mask.all() and np.all(keras.ops.convert_to_numpy(h1.raw_variable())[~mask] != 0)
+    _assert_pruned_values_back(runs[0])
 
 
 def test_misuse_is_refused_with_nothing_changed():

@@ -467,7 +467,7 @@ def _train_step_graph(layer_class):
         [keras.Input((784,))]
         + [
             layer_class(units, activation=None if name == "output" else "relu", name=name)
-            for units, name in zip(_common.UNITS, overhead.LAYER_NAMES)
+            for units, name in zip(_common.UNITS, _common.LAYER_NAMES)
         ]
     )
     step = timing.bare_train_step(model, _common.LEARNING_RATE)
