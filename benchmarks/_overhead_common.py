@@ -110,18 +110,45 @@ def interleaved(names, repeats):
         yield r, (names if r % 2 == 0 else names[::-1])
 
 
+def instance_of(repeat, instances):
+    """The model instance a variant times in `repeat` (0-based).
+
+    Each instance runs two consecutive repeats, one in each run order of
+    `interleaved`, so with `repeats` a multiple of `2 * instances` every
+    instance is timed equally often and in both orders.
+    """
+    return (repeat // 2) % instances
+
+
+def check_instances(repeats, instances):
+    """Raises `ValueError` unless `repeats` spreads evenly over `instances`."""
+    if instances < 1:
+        raise ValueError(f"expected --instances >= 1. Received: {instances}")
+    if instances > 1 and repeats % (2 * instances):
+        raise ValueError(
+            f"expected --repeats to be a multiple of 2 x --instances ({2 * instances}), so "
+            f"every model instance is timed equally often in both run orders. "
+            f"Received: --repeats {repeats}, --instances {instances}"
+        )
+
+
 def quartiles(values):
     q1, median, q3 = np.percentile(values, [25, 50, 75])
     return float(q1), float(median), float(q3)
 
 
-def summarize(steps, walls, cpu=None):
+def summarize(steps, walls, cpu=None, instances=1):
     """Step-time statistics of one variant (seconds in, milliseconds out).
 
     Args:
         steps: One list of step intervals per repeat.
         walls: Wall time of each repeat's whole `fit` call.
         cpu: Optional, one list of per-step process CPU times per repeat.
+        instances: How many model instances the repeats were spread over
+            (repeat `r` timed instance `instance_of(r, instances)`). With
+            more than one, the median step of each instance is reported too
+            (`instance_medians_ms`): their spread is the offset a single
+            model instance keeps for a whole run.
     """
     pooled = [1e3 * s for rep in steps for s in rep]
     per_repeat = [1e3 * statistics.median(rep) for rep in steps]
@@ -139,6 +166,17 @@ def summarize(steps, walls, cpu=None):
         "outside_steps_ms_per_fit": 1e3
         * statistics.median(w - sum(rep) for w, rep in zip(walls, steps)),
     }
+    if instances > 1:
+        out["instance_medians_ms"] = [
+            round(
+                1e3
+                * statistics.median(
+                    s for r, rep in enumerate(steps) if instance_of(r, instances) == i for s in rep
+                ),
+                4,
+            )
+            for i in range(instances)
+        ]
     if cpu is not None:
         out["cpu_step_ms"] = 1e3 * statistics.median([s for rep in cpu for s in rep])
         out["cpu_repeat_medians_ms"] = [round(1e3 * statistics.median(rep), 4) for rep in cpu]

@@ -51,7 +51,9 @@ from _overhead_common import (
     LEARNING_RATE,
     UNITS,
     StepClock,
+    check_instances,
     compare,
+    instance_of,
     interleaved,
     load_data,
     summarize,
@@ -123,8 +125,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--jit", default="off,on")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    try:
+        check_instances(args.repeats, args.instances)
+    except ValueError as error:
+        parser.error(str(error))
 
     os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is first imported
     import keras  # Keras 3, for the keras_lth variants only
@@ -241,17 +248,20 @@ def main(argv=None):
     for jit in jit_modes:
         for name, (make, callbacks, clock) in variants.items():
             try:
-                model = make(jit)
-                timed_fit(model, x, y, callbacks(), clock)  # warm-up
-                runs[(jit, name)] = (model, model.get_weights())
+                runs[(jit, name)] = []
+                for _ in range(args.instances):  # as overhead.py's `measure`
+                    model = make(jit)
+                    timed_fit(model, x, y, callbacks(), clock)  # warm-up
+                    runs[(jit, name)].append((model, model.get_weights()))
             except Exception as e:  # noqa: BLE001 (e.g. an op XLA cannot compile)
+                del runs[(jit, name)]
                 errors[(jit, name)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     steps_s = {key: [] for key in runs}
     cpu_s = {key: [] for key in runs}
     fits_s = {key: [] for key in runs}
-    for _, order in interleaved(list(runs), args.repeats):
+    for r, order in interleaved(list(runs), args.repeats):
         for key in order:
-            model, weights = runs[key]
+            model, weights = runs[key][instance_of(r, args.instances)]
             model.set_weights(weights)  # same start (and masks) for every repeat
             _, callbacks, clock = variants[key[1]]
             intervals, cpu, fit = timed_fit(model, x, y, callbacks(), clock)
@@ -267,7 +277,7 @@ def main(argv=None):
             if key in errors:
                 mode[name] = {"error": errors[key]}
             elif key in runs:
-                mode[name] = summarize(steps_s[key], fits_s[key], cpu_s[key])
+                mode[name] = summarize(steps_s[key], fits_s[key], cpu_s[key], args.instances)
         if "step_ms" in mode.get(BASELINE, {}):
             for name, entry in mode.items():
                 if name != BASELINE and "step_ms" in entry:
@@ -279,6 +289,7 @@ def main(argv=None):
     out = {
         "data": source,
         "batch_size": BATCH_SIZE,
+        "instances": args.instances,
         "schedule": f"ConstantSparsity({SPARSITY}, begin_step=0, frequency={FREQUENCY})",
         "poly_schedule": (
             f"PolynomialDecay(0.0, 0.8, begin_step=0, end_step={POLY_END}, frequency={FREQUENCY})"

@@ -14,7 +14,8 @@ Times LeNet-300-100 (784-300-100-10, relu; Adam 1.2e-3, batch 60,
   is the noise of the run;
 - `plain_cnn` / `masked_cnn`: the CNN of `build_cnn` in plain Keras, and
   converted by `keras_lth.prunable` under the same `PruningScheduler`
-  (budget 1.10 against `plain_cnn`);
+  (budget 1.10 against `plain_cnn`); `plain_cnn_again`, a second plain
+  CNN, is the CNN rows' own A/A control;
 - `masked_zeroed` / `masked_cnn_zeroed`: `masked` and `masked_cnn` with
   `pruned_values="zeroed"` (pruned weights held at exact zeros; the layers
   compute with their raw kernels and mask their gradients in place, see
@@ -35,6 +36,13 @@ hits all variants alike. A step is the interval between two consecutive
 callback's batch hooks. The reported step time is the median over all timed
 steps; a ratio is variant/baseline of those medians (acceptance: at most
 the variant's `budget`), with the spread of the per-repeat paired ratios.
+A model instance keeps a speed offset of a few percent of its own for a
+whole run (seen in the A/A control and in diagnostics that cannot cost more
+than a variant they are part of), so a ratio of two single models carries
+two such offsets; `--instances K` builds K models per variant, each warmed
+up on its own, and times each in two consecutive repeats (both run orders)
+in turn, so the ratio averages K offsets per side; the summary then lists
+each instance's median step (`instance_medians_ms`).
 The median leaves out rare slow steps; for gradual pruning, whose pruning
 steps are such steps, the summary also gives the ratio of mean step times. The same
 statistics are computed for the CPU time the whole process spends per step
@@ -76,6 +84,7 @@ python benchmarks/overhead.py --variants scored,double_feedback,double_complemen
 python benchmarks/overhead.py --variants masked_nobias,plain_hook --no-tfmot
 python benchmarks/overhead.py --variants masked_010,masked_layer --no-tfmot --steps 300
 python benchmarks/overhead.py --only masked,plain_again,masked_zeroed --no-tfmot
+python benchmarks/overhead.py --instances 4 --repeats 16 --steps 150   # 4 models per variant
 ```
 """
 
@@ -106,7 +115,9 @@ from _overhead_common import (
     LEARNING_RATE,
     UNITS,
     StepClock,
+    check_instances,
     compare,
+    instance_of,
     interleaved,
     load_data,
     summarize,
@@ -116,8 +127,10 @@ from _overhead_common import (
 import keras_lth as lth
 
 GRADUAL_BUDGET = 1.10  # keras-lth gradual / plain Keras 3, in the tfmot child process
-MAX_RATIO = 1.10  # the largest acceptance bound of a ratio to a baseline (see `Variant.budget`)
 BASELINE = "plain"
+# the A/A control of each baseline: a second model of the same variant
+CONTROLS = {BASELINE: "plain_again", "plain_cnn": "plain_cnn_again"}
+MAX_RATIO = 1.10  # the largest acceptance bound of a ratio to a baseline (see `Variant.budget`)
 
 
 def _iterative_scheduler():
@@ -232,6 +245,13 @@ VARIANTS = [
     Variant(
         "plain_cnn",
         "the small CNN of plain Keras layers, no callback",
+        keras.layers.Dense,
+        network="cnn",
+        baseline="plain_cnn",
+    ),
+    Variant(
+        "plain_cnn_again",
+        "the small CNN of plain Keras layers, a second model (A/A control of the CNN rows)",
         keras.layers.Dense,
         network="cnn",
         baseline="plain_cnn",
@@ -378,34 +398,44 @@ class _Clock(StepClock, keras.callbacks.Callback):
     pass
 
 
-def measure(variants, jit_modes, steps, repeats):
-    """Times every (jit mode, variant) pair, interleaved; returns summaries."""
+def measure(variants, jit_modes, steps, repeats, instances=1):
+    """Times every (jit mode, variant) pair, interleaved; returns summaries.
+
+    Each variant builds `instances` models (the same seed, each traced and
+    warmed up on its own) and repeat `r` times instance `instance_of(r,
+    instances)`: a model keeps a speed offset of its own for a whole run, so
+    a ratio of two single models carries two such offsets, which only more
+    instances average out.
+    """
     x, y, source = load_data(steps)
     clock = _Clock()
     by_name = {v.name: v for v in variants}
     runs = {}
     for jit in jit_modes:
         for v in variants:
-            model = build_model(v, jit)
-            timed_fit(model, x, y, v.callbacks(), clock)  # warm-up: traces, prunes once
-            # Every timed fit restarts from here, so the masks stay at the
-            # warm-up density (one prune) instead of shrinking every repeat.
-            runs[(jit, v.name)] = (model, model.get_weights())
+            runs[(jit, v.name)] = []
+            for _ in range(instances):
+                model = build_model(v, jit)
+                timed_fit(model, x, y, v.callbacks(), clock)  # warm-up: traces, prunes once
+                # Every timed fit restarts from here, so the masks stay at the
+                # warm-up density (one prune) instead of shrinking every repeat.
+                runs[(jit, v.name)].append((model, model.get_weights()))
     steps_s = {key: [] for key in runs}
     cpu_s = {key: [] for key in runs}
     fits_s = {key: [] for key in runs}
-    for _, order in interleaved(list(runs), repeats):
+    for r, order in interleaved(list(runs), repeats):
         for key in order:
-            model, weights = runs[key]
+            model, weights = runs[key][instance_of(r, instances)]
             model.set_weights(weights)
             intervals, cpu, fit = timed_fit(model, x, y, by_name[key[1]].callbacks(), clock)
             steps_s[key].append(intervals)
             cpu_s[key].append(cpu)
             fits_s[key].append(fit)
     out = {}
-    for (jit, name), (model, weights) in runs.items():
+    for (jit, name), models in runs.items():
         key = (jit, name)
-        entry = summarize(steps_s[key], fits_s[key], cpu_s[key])
+        entry = summarize(steps_s[key], fits_s[key], cpu_s[key], instances)
+        model, weights = models[0]
         if lth.masked_layers(model):
             model.set_weights(weights)
             entry["density_when_timed"] = round(lth.density(model), 4)
@@ -473,7 +503,7 @@ def flops_lines(result):
     return lines
 
 
-def run_tfmot_child(steps, repeats, jit_modes, variants):
+def run_tfmot_child(steps, repeats, jit_modes, variants, instances=1):
     """Runs `_tfmot_reference.py` in a fresh process with TF_USE_LEGACY_KERAS=1."""
     child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tfmot_reference.py")
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
@@ -481,7 +511,7 @@ def run_tfmot_child(steps, repeats, jit_modes, variants):
         path = os.path.join(tmp, "tfmot.json")
         cmd = [sys.executable, child, "--steps", str(steps), "--repeats", str(repeats)]
         cmd += ["--jit", ",".join("on" if j else "off" for j in jit_modes), "--out", path]
-        cmd += ["--variants", ",".join(variants)]
+        cmd += ["--variants", ",".join(variants), "--instances", str(instances)]
         proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.exists(path):
             return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-20:]}
@@ -511,7 +541,7 @@ def print_table(result):
     print(
         f"LeNet-300-100, batch {BATCH_SIZE}, Adam {LEARNING_RATE}, data={cfg['data']}; "
         f"{cfg['repeats']} interleaved repeats of fit({EPOCHS_PER_FIT} epochs x "
-        f"{cfg['steps']} steps)"
+        f"{cfg['steps']} steps) over {cfg['instances']} model instance(s) per variant"
     )
     print(f"machine: {cfg['machine']}; load average {cfg['loadavg']}")
     head = f"{'jit':<4} {'variant':<20} {'step ms':>7} {'(IQR)':<14} {'CPU ms':>7} "
@@ -523,6 +553,14 @@ def print_table(result):
         for name, e in variants.items():
             note = _ratio_note(e["vs_plain"], "vs plain") if "vs_plain" in e else ""
             print(_row(mode, name, e, note))
+    if cfg["instances"] > 1:
+        print("median step of each model instance (ms):")
+        for mode, variants in result["keras3"].items():
+            for name, e in variants.items():
+                print(
+                    f"{mode:<4} {name:<20} "
+                    + " ".join(f"{v:.3f}" for v in e["instance_medians_ms"])
+                )
     child = result.get("tfmot")
     if child is None:
         return
@@ -558,7 +596,7 @@ def summary_lines(result):
             if "vs_plain" not in e:
                 continue
             r, base = e["vs_plain"]["ratio"], bases.get(name, BASELINE)
-            verdict = "A/A control" if name == "plain_again" else "diagnostic"
+            verdict = "A/A control" if name in CONTROLS.values() else "diagnostic"
             if name in budgeted:
                 b = budgets[name]
                 verdict = f"{'within' if r <= b else 'ABOVE'} the {b:.2f} budget"
@@ -628,6 +666,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="steps per epoch (2 epochs per fit)")
     parser.add_argument("--repeats", type=int, default=20, help="timed fits per variant")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="model instances per variant, each timed in 2 consecutive repeats in turn "
+        "(--repeats must be a multiple of 2 x --instances); more average out the speed "
+        "offset a single model keeps for a whole run",
+    )
     parser.add_argument("--jit", default="off,on", help="jit_compile modes: off, on or off,on")
     parser.add_argument(
         "--variants",
@@ -649,6 +695,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps < 3 or args.repeats < 1:
         parser.error("expected --steps >= 3 and --repeats >= 1")
+    try:
+        check_instances(args.repeats, args.instances)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         jit_modes = [{"off": False, "on": True}[m.strip()] for m in args.jit.split(",")]
     except KeyError:
@@ -672,11 +722,12 @@ def main(argv=None):
         variants = [v for v in VARIANTS if v.default]
 
     load = [os.getloadavg()[0]]
-    keras3, source = measure(variants, jit_modes, args.steps, args.repeats)
+    keras3, source = measure(variants, jit_modes, args.steps, args.repeats, args.instances)
     result = {
         "config": {
             "steps": args.steps,
             "repeats": args.repeats,
+            "instances": args.instances,
             "epochs_per_fit": EPOCHS_PER_FIT,
             "batch_size": BATCH_SIZE,
             "data": source,
@@ -690,7 +741,9 @@ def main(argv=None):
         "keras3": keras3,
     }
     if args.tfmot:
-        result["tfmot"] = run_tfmot_child(args.steps, args.repeats, jit_modes, child_variants)
+        result["tfmot"] = run_tfmot_child(
+            args.steps, args.repeats, jit_modes, child_variants, args.instances
+        )
     result["matmul_peak_flops"] = matmul_peak()
     result["lenet_step_flops"] = lenet_step_flops()
     load.append(os.getloadavg()[0])

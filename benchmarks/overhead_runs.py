@@ -8,8 +8,9 @@ runs and, for every budgeted step-time ratio (median step against the
 variant's baseline, in the same process) and jit mode:
 
 - lists the ratio of every run with its process's A/A control
-  (`plain_again / plain` in the main process, `keras3_again / keras3` in
-  the child) and whether that control is within ±5%;
+  (`plain_again / plain` in the main process, `plain_cnn_again /
+  plain_cnn` for the CNN rows where the run has it, `keras3_again /
+  keras3` in the child) and whether that control is within ±5%;
 - pools the runs with a valid control: mean ± sample standard deviation,
   lowest and highest, how many are within the budget;
 - gives a verdict: `within` (mean + std within the budget), `within on
@@ -19,6 +20,9 @@ variant's baseline, in the same process) and jit mode:
 
 The gradual rows (`masked_gradual*`, child process) also pool the ratio of
 mean steps (pruning steps included), as a diagnostic without a budget.
+Runs timed with different numbers of model instances per variant
+(`--instances`) measure under different protocols and are not pooled
+together (`ValueError`).
 
 ```bash
 python benchmarks/overhead_runs.py docs/results/overhead_amd/overhead_aside_lenet.json \\
@@ -41,23 +45,42 @@ MAIN_CONTROL = ("plain_again", "vs_plain")
 CHILD_CONTROL = ("keras3_again", "vs_keras3")
 
 
-def _process_rows(path, variants, control, budgets, key):
-    """`{(name, mode): entry}` of one process's budgeted ratios in one file."""
+def _process_rows(path, variants, controls, budgets, key, instances):
+    """`{(name, mode): entry}` of one process's budgeted ratios in one file.
+
+    `controls(name)` lists the A/A controls that may judge `name`'s ratio,
+    as `(variant, ratio key)`, the first present in the file is used.
+    """
     rows = {}
     for mode, by_name in variants.items():
-        aa = by_name.get(control[0], {}).get(control[1], {}).get("ratio")
         for name, e in by_name.items():
             if name not in budgets or key not in e:
                 continue
+            control = next((c for c in controls(name) if c[1] in by_name.get(c[0], {})), None)
+            aa = None if control is None else by_name[control[0]][control[1]]["ratio"]
             rows[(name, mode)] = {
                 "file": path,
                 "budget": budgets[name],
+                "instances": instances,
                 "ratio": e[key]["ratio"],
                 "mean_ratio": e[key]["mean_ratio"],
                 "control": aa,
                 "valid": aa is not None and abs(aa - 1) <= CONTROL_TOLERANCE,
             }
+            if control is not None and control[0] != MAIN_CONTROL[0] and key == "vs_plain":
+                rows[(name, mode)]["control_variant"] = control[0]
     return rows
+
+
+def _main_controls(name):
+    """A main-process row's A/A control: its baseline's, else `plain_again`.
+
+    Runs before `plain_cnn_again` existed judged the CNN rows by the
+    LeNet-300-100 control `plain_again`; they still do.
+    """
+    bases = {v.name: v.baseline for v in overhead.VARIANTS}
+    own = overhead.CONTROLS.get(bases[name], MAIN_CONTROL[0])
+    return [(own, "vs_plain"), MAIN_CONTROL]
 
 
 def runs_of(path, result):
@@ -71,22 +94,29 @@ def runs_of(path, result):
     """
     main_budgets = {v.name: v.budget for v in overhead.VARIANTS if v.budget is not None}
     if "keras3" in result:
-        child = result.get("tfmot", {}).get("results", {})
-        rows = _process_rows(path, result["keras3"], MAIN_CONTROL, main_budgets, "vs_plain")
+        child_result = result.get("tfmot", {})
+        instances = result.get("config", {}).get("instances", 1)
+        rows = _process_rows(
+            path, result["keras3"], _main_controls, main_budgets, "vs_plain", instances
+        )
     elif "results" in result:
-        child, rows = result["results"], {}
+        child_result, rows = result, {}
     else:
         raise ValueError(
             f"{path}: expected the JSON of benchmarks/overhead.py (a 'keras3' key) or of "
             f"its tfmot child (a 'results' key). Received keys: {sorted(result)}"
         )
+    child = child_result.get("results", {})
     gradual = {
         name: overhead.GRADUAL_BUDGET
         for by_name in child.values()
         for name in by_name
         if name.startswith("masked_gradual") and name not in _tfmot_reference.DIAGNOSTICS
     }
-    rows.update(_process_rows(path, child, CHILD_CONTROL, gradual, "vs_keras3"))
+    instances = child_result.get("instances", 1)
+    rows.update(
+        _process_rows(path, child, lambda name: [CHILD_CONTROL], gradual, "vs_keras3", instances)
+    )
     return rows
 
 
@@ -130,6 +160,13 @@ def pooled(paths):
             result = json.load(f)
         for key, entry in runs_of(path, result).items():
             grouped.setdefault(key, []).append(entry)
+    for (name, mode), entries in grouped.items():
+        protocols = {e["file"]: e["instances"] for e in entries}
+        if len(set(protocols.values())) > 1:
+            raise ValueError(
+                f"expected runs timed with the same number of model instances per variant "
+                f"(--instances) to pool {name}, jit {mode}. Received: {protocols}"
+            )
     return {
         f"{name}, jit {mode}": pool(entries, entries[0]["budget"])
         for (name, mode), entries in sorted(grouped.items())
@@ -140,7 +177,8 @@ def lines(result):
     out = []
     for key, p in result.items():
         controls = ", ".join(
-            f"{e['ratio']:.3f} (A/A {e['control']:.3f}{'' if e['valid'] else ', not valid'})"
+            f"{e['ratio']:.3f} (A/A {_control_label(e)}{e['control']:.3f}"
+            f"{'' if e['valid'] else ', not valid'})"
             if e["control"] is not None
             else f"{e['ratio']:.3f} (no A/A control)"
             for e in p["runs"]
@@ -171,6 +209,11 @@ def pooled_cell(p):
     return f"{p['mean']:.3f} ± {p['std']:.3f} ({p['valid_runs']})"
 
 
+def _control_label(entry):
+    """Names the A/A control where it is not the process's usual one."""
+    return f"{entry['control_variant']} " if "control_variant" in entry else ""
+
+
 def markdown(result):
     """The pooled results as Markdown table rows, one per ratio and jit mode."""
     rows = [
@@ -181,7 +224,8 @@ def markdown(result):
     for key, p in result.items():
         name, mode = key.split(", jit ")
         runs = ", ".join(
-            f"{e['ratio']:.3f} ({e['control']:.3f}{'' if e['valid'] else ', not valid'})"
+            f"{e['ratio']:.3f} ({_control_label(e)}{e['control']:.3f}"
+            f"{'' if e['valid'] else ', not valid'})"
             for e in p["runs"]
         )
         within = f"{p['within_budget']}/{p['valid_runs']}" if "mean" in p else "-"

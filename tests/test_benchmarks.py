@@ -141,8 +141,13 @@ def test_variant_table():
     assert len(set(names)) == len(names)
     default = {v.name for v in overhead.VARIANTS if v.default}
     budgeted = {"masked", "masked_zeroed", "masked_cnn", "masked_cnn_zeroed"}
-    assert default == {"plain", "plain_again", "plain_cnn"} | budgeted
-    assert "plain_again" in default  # the A/A control
+    assert default == {"plain", "plain_again", "plain_cnn", "plain_cnn_again"} | budgeted
+    assert set(overhead.CONTROLS.values()) <= default  # the A/A controls
+    for base, control in overhead.CONTROLS.items():
+        by_name = {v.name: v for v in overhead.VARIANTS}
+        assert (
+            by_name[control].baseline == base and by_name[control].network == by_name[base].network
+        )
     for v in overhead.VARIANTS:
         assert v.baseline in names
         assert (v.budget is None) == (v.name not in budgeted)
@@ -202,6 +207,69 @@ def test_summarize_and_compare_cpu_times_by_hand():
 def test_interleaved_alternates_the_order():
     orders = [order for _, order in _common.interleaved(["a", "b", "c"], 3)]
     assert orders == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
+
+
+def test_instances_take_turns_in_both_orders():
+    picks = [_common.instance_of(r, 3) for r in range(12)]
+    assert picks == [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
+    orders = [order for _, order in _common.interleaved(["a", "b"], 12)]
+    for i in range(3):  # every instance is timed as often first as last
+        firsts = [orders[r][0] for r in range(12) if picks[r] == i]
+        assert firsts.count("a") == firsts.count("b") == 2
+    _common.check_instances(12, 3)
+    _common.check_instances(5, 1)
+    with pytest.raises(ValueError, match=r"multiple of 2 x --instances \(6\).*--repeats 8"):
+        _common.check_instances(8, 3)
+    with pytest.raises(ValueError, match="expected --instances >= 1. Received: 0"):
+        _common.check_instances(4, 0)
+    with pytest.raises(SystemExit):
+        overhead.main(["--instances", "2", "--repeats", "3"])
+
+
+def test_summarize_reports_each_instance_median():
+    steps = [[0.001, 0.001], [0.001, 0.003], [0.002, 0.002], [0.004, 0.004]]
+    out = _common.summarize(steps, walls=[0.01] * 4, instances=2)
+    assert out["instance_medians_ms"] == [1.0, 3.0]  # repeats 0, 1 and 2, 3
+    assert "instance_medians_ms" not in _common.summarize(steps, walls=[0.01] * 4)
+
+
+def test_measure_spreads_the_repeats_over_the_instances(monkeypatch):
+    """Each variant builds and warms up `instances` models and times them in turn."""
+
+    class FakeModel:
+        def __init__(self, name):
+            self.name, self.fits, self.restored = name, 0, 0
+
+        def get_weights(self):
+            return [self.name]
+
+        def set_weights(self, weights):
+            assert weights == [self.name]  # its own start, not another instance's
+            self.restored += 1
+
+    built = []
+
+    def build(variant, jit):
+        built.append(FakeModel(f"{variant.name}{len(built)}"))
+        return built[-1]
+
+    def fit(model, x, y, callbacks, clock):
+        model.fits += 1
+        ms = 1.0 + 0.1 * built.index(model)
+        return [ms / 1e3] * 2, [ms / 1e3] * 2, 0.01
+
+    monkeypatch.setattr(overhead, "load_data", lambda steps: (None, None, "none"))
+    monkeypatch.setattr(overhead, "build_model", build)
+    monkeypatch.setattr(overhead, "timed_fit", fit)
+    monkeypatch.setattr(overhead.lth, "masked_layers", lambda model: [])
+    variants = overhead.only_variants(["plain_again"])
+    out, _ = overhead.measure(variants, [False], steps=3, repeats=8, instances=2)
+    assert len(built) == 4  # plain 0, 1; plain_again 2, 3
+    assert [m.fits for m in built] == [5, 5, 5, 5]  # a warm-up and 4 timed fits each
+    assert [m.restored for m in built] == [4, 4, 4, 4]
+    assert out["off"]["plain"]["instance_medians_ms"] == [1.0, 1.1]
+    assert out["off"]["plain_again"]["instance_medians_ms"] == [1.2, 1.3]
+    assert out["off"]["plain_again"]["vs_plain"]["ratio"] == pytest.approx(1.25 / 1.05)
 
 
 def _ratio(r, mean=None):
@@ -271,6 +339,44 @@ def test_pooled_runs_count_only_valid_controls(tmp_path):
         "1.060 (1.030) | 1.050 ± 0.014 (2) | 1/2 | within on average, within noise of it |"
     )
     assert table[3].startswith("| `masked_gradual_poly` / `keras3` | 1.10 | off |")
+
+
+def test_cnn_rows_are_judged_by_the_cnn_control_where_the_run_has_it(tmp_path):
+    old, new = _main_run(1.00, 1.04), _main_run(1.00, 1.04)
+    for run, cnn_aa in ((old, None), (new, 1.08)):
+        off = run["keras3"]["off"]
+        off["plain_cnn"], off["masked_cnn"] = {}, {"vs_plain": _ratio(1.02)}
+        if cnn_aa is not None:
+            off["plain_cnn_again"] = {"vs_plain": _ratio(cnn_aa)}
+    paths = [str(tmp_path / "old.json"), str(tmp_path / "new.json")]
+    for path, run in zip(paths, (old, new)):
+        with open(path, "w") as f:
+            json.dump(run, f)
+    cnn = overhead_runs.pooled(paths)["masked_cnn, jit off"]
+    assert [(r["control"], r["valid"]) for r in cnn["runs"]] == [(1.00, True), (1.08, False)]
+    assert "control_variant" not in cnn["runs"][0]
+    assert cnn["runs"][1]["control_variant"] == "plain_cnn_again"
+    row = overhead_runs.markdown({"masked_cnn, jit off": cnn})[2]
+    assert "| 1.020 (1.000), 1.020 (plain_cnn_again 1.080, not valid) |" in row
+    masked = overhead_runs.pooled(paths)["masked, jit off"]  # LeNet rows: plain_again
+    assert [r["valid"] for r in masked["runs"]] == [True, True]
+
+
+def test_runs_of_different_protocols_are_not_pooled(tmp_path):
+    one, four = _main_run(1.00, 1.04), _main_run(1.01, 1.03)
+    four["config"] = {"instances": 4}
+    child = _child_run(1.0, 1.05, 1.1)
+    child["instances"] = 4
+    paths = []
+    for i, run in enumerate([one, four, child]):
+        paths.append(str(tmp_path / f"{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(run, f)
+    with pytest.raises(ValueError, match=r"same number of model instances .* masked, jit off"):
+        overhead_runs.pooled(paths[:2])
+    pooled = overhead_runs.pooled(paths[1:])
+    assert pooled["masked, jit off"]["runs"][0]["instances"] == 4
+    assert pooled["masked_gradual_poly, jit off"]["runs"][0]["instances"] == 4
 
 
 def test_pooled_verdicts_and_bad_files(tmp_path):
