@@ -147,8 +147,7 @@ def summarize(steps, walls, cpu=None, instances=1):
         instances: How many model instances the repeats were spread over
             (repeat `r` timed instance `instance_of(r, instances)`). With
             more than one, the median step of each instance is reported too
-            (`instance_medians_ms`): their spread is the offset a single
-            model instance keeps for a whole run.
+            (`instance_medians_ms`).
     """
     pooled = [1e3 * s for rep in steps for s in rep]
     per_repeat = [1e3 * statistics.median(rep) for rep in steps]

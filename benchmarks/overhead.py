@@ -36,13 +36,15 @@ hits all variants alike. A step is the interval between two consecutive
 callback's batch hooks. The reported step time is the median over all timed
 steps; a ratio is variant/baseline of those medians (acceptance: at most
 the variant's `budget`), with the spread of the per-repeat paired ratios.
-A model instance keeps a speed offset of a few percent of its own for a
-whole run (seen in the A/A control and in diagnostics that cannot cost more
-than a variant they are part of), so a ratio of two single models carries
-two such offsets; `--instances K` builds K models per variant, each warmed
-up on its own, and times each in two consecutive repeats (both run orders)
-in turn, so the ratio averages K offsets per side; the summary then lists
-each instance's median step (`instance_medians_ms`).
+If a model instance kept a speed offset of its own for a whole run, a ratio
+of two single models would carry two such offsets that no number of
+repeats averages out. `--instances K` builds K models per variant, each
+warmed up on its own, and times each in two consecutive repeats (both run
+orders) in turn, so the ratio averages K models per side; the summary then
+lists each instance's median step (`instance_medians_ms`), and
+`overhead_runs.py --instance-effect` tests whether the instances differ by
+more than the repeats do (on the AMD machine they did not:
+`docs/results/overhead-issue11.md#four-model-instances-per-variant`).
 The median leaves out rare slow steps; for gradual pruning, whose pruning
 steps are such steps, the summary also gives the ratio of mean step times. The same
 statistics are computed for the CPU time the whole process spends per step
@@ -403,9 +405,8 @@ def measure(variants, jit_modes, steps, repeats, instances=1):
 
     Each variant builds `instances` models (the same seed, each traced and
     warmed up on its own) and repeat `r` times instance `instance_of(r,
-    instances)`: a model keeps a speed offset of its own for a whole run, so
-    a ratio of two single models carries two such offsets, which only more
-    instances average out.
+    instances)`, so that a speed offset a single model might keep for a
+    whole run is averaged over `instances` models.
     """
     x, y, source = load_data(steps)
     clock = _Clock()
@@ -671,8 +672,8 @@ def main(argv=None):
         type=int,
         default=1,
         help="model instances per variant, each timed in 2 consecutive repeats in turn "
-        "(--repeats must be a multiple of 2 x --instances); more average out the speed "
-        "offset a single model keeps for a whole run",
+        "(--repeats must be a multiple of 2 x --instances); more average out a speed "
+        "offset a single model might keep for a whole run",
     )
     parser.add_argument("--jit", default="off,on", help="jit_compile modes: off, on or off,on")
     parser.add_argument(

@@ -24,6 +24,11 @@ Runs timed with different numbers of model instances per variant
 (`--instances`) measure under different protocols and are not pooled
 together (`ValueError`).
 
+`--instance-effect` tests instead, for every variant of every run timed
+with several instances, whether the instances differ by more than the
+repeats do: a one-way analysis of variance of the per-repeat median steps
+grouped by instance (F and its p-value), as a Markdown table.
+
 ```bash
 python benchmarks/overhead_runs.py docs/results/overhead_amd/overhead_aside_lenet.json \\
     docs/results/overhead_amd/overhead_aside_lenet2.json --out pooled.json
@@ -37,6 +42,7 @@ import json
 import statistics
 import sys
 
+import _overhead_common
 import _tfmot_reference
 import overhead
 
@@ -236,12 +242,80 @@ def markdown(result):
     return rows
 
 
+def instance_effect(repeat_medians, instances):
+    """One-way analysis of variance of per-repeat medians grouped by model instance.
+
+    Repeat `r` timed instance `_overhead_common.instance_of(r, instances)`.
+
+    Returns:
+        `{"F": ..., "p": ..., "df": [between, within]}`: F is the variance
+        of the instance means (times the repeats per instance) over the mean
+        variance within an instance; p is the chance of an F this large if
+        the instances did not differ.
+    """
+    from scipy import stats
+
+    groups = [
+        [v for r, v in enumerate(repeat_medians) if _overhead_common.instance_of(r, instances) == i]
+        for i in range(instances)
+    ]
+    if instances < 2 or min(len(g) for g in groups) < 2:
+        raise ValueError(
+            f"expected at least 2 instances with 2 repeats each. Received: {instances} "
+            f"instances, {len(repeat_medians)} repeats"
+        )
+    f, p = stats.f_oneway(*groups)
+    return {"F": float(f), "p": float(p), "df": [instances - 1, len(repeat_medians) - instances]}
+
+
+def instance_effects(paths):
+    """Markdown rows: `instance_effect` of every variant of every run with several instances."""
+    rows = [
+        "| run | jit | variant | median step of each instance (ms) | F | p |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    tested = significant = 0
+    for path in paths:
+        with open(path) as f:
+            result = json.load(f)
+        if "keras3" in result:
+            instances, modes = result.get("config", {}).get("instances", 1), result["keras3"]
+        else:
+            instances, modes = result.get("instances", 1), result.get("results", {})
+        if instances < 2:
+            continue
+        for mode, by_name in modes.items():
+            for name, e in by_name.items():
+                if "repeat_medians_ms" not in e:
+                    continue
+                effect = instance_effect(e["repeat_medians_ms"], instances)
+                tested += 1
+                significant += effect["p"] < 0.05
+                medians = ", ".join(f"{v:.2f}" for v in e["instance_medians_ms"])
+                rows.append(
+                    f"| `{path.split('docs/results/')[-1]}` | {mode} | `{name}` | {medians} "
+                    f"| {effect['F']:.2f} | {effect['p']:.3f} |"
+                )
+    if not tested:
+        raise ValueError(f"expected runs timed with --instances 2 or more. Received: {paths}")
+    rows.append(f"\n{significant} of {tested} variants differ between instances at p < 0.05.")
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="JSON files of overhead.py or its tfmot child")
     parser.add_argument("--out", default=None, help="write the pooled results as JSON here")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--instance-effect",
+        action="store_true",
+        help="print whether the model instances of each variant differ (analysis of variance)",
+    )
     args = parser.parse_args(argv)
+    if args.instance_effect:
+        print("\n".join(instance_effects(args.files)))
+        return 0
     result = pooled(args.files)
     if not result:
         raise ValueError(f"no budgeted ratio in {args.files}")

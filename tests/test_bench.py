@@ -489,6 +489,16 @@ def test_bare_step_ms_is_positive():
     assert timing.bare_step_ms(model, batch_size=4, learning_rate=1e-3, steps=3, repeats=1) > 0
 
 
+def test_the_bare_step_is_timed_in_proportion_to_the_plan():
+    quick = make_plan(settings("mnist", "quick"))  # the main job: 100 steps a repeat
+    assert runner.bare_repeat_steps(quick) == 100
+    assert runner.bare_repeat_steps(make_plan(tiny(), ["lth"])) == 5  # a few steps to train
+    middle = make_plan(tiny(steps_per_epoch=1000), ["lth", "dense"])
+    # 2 runs x (rounds + 1) x 2 epochs x 1000 steps, over 500
+    expected = 2 * (middle.rounds + 1) * 2 * 1000 // 500
+    assert 5 < expected < 100 and runner.bare_repeat_steps(middle) == expected
+
+
 def test_the_benchmark_records_its_speed(main_run):
     _, lines, out = main_run
     with open(os.path.join(out, report.TIMING_FILE)) as f:

@@ -956,7 +956,7 @@ def _pooled(name="overhead_amd/pooled_aside.json"):
 
 
 def test_readme_mask_cost_table_is_the_recorded_runs():
-    run, flops = _summary_ratios("overhead_amd/overhead_aside.json")  # CNN
+    _, flops = _summary_ratios("overhead_amd/overhead_aside.json")  # FLOP/s line
     earlier, _ = _summary_ratios("overhead_intel/overhead.json")  # re-introduction
     pooled = _pooled()["pooled"]
     section = read("README.md").split("## What the masks cost", 1)[1].split("\n## ", 1)[0]
@@ -966,14 +966,16 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
         "gradual, `PolynomialDecay`": "masked_gradual_poly",
         'gradual, `pruned_values="zeroed"`': "masked_gradual_poly_zeroed",
     }
+    instances = _pooled("overhead_inst/pooled.json")["pooled"]
+    rows["masked small CNN"] = "masked_cnn"
+    cell = _overhead_runs().pooled_cell
     for label, name in rows.items():
         (line,) = [l for l in section.splitlines() if l.startswith(f"| {label}")]
         cells = [c.strip().replace("*", "") for c in line.strip("|").split("|")]
-        for cell, mode in ((cells[2], "off"), (cells[3], "on")):
-            assert cell == _overhead_runs().pooled_cell(pooled[f"{name}, jit {mode}"]), label
-    (line,) = [l for l in section.splitlines() if l.startswith("| masked small CNN")]
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[2:] == [run["off", "masked_cnn/plain_cnn"], run["on", "masked_cnn/plain_cnn"]]
+        for got, mode in ((cells[2], "off"), (cells[3], "on")):
+            key = f"{name}, jit {mode}"
+            want = f"{cell(pooled[key]) if key in pooled else '-'}; {cell(instances[key])}"
+            assert got == want, label
     controls = [e["control"] for p in pooled.values() for e in p["runs"]]
     prose = " ".join(section.split())
     assert f"The A/A controls ranged from {min(controls):.3f} to {max(controls):.3f}" in prose
@@ -983,8 +985,6 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     assert (len(lenet), len(child)) == (4, 5)
     assert "four times, tfmot's child process alone with jit off five times" in prose
 
-    cnn_aa = f"(A/A {run['off', 'plain_again/plain']}, {run['on', 'plain_again/plain']}: not valid)"
-    assert cnn_aa in section
     for label, ratio in (
         ("`ScoredPruning`", "scored/masked"),
         ('`DoublePruning("feedback")`', "double_feedback/masked"),
@@ -1002,21 +1002,29 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     assert Counter(_logged_command("overhead_intel/log.txt")) == Counter(base + added.split())
 
 
-def test_pooled_runs_section_is_the_recorded_runs():
-    """The pooled table is what `overhead_runs.py` renders from the committed JSON,
-    which pools exactly the files its command's patterns match."""
-    section = read("docs/results/overhead-issue11.md").split("## Repeated runs, pooled", 1)[1]
+def _assert_pooled_section(title, pooled_name, runs_shown, logs, same_commands):
+    """A section of pooled overhead runs is its artifacts: the table is what
+    `overhead_runs.py` renders from the committed JSON (`pooled_name`), which
+    pools exactly the files its command's patterns match; every run row's
+    commit, wall and load averages are its log's; the commands shown are the
+    logged ones (`logs`), and `same_commands` pairs of logs ran the same one.
+    Returns the section and the pooled JSON."""
+    section = read("docs/results/overhead-issue11.md").split(f"## {title}", 1)[1]
     section = section.split("\n## ", 1)[0]
+    folder = os.path.dirname(pooled_name)
     runs = _overhead_runs()
-    pooled = _pooled()
+    pooled = _pooled(pooled_name)
     table = "\n".join(runs.markdown(pooled["pooled"]))
     assert table in section
-    assert (DOCS / "results" / "overhead_amd" / "pooled_aside.md").read_text() == table + "\n"
+    markdown = pooled_name.removesuffix(".json") + ".md"
+    assert (DOCS / "results" / markdown).read_text() == table + "\n"
     (command,) = [
-        l for l in section.splitlines() if l.startswith("python benchmarks/overhead_runs")
+        l
+        for l in section.splitlines()
+        if l.startswith("python benchmarks/overhead_runs") and " --markdown > " in l
     ]
     patterns = command.split(" --out ")[0].split()[2:]
-    assert command.endswith("--markdown > docs/results/overhead_amd/pooled_aside.md")
+    assert command.endswith(f"--markdown > docs/results/{markdown}")
     expanded = [f for p in patterns for f in sorted(glob.glob(str(REPO / p)))]
     assert [os.path.relpath(f, REPO) for f in expanded] == pooled["files"]
     # The same pooling, computed again from those files.
@@ -1027,7 +1035,7 @@ def test_pooled_runs_section_is_the_recorded_runs():
         assert p.get("mean") == pooled["pooled"][key].get("mean"), key
     # Every run row: commit, wall and load averages from its log.
     rows = [l for l in section.splitlines() if l.startswith("| `") and ".txt`" in l]
-    assert len(rows) == 7
+    assert len(rows) == runs_shown
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         names = re.findall(r"`([^`]+)`", cells[0])  # the JSON, the log, maybe the name run as
@@ -1042,15 +1050,26 @@ def test_pooled_runs_section_is_the_recorded_runs():
         assert text.splitlines()[0].endswith(f"--out docs/results/{run_as}")
     # The commands shown are the logged ones.
     shown = [l for l in section.splitlines() if l.startswith(("python ", "TF_USE"))]
-    for log in ("log_adopt_lenet_a.txt", "log_child_off_a.txt", "log_child_diag.txt"):
-        first = (DOCS / "results" / "overhead_amd" / log).read_text().splitlines()[0]
+    for log in logs:
+        first = (DOCS / "results" / folder / log).read_text().splitlines()[0]
         assert first.removeprefix("$ ") in shown, log
-    for a, b in (
-        ("log_adopt_lenet_b.txt", "log_adopt_lenet_a.txt"),
-        ("log_child_off_b.txt", "log_child_off_a.txt"),
-        ("log_child_off_c.txt", "log_child_off_a.txt"),
-    ):
-        assert _logged_command(f"overhead_amd/{a}") == _logged_command(f"overhead_amd/{b}")
+    for a, b in same_commands:
+        assert _logged_command(f"{folder}/{a}") == _logged_command(f"{folder}/{b}")
+    return section, pooled
+
+
+def test_pooled_runs_section_is_the_recorded_runs():
+    section, pooled = _assert_pooled_section(
+        "Repeated runs, pooled",
+        "overhead_amd/pooled_aside.json",
+        7,
+        ("log_adopt_lenet_a.txt", "log_child_off_a.txt", "log_child_diag.txt"),
+        (
+            ("log_adopt_lenet_b.txt", "log_adopt_lenet_a.txt"),
+            ("log_child_off_b.txt", "log_child_off_a.txt"),
+            ("log_child_off_c.txt", "log_child_off_a.txt"),
+        ),
+    )
     # The diagnostic table.
     table = section.split("| `overhead_amd/tfmot_child_diag.json`, jit off | median | mean |")[1]
     with open(DOCS / "results" / "overhead_amd" / "tfmot_child_diag.json") as f:
@@ -1069,6 +1088,35 @@ def test_pooled_runs_section_is_the_recorded_runs():
         cell = f"{p[key]['mean']:.3f} ± {p[key]['std']:.3f}"
         words = {4: "4", 5: "5"}[p[key]["valid_runs"]]
         assert text.format(cell, words) in prose, key
+
+
+def test_four_instances_section_is_the_recorded_runs():
+    section, pooled = _assert_pooled_section(
+        "Four model instances per variant",
+        "overhead_inst/pooled.json",
+        6,
+        ("log_lenet_a.txt", "log_child_a.txt", "log_cnn_a.txt"),
+        tuple((f"log_{k}_b.txt", f"log_{k}_a.txt") for k in ("lenet", "child", "cnn")),
+    )
+    # The instance effect: what the shown command prints from the same files.
+    (command,) = [
+        l
+        for l in section.splitlines()
+        if l.endswith("--instance-effect > " + ("docs/results/overhead_inst/instance_effect.md"))
+    ]
+    assert command.split()[2:4] == [
+        "docs/results/overhead_inst/overhead_*.json",
+        "docs/results/overhead_inst/tfmot_child_*.json",
+    ]
+    rows = _overhead_runs().instance_effects([str(REPO / f) for f in pooled["files"]])
+    assert read("docs/results/overhead_inst/instance_effect.md") == "\n".join(rows) + "\n"
+    tested = [r for r in rows if r.startswith("| `")]
+    low = [r for r in tested if float(r.rstrip(" |").rsplit("|", 1)[1]) < 0.05]
+    prose = " ".join(section.split())
+    assert f"**{len(low)} of {len(tested)} variants at p < 0.05**" in prose
+    p = pooled["pooled"]
+    for key in ("masked, jit off", "masked, jit on", "masked_cnn, jit off", "masked_cnn, jit on"):
+        assert f"{p[key]['mean']:.3f} ± {p[key]['std']:.3f}" in prose, key
 
 
 def test_readme_says_where_keras_compiles_with_xla():

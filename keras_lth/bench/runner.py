@@ -655,13 +655,27 @@ def run_benchmark(
     return lines
 
 
+def bare_repeat_steps(plan: Plan) -> int:
+    """Steps in each timed repeat of the bare step: 100, fewer for a small plan.
+
+    The clock times the bare step twice (20 warm-up steps and 5 repeats
+    each). A plan of few training steps (a smoke run, a test) would spend
+    more time there than in its runs, so a repeat takes about 1/500 of the
+    steps the plan trains (every round of every run, at most), at least 5.
+    """
+    s = plan.settings
+    planned = len(plan.runs()) * (plan.rounds + 1) * s.epochs_per_round * plan.steps_per_epoch
+    return int(min(100, max(5, planned // 500)))
+
+
 def bare_model_step_ms(plan: Plan) -> float:
     """`timing.bare_step_ms` of the plan's network (plain Keras layers)."""
     from keras_lth.bench.timing import bare_step_ms
 
     s = plan.settings
     _, _, _, info = load_data(s, seed=0)
-    return bare_step_ms(build_model(s, info, dense=True), s.batch_size, s.learning_rate, steps=100)
+    model = build_model(s, info, dense=True)
+    return bare_step_ms(model, s.batch_size, s.learning_rate, steps=bare_repeat_steps(plan))
 
 
 class StepClock:
