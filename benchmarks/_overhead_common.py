@@ -132,6 +132,47 @@ def check_instances(repeats, instances):
         )
 
 
+def warm_instances(make, callbacks, clock, x, y, instances):
+    """`instances` models of `make()`, each warmed up by one `fit` (tracing excluded from timing).
+
+    Returns:
+        `[(model, weights after the warm-up)]`: every timed fit restarts from
+        those weights, so a pruned model's masks stay at the warm-up density
+        (one prune) instead of shrinking every repeat.
+    """
+    out = []
+    for _ in range(instances):
+        model = make()
+        timed_fit(model, x, y, callbacks(), clock)
+        out.append((model, model.get_weights()))
+    return out
+
+
+def time_interleaved(runs, x, y, repeats, instances, callbacks, clock):
+    """Times every run's models in `interleaved` order, instance `instance_of(r, instances)` in repeat `r`.
+
+    Args:
+        runs: `{key: warm_instances(...)}`.
+        callbacks: `callbacks(key)` returns fresh callbacks for one fit.
+        clock: `clock(key)` returns the `StepClock` callback of that run.
+
+    Returns:
+        `(steps, cpu, fits)`: per key, one list per repeat, as `summarize` takes them.
+    """
+    steps = {key: [] for key in runs}
+    cpu = {key: [] for key in runs}
+    fits = {key: [] for key in runs}
+    for r, order in interleaved(list(runs), repeats):
+        for key in order:
+            model, weights = runs[key][instance_of(r, instances)]
+            model.set_weights(weights)
+            intervals, cpu_intervals, fit = timed_fit(model, x, y, callbacks(key), clock(key))
+            steps[key].append(intervals)
+            cpu[key].append(cpu_intervals)
+            fits[key].append(fit)
+    return steps, cpu, fits
+
+
 def quartiles(values):
     q1, median, q3 = np.percentile(values, [25, 50, 75])
     return float(q1), float(median), float(q3)

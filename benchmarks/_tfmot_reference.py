@@ -53,11 +53,10 @@ from _overhead_common import (
     StepClock,
     check_instances,
     compare,
-    instance_of,
-    interleaved,
     load_data,
     summarize,
-    timed_fit,
+    time_interleaved,
+    warm_instances,
 )
 
 SPARSITY = 0.5
@@ -248,26 +247,20 @@ def main(argv=None):
     for jit in jit_modes:
         for name, (make, callbacks, clock) in variants.items():
             try:
-                runs[(jit, name)] = []
-                for _ in range(args.instances):  # as overhead.py's `measure`
-                    model = make(jit)
-                    timed_fit(model, x, y, callbacks(), clock)  # warm-up
-                    runs[(jit, name)].append((model, model.get_weights()))
+                runs[(jit, name)] = warm_instances(
+                    functools.partial(make, jit), callbacks, clock, x, y, args.instances
+                )
             except Exception as e:  # noqa: BLE001 (e.g. an op XLA cannot compile)
-                del runs[(jit, name)]
                 errors[(jit, name)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    steps_s = {key: [] for key in runs}
-    cpu_s = {key: [] for key in runs}
-    fits_s = {key: [] for key in runs}
-    for r, order in interleaved(list(runs), args.repeats):
-        for key in order:
-            model, weights = runs[key][instance_of(r, args.instances)]
-            model.set_weights(weights)  # same start (and masks) for every repeat
-            _, callbacks, clock = variants[key[1]]
-            intervals, cpu, fit = timed_fit(model, x, y, callbacks(), clock)
-            steps_s[key].append(intervals)
-            cpu_s[key].append(cpu)
-            fits_s[key].append(fit)
+    steps_s, cpu_s, fits_s = time_interleaved(
+        runs,
+        x,
+        y,
+        args.repeats,
+        args.instances,
+        lambda key: variants[key[1]][1](),
+        lambda key: variants[key[1]][2],
+    )
 
     results = {}
     for jit in jit_modes:

@@ -119,11 +119,10 @@ from _overhead_common import (
     StepClock,
     check_instances,
     compare,
-    instance_of,
-    interleaved,
     load_data,
     summarize,
-    timed_fit,
+    time_interleaved,
+    warm_instances,
 )
 
 import keras_lth as lth
@@ -411,27 +410,16 @@ def measure(variants, jit_modes, steps, repeats, instances=1):
     x, y, source = load_data(steps)
     clock = _Clock()
     by_name = {v.name: v for v in variants}
-    runs = {}
-    for jit in jit_modes:
-        for v in variants:
-            runs[(jit, v.name)] = []
-            for _ in range(instances):
-                model = build_model(v, jit)
-                timed_fit(model, x, y, v.callbacks(), clock)  # warm-up: traces, prunes once
-                # Every timed fit restarts from here, so the masks stay at the
-                # warm-up density (one prune) instead of shrinking every repeat.
-                runs[(jit, v.name)].append((model, model.get_weights()))
-    steps_s = {key: [] for key in runs}
-    cpu_s = {key: [] for key in runs}
-    fits_s = {key: [] for key in runs}
-    for r, order in interleaved(list(runs), repeats):
-        for key in order:
-            model, weights = runs[key][instance_of(r, instances)]
-            model.set_weights(weights)
-            intervals, cpu, fit = timed_fit(model, x, y, by_name[key[1]].callbacks(), clock)
-            steps_s[key].append(intervals)
-            cpu_s[key].append(cpu)
-            fits_s[key].append(fit)
+    runs = {
+        (jit, v.name): warm_instances(
+            lambda v=v, jit=jit: build_model(v, jit), v.callbacks, clock, x, y, instances
+        )
+        for jit in jit_modes
+        for v in variants
+    }
+    steps_s, cpu_s, fits_s = time_interleaved(
+        runs, x, y, repeats, instances, lambda key: by_name[key[1]].callbacks(), lambda key: clock
+    )
     out = {}
     for (jit, name), models in runs.items():
         key = (jit, name)

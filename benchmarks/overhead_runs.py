@@ -55,14 +55,16 @@ def _process_rows(path, variants, controls, budgets, key, instances):
     """`{(name, mode): entry}` of one process's budgeted ratios in one file.
 
     `controls(name)` lists the A/A controls that may judge `name`'s ratio,
-    as `(variant, ratio key)`, the first present in the file is used.
+    as `(variant, ratio key)`, the process's usual one last; the first
+    present in the file is used, and named in the entry if not the usual.
     """
     rows = {}
     for mode, by_name in variants.items():
         for name, e in by_name.items():
             if name not in budgets or key not in e:
                 continue
-            control = next((c for c in controls(name) if c[1] in by_name.get(c[0], {})), None)
+            candidates = controls(name)
+            control = next((c for c in candidates if c[1] in by_name.get(c[0], {})), None)
             aa = None if control is None else by_name[control[0]][control[1]]["ratio"]
             rows[(name, mode)] = {
                 "file": path,
@@ -73,7 +75,7 @@ def _process_rows(path, variants, controls, budgets, key, instances):
                 "control": aa,
                 "valid": aa is not None and abs(aa - 1) <= CONTROL_TOLERANCE,
             }
-            if control is not None and control[0] != MAIN_CONTROL[0] and key == "vs_plain":
+            if control is not None and control != candidates[-1]:  # not the usual one
                 rows[(name, mode)]["control_variant"] = control[0]
     return rows
 

@@ -1102,7 +1102,7 @@ def test_four_instances_section_is_the_recorded_runs():
     (command,) = [
         l
         for l in section.splitlines()
-        if l.endswith("--instance-effect > " + ("docs/results/overhead_inst/instance_effect.md"))
+        if l.endswith("--instance-effect > docs/results/overhead_inst/instance_effect.md")
     ]
     assert command.split()[2:4] == [
         "docs/results/overhead_inst/overhead_*.json",
