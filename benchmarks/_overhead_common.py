@@ -183,7 +183,8 @@ def summarize(steps, walls, cpu=None, instances=1):
 
     Args:
         steps: One list of step intervals per repeat.
-        walls: Wall time of each repeat's whole `fit` call.
+        walls: Wall time of each repeat's whole `fit` call, or `None` (no
+            `fit` calls: the `steps` protocol of `overhead.py`).
         cpu: Optional, one list of per-step process CPU times per repeat.
         instances: How many model instances the repeats were spread over
             (repeat `r` timed instance `instance_of(r, instances)`). With
@@ -201,11 +202,13 @@ def summarize(steps, walls, cpu=None, instances=1):
         "step_iqr_ms": [q1, q3],
         "repeat_medians_ms": [round(v, 4) for v in per_repeat],
         "n_steps": len(pooled),
+    }
+    if walls is not None:
         # fit set-up, each epoch's first step and the epoch-level hooks
         # (for PruningScheduler: one prune + rewind + optimizer reset per fit)
-        "outside_steps_ms_per_fit": 1e3
-        * statistics.median(w - sum(rep) for w, rep in zip(walls, steps)),
-    }
+        out["outside_steps_ms_per_fit"] = 1e3 * statistics.median(
+            w - sum(rep) for w, rep in zip(walls, steps)
+        )
     if instances > 1:
         out["instance_medians_ms"] = [
             round(

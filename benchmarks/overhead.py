@@ -45,6 +45,17 @@ lists each instance's median step (`instance_medians_ms`), and
 `overhead_runs.py --instance-effect` tests whether the instances differ by
 more than the repeats do (on the AMD machine they did not:
 `docs/results/overhead-issue11.md#four-model-instances-per-variant`).
+`--protocol steps` times the same steps with the fits cut into single
+steps: each model is warmed up by one `fit` as above, its callbacks then
+see the hooks of a `fit` that starts (a `PruningScheduler` holds its layers
+as during a run), and a cycle gives every model one training step
+(`model.train_on_batch`, batch hooks around it) on the same batch, in
+alternating order; `--repeats` blocks of `--steps` cycles. Two variants'
+paired steps are then milliseconds apart instead of a `fit` apart, so load
+that changes over seconds hits both alike; a block's median plays a
+repeat's role in the summaries. It leaves out what `fit` adds around a
+step (the same for every variant with no batch hooks) and each fit's
+epoch-level work, and runs this process's variants only (no tfmot child).
 The median leaves out rare slow steps; for gradual pruning, whose pruning
 steps are such steps, the summary also gives the ratio of mean step times. The same
 statistics are computed for the CPU time the whole process spends per step
@@ -87,6 +98,7 @@ python benchmarks/overhead.py --variants masked_nobias,plain_hook --no-tfmot
 python benchmarks/overhead.py --variants masked_010,masked_layer --no-tfmot --steps 300
 python benchmarks/overhead.py --only masked,plain_again,masked_zeroed --no-tfmot
 python benchmarks/overhead.py --instances 4 --repeats 16 --steps 150   # 4 models per variant
+python benchmarks/overhead.py --protocol steps --steps 200 --repeats 16 --no-tfmot
 ```
 """
 
@@ -100,6 +112,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -119,6 +132,7 @@ from _overhead_common import (
     StepClock,
     check_instances,
     compare,
+    interleaved,
     load_data,
     summarize,
     time_interleaved,
@@ -429,6 +443,12 @@ def measure(variants, jit_modes, steps, repeats, instances=1):
             model.set_weights(weights)
             entry["density_when_timed"] = round(lth.density(model), 4)
         out.setdefault("on" if jit else "off", {})[name] = entry
+    _compare_all(out, by_name)
+    return out, source
+
+
+def _compare_all(out, by_name):
+    """Adds each variant's ratios to its baseline (`vs_plain`) and to `masked` where budgeted."""
     for mode in out.values():
         for name, entry in mode.items():
             base = by_name[name].baseline
@@ -436,6 +456,89 @@ def measure(variants, jit_modes, steps, repeats, instances=1):
                 entry["vs_plain"] = compare(entry, mode[base])
             if by_name[name].vs_masked is not None and "masked" in mode:
                 entry["vs_masked"] = compare(entry, mode["masked"])
+
+
+class _StepRun:
+    """One model trained step by step as `fit` trains it, for the `steps` protocol.
+
+    Its callbacks see `fit`'s hooks (`keras.callbacks.CallbackList`): the
+    run's start and its first epoch's start before the first step (a
+    `PruningScheduler` then holds its layers as during a run), batch hooks
+    around every step (`model.train_on_batch`, the compiled train step called
+    on one batch), and the epoch's and the run's end at `close`.
+    """
+
+    def __init__(self, model, callbacks, steps):
+        self.model = model
+        self.hooks = keras.callbacks.CallbackList(
+            callbacks, model=model, epochs=EPOCHS_PER_FIT, steps=steps, verbose=0
+        )
+        self.step_count = 0
+        self.logs = None
+        self.hooks.on_train_begin()
+        self.hooks.on_epoch_begin(0)
+
+    def step(self, x, y):
+        self.hooks.on_train_batch_begin(self.step_count)
+        self.logs = self.model.train_on_batch(x, y, return_dict=True)
+        self.hooks.on_train_batch_end(self.step_count, self.logs)
+        self.step_count += 1
+
+    def close(self):
+        self.hooks.on_epoch_end(0, dict(self.logs))
+        self.hooks.on_train_end(dict(self.logs))
+
+
+def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
+    """The `steps` protocol: every (jit mode, variant) model takes one step in turn.
+
+    Each model is warmed up by one `fit` as in `measure` (tracing, the first
+    pruning), then trained step by step (`_StepRun`): a cycle gives every
+    model one training step on the same batch, in alternating order (A B,
+    B A, ...), so two variants' steps are at most a few milliseconds apart
+    and background load that changes over seconds hits both alike. `repeats`
+    blocks of `steps` cycles; a block plays the role of a repeat in the
+    summaries (per-block medians and paired ratios).
+    """
+    x, y, source = load_data(steps)
+    batches = [
+        (tf.constant(x[i : i + BATCH_SIZE]), tf.constant(y[i : i + BATCH_SIZE]))
+        for i in range(0, len(x) - BATCH_SIZE + 1, BATCH_SIZE)
+    ]
+    clock = _Clock()
+    by_name = {v.name: v for v in variants}
+    runs = {}
+    for jit in jit_modes:
+        for v in variants:
+            [(model, weights)] = warm_instances(
+                lambda v=v, jit=jit: build_model(v, jit), v.callbacks, clock, x, y, 1
+            )
+            model.set_weights(weights)
+            runs[(jit, v.name)] = _StepRun(model, v.callbacks(), steps * repeats)
+    for run in runs.values():  # traces the train step as the run holds the layers
+        for i in range(warmup_steps):
+            run.step(*batches[i % len(batches)])
+    wall = {key: [[] for _ in range(repeats)] for key in runs}
+    cpu = {key: [[] for _ in range(repeats)] for key in runs}
+    for cycle, order in interleaved(list(runs), steps * repeats):
+        block, batch = cycle // steps, batches[cycle % steps % len(batches)]
+        for key in order:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            runs[key].step(*batch)
+            wall[key][block].append(time.perf_counter() - start)
+            cpu[key][block].append(time.process_time() - start_cpu)
+    out = {}
+    for key, run in runs.items():
+        jit, name = key
+        entry = summarize(wall[key], None, cpu[key])
+        masked = lth.masked_layers(run.model)
+        if masked:
+            entry["density_when_timed"] = round(lth.density(run.model), 4)
+            # kept layers computing with their pruned values set aside, as in a run
+            entry["layers_aside_when_timed"] = sum(map(lth.layers.pruned_values_aside, masked))
+        run.close()
+        out.setdefault("on" if jit else "off", {})[name] = entry
+    _compare_all(out, by_name)
     return out, source
 
 
@@ -511,10 +614,9 @@ def run_tfmot_child(steps, repeats, jit_modes, variants, instances=1):
 def _row(mode, name, e, note=""):
     iqr = f"[{e['step_iqr_ms'][0]:.2f}-{e['step_iqr_ms'][1]:.2f}]"
     cpu = f"{e['cpu_step_ms']:>7.3f}" if "cpu_step_ms" in e else f"{'-':>7}"
-    return (
-        f"{mode:<4} {name:<20} {e['step_ms']:>7.3f} {iqr:<14} {cpu} "
-        f"{e['outside_steps_ms_per_fit']:>9.1f}   {note}"
-    ).rstrip()
+    outside = e.get("outside_steps_ms_per_fit")  # (none in the steps protocol)
+    outside = f"{outside:>9.1f}" if outside is not None else f"{'-':>9}"
+    return f"{mode:<4} {name:<20} {e['step_ms']:>7.3f} {iqr:<14} {cpu} {outside}   {note}".rstrip()
 
 
 def _ratio_note(c, what):
@@ -527,11 +629,17 @@ def _ratio_note(c, what):
 
 def print_table(result):
     cfg = result["config"]
-    print(
-        f"LeNet-300-100, batch {BATCH_SIZE}, Adam {LEARNING_RATE}, data={cfg['data']}; "
-        f"{cfg['repeats']} interleaved repeats of fit({EPOCHS_PER_FIT} epochs x "
-        f"{cfg['steps']} steps) over {cfg['instances']} model instance(s) per variant"
-    )
+    if cfg.get("protocol", "fits") == "steps":
+        how = (
+            f"{cfg['repeats']} blocks of {cfg['steps']} cycles, one training step per "
+            "variant and cycle in alternating order (--protocol steps)"
+        )
+    else:
+        how = (
+            f"{cfg['repeats']} interleaved repeats of fit({EPOCHS_PER_FIT} epochs x "
+            f"{cfg['steps']} steps) over {cfg['instances']} model instance(s) per variant"
+        )
+    print(f"LeNet-300-100, batch {BATCH_SIZE}, Adam {LEARNING_RATE}, data={cfg['data']}; {how}")
     print(f"machine: {cfg['machine']}; load average {cfg['loadavg']}")
     head = f"{'jit':<4} {'variant':<20} {'step ms':>7} {'(IQR)':<14} {'CPU ms':>7} "
     head += f"{'outside ms/fit':>14}"
@@ -663,6 +771,14 @@ def main(argv=None):
         "(--repeats must be a multiple of 2 x --instances); more average out a speed "
         "offset a single model might keep for a whole run",
     )
+    parser.add_argument(
+        "--protocol",
+        choices=("fits", "steps"),
+        default="fits",
+        help="fits (default): interleaved fit calls, the path users run; steps: every "
+        "model takes one training step in turn, with fit's callback hooks, so paired "
+        "steps are milliseconds apart (this process's variants only: no tfmot child)",
+    )
     parser.add_argument("--jit", default="off,on", help="jit_compile modes: off, on or off,on")
     parser.add_argument(
         "--variants",
@@ -688,6 +804,11 @@ def main(argv=None):
         check_instances(args.repeats, args.instances)
     except ValueError as error:
         parser.error(str(error))
+    if args.protocol == "steps" and args.instances != 1:
+        parser.error(
+            "expected --instances 1 with --protocol steps (it times one model per "
+            f"variant, step by step). Received: --instances {args.instances}"
+        )
     try:
         jit_modes = [{"off": False, "on": True}[m.strip()] for m in args.jit.split(",")]
     except KeyError:
@@ -711,9 +832,13 @@ def main(argv=None):
         variants = [v for v in VARIANTS if v.default]
 
     load = [os.getloadavg()[0]]
-    keras3, source = measure(variants, jit_modes, args.steps, args.repeats, args.instances)
+    if args.protocol == "steps":
+        keras3, source = measure_steps(variants, jit_modes, args.steps, args.repeats)
+    else:
+        keras3, source = measure(variants, jit_modes, args.steps, args.repeats, args.instances)
     result = {
         "config": {
+            "protocol": args.protocol,
             "steps": args.steps,
             "repeats": args.repeats,
             "instances": args.instances,
@@ -729,7 +854,9 @@ def main(argv=None):
         },
         "keras3": keras3,
     }
-    if args.tfmot:
+    if args.tfmot and args.protocol == "steps":
+        print("--protocol steps: the tfmot child process is not run (it times fit calls)")
+    elif args.tfmot:
         result["tfmot"] = run_tfmot_child(
             args.steps, args.repeats, jit_modes, child_variants, args.instances
         )

@@ -20,9 +20,9 @@ variant's baseline, in the same process) and jit mode:
 
 The gradual rows (`masked_gradual*`, child process) also pool the ratio of
 mean steps (pruning steps included), as a diagnostic without a budget.
-Runs timed with different numbers of model instances per variant
-(`--instances`) measure under different protocols and are not pooled
-together (`ValueError`).
+Runs timed under different protocols (`--protocol fits` or `steps`) or
+with different numbers of model instances per variant (`--instances`) are
+not pooled together (`ValueError`).
 
 `--instance-effect` tests instead, for every variant of every run timed
 with several instances, whether the instances differ by more than the
@@ -160,20 +160,34 @@ def pool(entries, budget):
     return out
 
 
+def protocol_of(result):
+    """How a result file's main-process rows were timed: `"steps"`, or `"fits"` and `--instances`.
+
+    The tfmot child always times fit calls.
+    """
+    config = result.get("config", {})
+    if config.get("protocol") == "steps":
+        return "steps"
+    return f"fits, {config.get('instances', result.get('instances', 1))} instance(s)"
+
+
 def pooled(paths):
     """`{"<variant>, jit <mode>": pool(...)}` over the result files `paths`."""
     grouped = {}
+    protocols = {}
     for path in paths:
         with open(path) as f:
             result = json.load(f)
+        protocols[path] = protocol_of(result)
         for key, entry in runs_of(path, result).items():
             grouped.setdefault(key, []).append(entry)
     for (name, mode), entries in grouped.items():
-        protocols = {e["file"]: e["instances"] for e in entries}
-        if len(set(protocols.values())) > 1:
+        these = {e["file"]: protocols[e["file"]] for e in entries}
+        if len(set(these.values())) > 1:
             raise ValueError(
-                f"expected runs timed with the same number of model instances per variant "
-                f"(--instances) to pool {name}, jit {mode}. Received: {protocols}"
+                f"expected runs timed with the same protocol (--protocol) and number of "
+                f"model instances per variant (--instances) to pool {name}, jit {mode}. "
+                f"Received: {these}"
             )
     return {
         f"{name}, jit {mode}": pool(entries, entries[0]["budget"])

@@ -1,6 +1,6 @@
-"""Smoke tests of `benchmarks/overhead.py` (the timings themselves are not tested).
+"""Smoke tests of `benchmarks/overhead.py` and `benchmarks/compact.py` (timings not tested).
 
-The benchmark runs in a subprocess, as users run it, with a handful of steps;
+The overhead benchmark runs in a subprocess, as users run it, with a handful of steps;
 its tfmot reference runs in a grandchild process with `TF_USE_LEGACY_KERAS=1`.
 """
 
@@ -275,6 +275,71 @@ def test_measure_spreads_the_repeats_over_the_instances(monkeypatch):
     assert out["off"]["plain_again"]["vs_plain"]["ratio"] == pytest.approx(1.25 / 1.05)
 
 
+def test_steps_protocol_holds_the_layers_as_a_run_and_ends_the_run():
+    """`_StepRun`: the scheduler's run starts before the first step and ends at `close`."""
+    masked = overhead.only_variants(["masked"])[1]
+    model = overhead.build_model(masked, jit_compile=False)
+    x, y, _ = _common.load_data(3)
+    model.fit(x, y, batch_size=60, epochs=2, verbose=0, callbacks=masked.callbacks())
+    layers = overhead.lth.masked_layers(model)
+    aside = overhead.lth.layers.pruned_values_aside
+    assert not any(map(aside, layers))
+    before = [w.copy() for w in model.get_weights()]
+
+    run = overhead._StepRun(model, masked.callbacks(), steps=4)
+    assert all(map(aside, layers))  # computing as during a scheduler run
+    start = int(model.optimizer.iterations)
+    for i in range(4):
+        run.step(x[60 * (i % 3) : 60 * (i % 3 + 1)], y[60 * (i % 3) : 60 * (i % 3 + 1)])
+    assert run.step_count == 4
+    assert int(model.optimizer.iterations) == start + 4
+    assert set(run.logs) >= {"loss", "accuracy"}
+    run.close()
+    assert not any(map(aside, layers))  # the pruned values are back
+    after = model.get_weights()
+    for b, a, w in zip(before, after, model.weights):
+        if w.path.endswith("_mask"):
+            np.testing.assert_array_equal(a, b)  # round 0 of the run: no pruning
+    moved = [not np.allclose(a, b) for a, b, w in zip(before, after, model.weights) if w.trainable]
+    assert all(moved)  # the steps trained every layer
+
+
+def test_steps_protocol_run(tmp_path, capsys):
+    out = tmp_path / "steps.json"
+    argv = ["--protocol", "steps", "--only", "masked", "--jit", "off"]
+    assert overhead.main([*argv, "--steps", "3", "--repeats", "2", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    with open(out) as f:
+        result = json.load(f)
+    assert result["config"]["protocol"] == "steps"
+    assert "tfmot" not in result  # fits only: no child process
+    assert "--protocol steps: the tfmot child process is not run" in stdout
+    assert "2 blocks of 3 cycles, one training step per variant" in stdout
+    variants = result["keras3"]["off"]
+    assert set(variants) == {"plain", "masked"}
+    for e in variants.values():
+        assert e["n_steps"] == 6 and len(e["repeat_medians_ms"]) == 2
+        assert "outside_steps_ms_per_fit" not in e  # no fit calls to time around
+    masked = variants["masked"]
+    assert masked["density_when_timed"] < 1.0
+    assert masked["layers_aside_when_timed"] == 3
+    ratio = masked["vs_plain"]["ratio"]
+    assert ratio == pytest.approx(masked["step_ms"] / variants["plain"]["step_ms"])
+    assert f"jit=off: masked/plain = {ratio:.3f}" in stdout
+    assert overhead_runs.protocol_of(result) == "steps"
+
+
+def test_steps_protocol_argument_errors(capsys):
+    for argv, message in (
+        (["--protocol", "steps", "--instances", "2", "--repeats", "4"], "--instances 1 with"),
+        (["--protocol", "fit"], "invalid choice: 'fit'"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            overhead.main(argv)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 def _ratio(r, mean=None):
     return {"ratio": r, "mean_ratio": r if mean is None else mean}
 
@@ -375,11 +440,21 @@ def test_runs_of_different_protocols_are_not_pooled(tmp_path):
         paths.append(str(tmp_path / f"{i}.json"))
         with open(paths[-1], "w") as f:
             json.dump(run, f)
-    with pytest.raises(ValueError, match=r"same number of model instances .* masked, jit off"):
+    with pytest.raises(ValueError, match=r"same protocol .* instances .* masked, jit off"):
         overhead_runs.pooled(paths[:2])
     pooled = overhead_runs.pooled(paths[1:])
     assert pooled["masked, jit off"]["runs"][0]["instances"] == 4
     assert pooled["masked_gradual_poly, jit off"]["runs"][0]["instances"] == 4
+    steps = _main_run(1.00, 1.02)
+    steps["config"] = {"protocol": "steps", "instances": 1}
+    with open(tmp_path / "steps.json", "w") as f:
+        json.dump(steps, f)
+    assert overhead_runs.protocol_of(steps) == "steps"
+    assert overhead_runs.protocol_of(one) == "fits, 1 instance(s)"
+    assert overhead_runs.protocol_of(child) == "fits, 4 instance(s)"
+    with pytest.raises(ValueError, match=r"same protocol .*'steps'"):
+        overhead_runs.pooled([paths[0], str(tmp_path / "steps.json")])
+    assert overhead_runs.pooled([str(tmp_path / "steps.json")])["masked, jit off"]["mean"] == 1.02
 
 
 def test_instance_effect_by_hand(tmp_path):
@@ -686,3 +761,24 @@ def test_prune_step_times_changing_masks(capsys):
         prune_step.main(["--steps", "0"])
     assert exc.value.code == 2
     assert "--steps must be at least 1, received 0" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- #
+# benchmarks/compact.py (smoke run: its timings are not tested). TensorFlow
+# backend only, as the other benchmark scripts: `lth.compact` itself is
+# tested under both backends in test_compact.py.
+# --------------------------------------------------------------------------- #
+def test_compact_benchmark_smoke():
+    spec = importlib.util.spec_from_file_location(
+        "compact_benchmark", os.path.join(BENCH, "compact.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.run([0.75], repeats=1)
+    entry = report["results"]["rate_0.75"]
+    assert entry["pruned_filters"] == {"conv00": 24, "conv01": 24, "conv10": 48, "conv11": 48}
+    p = entry["params"]
+    assert p["compacted"]["total"] < p["stripped"]["total"] < p["masked"]["total"]
+    assert max(entry["max_abs_diff_vs_masked"].values()) < 1e-4
+    assert set(entry["latency"]) == {"batch_1", "batch_128"}
+    assert len(report["config"]["loadavg_before"]) == 3

@@ -1195,20 +1195,3 @@ def test_gradual_pruning_never_empties_a_tiny_layer(tfmot):
     model.fit(X[:64], Y[:64], batch_size=32, epochs=1, callbacks=[s], verbose=0)
     # tfmot keeps max(1, round(n * 0.01)): 2 of 160, 1 of 128, 1 of 24
     assert kept(model) == {"h1": 2, "h2": 1, "out": 1}
-
-
-def test_import_keras_lth_never_imports_tfmot():
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])  # this keras_lth
-    code = (
-        "import os, sys, keras_lth\n"
-        "assert 'tensorflow_model_optimization' not in sys.modules\n"
-        "assert 'TF_USE_LEGACY_KERAS' not in os.environ\n"
-        "print('ok')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "ok"

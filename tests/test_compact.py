@@ -4,7 +4,6 @@ Public Keras APIs and `keras.ops` only, so the file also runs under
 `KERAS_BACKEND=jax`.
 """
 
-import os
 import textwrap
 import warnings
 
@@ -391,23 +390,3 @@ def test_compact_errors():
     plain = keras.Sequential([keras.Input((3,)), K.Dense(2)], name="plain")
     with pytest.raises(ValueError, match="(?s)at least one masked layer.*plain"):
         lth.compact(plain)
-
-
-# --------------------------------------------------------------------------- #
-# The benchmark script (smoke run: its timings are not tested)
-# --------------------------------------------------------------------------- #
-def test_compact_benchmark_smoke():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "compact.py")
-    spec = importlib.util.spec_from_file_location("compact_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    report = bench.run([0.75], repeats=1)
-    entry = report["results"]["rate_0.75"]
-    assert entry["pruned_filters"] == {"conv00": 24, "conv01": 24, "conv10": 48, "conv11": 48}
-    p = entry["params"]
-    assert p["compacted"]["total"] < p["stripped"]["total"] < p["masked"]["total"]
-    assert max(entry["max_abs_diff_vs_masked"].values()) < 1e-4
-    assert set(entry["latency"]) == {"batch_1", "batch_128"}
-    assert len(report["config"]["loadavg_before"]) == 3

@@ -199,8 +199,13 @@ def test_import_and_embedded_mnist_work_without_the_optional_extras(env):
 
 
 def test_import_keras_lth_does_not_import_the_optional_extras(env):
-    """With every extra installed (this environment has them), none is imported."""
-    code = "import sys, json\nimport keras_lth\nimport keras_lth.data\n" + (
+    """With every extra installed (this environment has them), none is imported.
+
+    tfmot above all: importing it sets `TF_USE_LEGACY_KERAS=1` for the process
+    and its children, which would turn `tf.keras` into tf_keras.
+    """
+    code = "import os, sys, json\nimport keras_lth\nimport keras_lth.data\n" + (
+        "assert 'TF_USE_LEGACY_KERAS' not in os.environ\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in sys.argv[1].split(','))))"
     )
     assert json.loads(run_in(env, code, ",".join(OPTIONAL)).splitlines()[-1]) == []
