@@ -48,9 +48,10 @@ more than the repeats do (on the AMD machine they did not:
 `--protocol steps` times the same steps with the fits cut into single
 steps: each model is warmed up by one `fit` as above, its callbacks then
 see the hooks of a `fit` that starts (a `PruningScheduler` holds its layers
-as during a run), and a cycle gives every model one training step
-(`model.train_on_batch`, batch hooks around it) on the same batch, in
-alternating order; `--repeats` blocks of `--steps` cycles. Two variants'
+as during a run), and a cycle gives every model one training step (the
+call `fit`'s loop makes per batch, `model.train_function` on an iterator,
+with the batch hooks around it) on the same batch, in alternating order;
+`--repeats` blocks of `--steps` cycles. Two variants'
 paired steps are then milliseconds apart instead of a `fit` apart, so load
 that changes over seconds hits both alike; a block's median plays a
 repeat's role in the summaries. It leaves out what `fit` adds around a
@@ -464,29 +465,33 @@ class _StepRun:
     Its callbacks see `fit`'s hooks (`keras.callbacks.CallbackList`): the
     run's start and its first epoch's start before the first step (a
     `PruningScheduler` then holds its layers as during a run), batch hooks
-    around every step (`model.train_on_batch`, the compiled train step called
-    on one batch), and the epoch's and the run's end at `close`.
+    around every step, and the epoch's and the run's end at `close`. A step
+    is what `fit`'s loop runs per batch: the model's compiled
+    `train_function` on an iterator over `dataset` (TensorFlow backend).
     """
 
-    def __init__(self, model, callbacks, steps):
+    def __init__(self, model, callbacks, dataset, steps):
         self.model = model
         self.hooks = keras.callbacks.CallbackList(
             callbacks, model=model, epochs=EPOCHS_PER_FIT, steps=steps, verbose=0
         )
+        self.iterator = iter(dataset)
         self.step_count = 0
         self.logs = None
         self.hooks.on_train_begin()
         self.hooks.on_epoch_begin(0)
+        model.make_train_function()  # (a scheduler that holds layers has traced it again)
 
-    def step(self, x, y):
+    def step(self):
         self.hooks.on_train_batch_begin(self.step_count)
-        self.logs = self.model.train_on_batch(x, y, return_dict=True)
+        self.logs = self.model.train_function(self.iterator)
         self.hooks.on_train_batch_end(self.step_count, self.logs)
         self.step_count += 1
 
     def close(self):
-        self.hooks.on_epoch_end(0, dict(self.logs))
-        self.hooks.on_train_end(dict(self.logs))
+        logs = {k: float(v) for k, v in self.logs.items()}
+        self.hooks.on_epoch_end(0, logs)
+        self.hooks.on_train_end(logs)
 
 
 def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
@@ -494,17 +499,15 @@ def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
 
     Each model is warmed up by one `fit` as in `measure` (tracing, the first
     pruning), then trained step by step (`_StepRun`): a cycle gives every
-    model one training step on the same batch, in alternating order (A B,
+    model one training step, on the same batch, in alternating order (A B,
     B A, ...), so two variants' steps are at most a few milliseconds apart
     and background load that changes over seconds hits both alike. `repeats`
     blocks of `steps` cycles; a block plays the role of a repeat in the
     summaries (per-block medians and paired ratios).
     """
     x, y, source = load_data(steps)
-    batches = [
-        (tf.constant(x[i : i + BATCH_SIZE]), tf.constant(y[i : i + BATCH_SIZE]))
-        for i in range(0, len(x) - BATCH_SIZE + 1, BATCH_SIZE)
-    ]
+    # every model draws the same batch in the same cycle
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH_SIZE).repeat()
     clock = _Clock()
     by_name = {v.name: v for v in variants}
     runs = {}
@@ -514,17 +517,17 @@ def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
                 lambda v=v, jit=jit: build_model(v, jit), v.callbacks, clock, x, y, 1
             )
             model.set_weights(weights)
-            runs[(jit, v.name)] = _StepRun(model, v.callbacks(), steps * repeats)
+            runs[(jit, v.name)] = _StepRun(model, v.callbacks(), dataset, steps * repeats)
     for run in runs.values():  # traces the train step as the run holds the layers
-        for i in range(warmup_steps):
-            run.step(*batches[i % len(batches)])
+        for _ in range(warmup_steps):
+            run.step()
     wall = {key: [[] for _ in range(repeats)] for key in runs}
     cpu = {key: [[] for _ in range(repeats)] for key in runs}
     for cycle, order in interleaved(list(runs), steps * repeats):
-        block, batch = cycle // steps, batches[cycle % steps % len(batches)]
+        block = cycle // steps
         for key in order:
             start, start_cpu = time.perf_counter(), time.process_time()
-            runs[key].step(*batch)
+            runs[key].step()
             wall[key][block].append(time.perf_counter() - start)
             cpu[key][block].append(time.process_time() - start_cpu)
     out = {}
@@ -776,7 +779,7 @@ def main(argv=None):
         choices=("fits", "steps"),
         default="fits",
         help="fits (default): interleaved fit calls, the path users run; steps: every "
-        "model takes one training step in turn, with fit's callback hooks, so paired "
+        "model takes one training step in turn, as fit's loop runs it, so paired "
         "steps are milliseconds apart (this process's variants only: no tfmot child)",
     )
     parser.add_argument("--jit", default="off,on", help="jit_compile modes: off, on or off,on")
