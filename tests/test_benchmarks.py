@@ -305,6 +305,45 @@ def test_steps_protocol_holds_the_layers_as_a_run_and_ends_the_run():
     assert all(moved)  # the steps trained every layer
 
 
+def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(monkeypatch):
+    calls, closed = [], []
+
+    class FakeModel:
+        def set_weights(self, weights):
+            pass
+
+    class FakeRun:
+        def __init__(self, model, callbacks, dataset, steps):
+            self.model, self.name, self.steps = model, model.name, steps
+
+        def step(self):
+            calls.append(self.name)
+
+        def close(self):
+            closed.append(self.name)
+
+    def warm(make, callbacks, clock, x, y, instances):
+        model = FakeModel()
+        model.name = make()
+        return [(model, None)]
+
+    monkeypatch.setattr(overhead, "build_model", lambda v, jit: f"{v.name}{int(jit)}")
+    monkeypatch.setattr(overhead, "warm_instances", warm)
+    monkeypatch.setattr(overhead, "_StepRun", FakeRun)
+    monkeypatch.setattr(overhead.lth, "masked_layers", lambda model: [])
+    variants = overhead.only_variants(["plain_again"])
+    out, _ = overhead.measure_steps(variants, [False, True], steps=3, repeats=2, warmup_steps=1)
+    names = ["plain0", "plain_again0", "plain1", "plain_again1"]
+    assert calls[:4] == names  # one untimed warm-up step each
+    cycles = [calls[4 + 4 * c : 8 + 4 * c] for c in range(6)]
+    assert cycles == [names, names[::-1]] * 3
+    assert sorted(closed) == sorted(names)
+    for mode in ("off", "on"):
+        for e in out[mode].values():
+            assert e["n_steps"] == 6 and len(e["repeat_medians_ms"]) == 2  # 2 blocks of 3
+        assert "vs_plain" in out[mode]["plain_again"]
+
+
 def test_steps_protocol_run(tmp_path, capsys):
     out = tmp_path / "steps.json"
     argv = ["--protocol", "steps", "--only", "masked", "--jit", "off"]

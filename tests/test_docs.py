@@ -950,9 +950,13 @@ def _overhead_runs():
         sys.path.remove(str(REPO / "benchmarks"))
 
 
-def _pooled(name="overhead_amd/pooled_aside.json"):
+def _json(name):
     with open(DOCS / "results" / name) as f:
         return json.load(f)
+
+
+def _pooled(name="overhead_amd/pooled_aside.json"):
+    return _json(name)
 
 
 def test_readme_mask_cost_table_is_the_recorded_runs():
@@ -967,6 +971,7 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
         'gradual, `pruned_values="zeroed"`': "masked_gradual_poly_zeroed",
     }
     instances = _pooled("overhead_inst/pooled.json")["pooled"]
+    steps = _pooled("overhead_steps/pooled.json")["pooled"]
     rows["masked small CNN"] = "masked_cnn"
     cell = _overhead_runs().pooled_cell
     for label, name in rows.items():
@@ -974,11 +979,25 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
         cells = [c.strip().replace("*", "") for c in line.strip("|").split("|")]
         for got, mode in ((cells[2], "off"), (cells[3], "on")):
             key = f"{name}, jit {mode}"
-            want = f"{cell(pooled[key]) if key in pooled else '-'}; {cell(instances[key])}"
+            want = "; ".join(
+                [
+                    cell(pooled[key]) if key in pooled else "-",
+                    cell(instances[key]),
+                    cell(steps[key]) if key in steps else "-",  # no gradual rows
+                ]
+            )
             assert got == want, label
     controls = [e["control"] for p in pooled.values() for e in p["runs"]]
     prose = " ".join(section.split())
-    assert f"The A/A controls ranged from {min(controls):.3f} to {max(controls):.3f}" in prose
+    lo, hi = min(controls), max(controls)
+    assert f"The A/A controls of the fit protocols ranged from {lo:.3f} to {hi:.3f}" in prose
+    controls = [e["control"] for p in steps.values() for e in p["runs"]]
+    assert f"one step in turn, from {min(controls):.3f} to {max(controls):.3f}." in prose
+    for key in ("masked, jit off", "masked, jit on"):
+        assert f"({steps[key]['mean']:.3f} ± {steps[key]['std']:.3f}" in prose, key
+    off = [_json(f"overhead_steps/overhead_steps_{s}.json")["keras3"]["off"] for s in "abc"]
+    diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in off]
+    assert f"the masks cost {min(diffs):.2f}–{max(diffs):.2f} ms a step" in prose
     files = [os.path.basename(f) for f in _pooled()["files"]]
     lenet = [f for f in files if re.fullmatch(r"overhead_(aside|adopt)_lenet.*\.json", f)]
     child = [f for f in files if f.startswith("tfmot_child_")]
@@ -1117,6 +1136,36 @@ def test_four_instances_section_is_the_recorded_runs():
     p = pooled["pooled"]
     for key in ("masked, jit off", "masked, jit on", "masked_cnn, jit off", "masked_cnn, jit on"):
         assert f"{p[key]['mean']:.3f} ± {p[key]['std']:.3f}" in prose, key
+
+
+def test_steps_protocol_section_is_the_recorded_runs():
+    section, pooled = _assert_pooled_section(
+        "Every model one step in turn",
+        "overhead_steps/pooled.json",
+        4,
+        ("log_steps_a.txt", "log_diag_gradmask.txt"),
+        (("log_steps_b.txt", "log_steps_a.txt"), ("log_steps_c.txt", "log_steps_a.txt")),
+    )
+    assert all(p["valid_runs"] == 3 for p in pooled["pooled"].values())
+    runs = [_json(f"overhead_steps/overhead_steps_{s}.json") for s in "abc"]
+    assert {r["config"]["protocol"] for r in runs} == {"steps"}
+    prose = " ".join(section.split())
+    p = pooled["pooled"]
+    for key in p:
+        assert f"{p[key]['mean']:.3f} ± {p[key]['std']:.3f}" in prose, key
+    controls = [e["control"] for q in p.values() for e in q["runs"]]
+    assert f"The A/A controls ranged from {min(controls):.3f} to {max(controls):.3f}" in prose
+    off = [r["keras3"]["off"] for r in runs]
+    iqrs = ", ".join("{:.3f}–{:.3f}".format(*o["masked"]["vs_plain"]["paired_iqr"]) for o in off)
+    assert f"per-block IQRs: {iqrs})" in prose
+    diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in off]
+    plain = [o["plain"]["step_ms"] for o in off]
+    assert f"cost {min(diffs):.2f} to {max(diffs):.2f} ms per step on a plain step of" in prose
+    assert f"of {min(plain):.2f} to {max(plain):.2f} ms" in prose
+    diag = _json("overhead_steps/diag_gradmask.json")["keras3"]["off"]
+    ratio = {k: f"{diag[k]['vs_plain']['ratio']:.3f}" for k in ("plain_gradmask", "masked")}
+    assert f"`plain_gradmask` / `plain` is {ratio['plain_gradmask']}" in prose
+    assert f"`masked` / `plain` {ratio['masked']}" in prose
 
 
 def test_readme_says_where_keras_compiles_with_xla():
