@@ -513,10 +513,9 @@ def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
     runs = {}
     for jit in jit_modes:
         for v in variants:
-            [(model, weights)] = warm_instances(
+            [(model, _)] = warm_instances(
                 lambda v=v, jit=jit: build_model(v, jit), v.callbacks, clock, x, y, 1
             )
-            model.set_weights(weights)
             runs[(jit, v.name)] = _StepRun(model, v.callbacks(), dataset, steps * repeats)
     for run in runs.values():  # traces the train step as the run holds the layers
         for _ in range(warmup_steps):

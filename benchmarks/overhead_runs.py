@@ -51,6 +51,16 @@ MAIN_CONTROL = ("plain_again", "vs_plain")
 CHILD_CONTROL = ("keras3_again", "vs_keras3")
 
 
+def instances_of(result):
+    """Model instances per variant (`--instances`) of one result: `overhead.py`'s or its child's.
+
+    `overhead.py` records them in its `config`, the child at its top level
+    (also where `overhead.py` embeds the child's result); 1 for runs from
+    before the option.
+    """
+    return result.get("config", {}).get("instances", result.get("instances", 1))
+
+
 def _process_rows(path, variants, controls, budgets, key, instances):
     """`{(name, mode): entry}` of one process's budgeted ratios in one file.
 
@@ -103,7 +113,7 @@ def runs_of(path, result):
     main_budgets = {v.name: v.budget for v in overhead.VARIANTS if v.budget is not None}
     if "keras3" in result:
         child_result = result.get("tfmot", {})
-        instances = result.get("config", {}).get("instances", 1)
+        instances = instances_of(result)
         rows = _process_rows(
             path, result["keras3"], _main_controls, main_budgets, "vs_plain", instances
         )
@@ -121,7 +131,7 @@ def runs_of(path, result):
         for name in by_name
         if name.startswith("masked_gradual") and name not in _tfmot_reference.DIAGNOSTICS
     }
-    instances = child_result.get("instances", 1)
+    instances = instances_of(child_result)
     rows.update(
         _process_rows(path, child, lambda name: [CHILD_CONTROL], gradual, "vs_keras3", instances)
     )
@@ -165,10 +175,9 @@ def protocol_of(result):
 
     The tfmot child always times fit calls.
     """
-    config = result.get("config", {})
-    if config.get("protocol") == "steps":
+    if result.get("config", {}).get("protocol") == "steps":
         return "steps"
-    return f"fits, {config.get('instances', result.get('instances', 1))} instance(s)"
+    return f"fits, {instances_of(result)} instance(s)"
 
 
 def pooled(paths):
@@ -295,9 +304,10 @@ def instance_effects(paths):
         with open(path) as f:
             result = json.load(f)
         if "keras3" in result:
-            instances, modes = result.get("config", {}).get("instances", 1), result["keras3"]
+            modes = result["keras3"]
         else:
-            instances, modes = result.get("instances", 1), result.get("results", {})
+            modes = result.get("results", {})
+        instances = instances_of(result)
         if instances < 2:
             continue
         for mode, by_name in modes.items():

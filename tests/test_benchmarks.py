@@ -309,8 +309,7 @@ def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(
     calls, closed = [], []
 
     class FakeModel:
-        def set_weights(self, weights):
-            pass
+        pass
 
     class FakeRun:
         def __init__(self, model, callbacks, dataset, steps):
