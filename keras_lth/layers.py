@@ -351,6 +351,8 @@ class MaskedLayer(_PrunedValuesArgument):
         }
         for name, value in checked.items():
             known[name].mask.assign(value.astype(bool))
+            if not value.all():
+                _unelide(self, known[name].name)
             if self.pruned_values == "zeroed":
                 _zero(known[name].variable, known[name].mask)
             elif _ASIDE in self.__dict__:  # a weight pruned (or back) during a run
@@ -522,7 +524,11 @@ def _masked_property(attr):
         if memo is not None and attr in memo:  # read before in this call
             return memo[attr]
         if self.__dict__.get("_lth_pruned") == "zeroed" or _ASIDE in self.__dict__:
-            value = _gradient_masked(raw, mask)  # pruned entries are zeros already
+            elided = self.__dict__.get(_ELIDED)
+            if elided is not None and attr in elided[0]:
+                value = raw  # its mask has no 0: traced again once it has one
+            else:
+                value = _gradient_masked(raw, mask)  # pruned entries are zeros already
         else:
             value = _apply_mask(raw, mask, self.__dict__.get("_lth_gradient", "masked"))
         if memo is not None:  # (None: read outside a call of the layer)
@@ -735,6 +741,68 @@ def set_pruned_values_aside(layer):
         _set_weight_aside(layer, w)
 
 
+_ELIDED = "_lth_elided"  # ({attributes traced without the gradient select}, retrace)
+
+
+def elide_full_masks(layer, retrace=None):
+    """Lets a layer that masks its gradients in place skip the select of every mask without a 0.
+
+    A zeroed layer, or a kept layer whose pruned values are set aside,
+    computes with its raw variables and masks the gradient of each of them
+    with one select, also where the mask has no 0 (the biases under weight
+    pruning, every weight before the first pruning). Without XLA each
+    select is an op of its own at every step, and the biases' cost about as
+    much as the kernels'. With `retrace`, the variables whose mask has no 0
+    now are traced without it (as a plain Keras layer's are); as soon as
+    one of them gets a 0 it is traced with it again and `retrace()` is
+    called, which must make the training function trace again before the
+    next step (the `PruningScheduler` passes
+    `model.make_train_function(force=True)`). That happens in `set_masks`,
+    `set_pruned_values_aside` and `check_elided_masks`; a mask assigned
+    directly (`layer.kernel_mask.assign`) is seen by the latter two only.
+    `retrace=None` switches it off; retrace the training function then.
+
+    Args:
+        layer: A masked (sub)layer.
+        retrace: A function of no argument, or `None`.
+    """
+    if retrace is None:
+        layer.__dict__.pop(_ELIDED, None)
+        return
+    full = {w.name for w in layer._all_weights() if bool(ops.convert_to_numpy(ops.all(w.mask)))}
+    layer.__dict__[_ELIDED] = (full, retrace)
+
+
+def elided_masks(layer) -> set:
+    """The attributes `layer` computes with now without a gradient select (`elide_full_masks`)."""
+    elided = layer.__dict__.get(_ELIDED)
+    return set(elided[0]) if elided is not None else set()
+
+
+def check_elided_masks(layer):
+    """Traces the gradient select again for any elided mask that was given a 0 directly.
+
+    `set_masks` and `set_pruned_values_aside` see such a change themselves;
+    this reads the elided masks (one reduction each, one value read back).
+    """
+    elided = layer.__dict__.get(_ELIDED)
+    if not elided or not elided[0]:
+        return
+    weights = [w for w in layer._all_weights() if w.name in elided[0]]
+    full = ops.convert_to_numpy(ops.stack([ops.all(w.mask) for w in weights]))
+    for w, is_full in zip(weights, full):
+        if not is_full:
+            _unelide(layer, w.name)
+
+
+def _unelide(layer, name):
+    """The mask of `name` has a 0 now: its gradient select is traced again."""
+    elided = layer.__dict__.get(_ELIDED)
+    if elided is not None and name in elided[0]:
+        elided[0].discard(name)
+        elided[1]()
+
+
 def _check_not_aside(layer, arg, value):
     if _ASIDE in layer.__dict__:
         raise ValueError(
@@ -785,6 +853,8 @@ def _set_weight_aside(layer, w):
     before = aside.get(id(w.variable))
     values = _with_aside(w.variable, before)
     pruned = ~ops.convert_to_numpy(w.mask)
+    if pruned.any():
+        _unelide(layer, w.name)
     aside[id(w.variable)] = (pruned, values[pruned])
     if pruned.any() or (before is not None and before[0].any()):
         w.variable.assign(np.where(pruned, np.zeros((), values.dtype), values))

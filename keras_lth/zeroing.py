@@ -28,6 +28,16 @@ weight whose gradient is zero and whose slots are at their initial values.
 At the end of the run the constraint comes back, so a later `fit` without
 the scheduler, or a mask set by hand, stays exact.
 
+A variable whose mask has no 0 (a bias under weight pruning, every weight
+before the first pruning) needs no select: during the run it is traced
+without one, as a plain layer's variable is, and the training function is
+traced again as soon as such a mask gets a 0
+(`keras_lth.layers.elide_full_masks`): at the scheduler's first pruning, at
+once for `set_masks` (from any callback, inside an epoch too), and at the
+next epoch's start or end for a mask assigned directly. Without XLA each
+select is an operation of its own at every step, and the biases' selects
+cost about as much as the kernels'.
+
 Kept layers (the default) train the same way during a run when that changes
 nothing they compute: their pruned values are set aside in host memory
 (`keras_lth.layers.set_pruned_values_aside`), the raw variables hold zeros
@@ -56,6 +66,8 @@ import numpy as np
 from keras import ops
 
 from keras_lth.layers import (
+    check_elided_masks,
+    elide_full_masks,
     hold_zeros_by_gradient,
     restore_pruned_values,
     set_pruned_values_aside,
@@ -180,7 +192,12 @@ class ZeroHolding:
         for layer in self.layers:
             for w in layer._all_weights():
                 optimizer_reset.reset_at(w.variable, ~ops.convert_to_numpy(w.mask))
+            elide_full_masks(layer, self._retrace)
         model.make_train_function(force=True)
+
+    def _retrace(self):
+        # A mask without a 0, traced without its gradient select, got one.
+        self.model.make_train_function(force=True)
 
     @property
     def active(self) -> bool:
@@ -237,11 +254,15 @@ class ZeroHolding:
         for layer in self.kept:
             if written_since_aside(layer):
                 set_pruned_values_aside(layer)
+        for layer in self.zeroed:
+            check_elided_masks(layer)  # (a kept layer's mask written is a write)
 
     def stop(self):
         """The constraint again for zeroed layers, the pruned values back in kept layers."""
         if not self.layers:
             return
+        for layer in self.layers:
+            elide_full_masks(layer, None)
         for layer in self.zeroed:
             hold_zeros_by_gradient(layer, False)
         for layer in self.kept:

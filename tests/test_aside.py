@@ -20,6 +20,9 @@ from test_pruned_values import _assert_zero_under_masks
 import keras_lth as lth
 from keras_lth.layers import (
     MaskedDense,
+    check_elided_masks,
+    elide_full_masks,
+    elided_masks,
     masked_layers,
     pruned_values_aside,
     restore_pruned_values,
@@ -410,6 +413,133 @@ def test_weights_set_during_the_run_are_adopted_as_under_the_product(rewind, ord
     (aside, aside_rounds), (product, product_rounds) = runs
     _assert_same(aside, product, what=f"rewind={rewind}, {order}, {what}")
     assert [r["test"] for r in aside_rounds] == [r["test"] for r in product_rounds]
+
+
+class _Traced(keras.callbacks.Callback):
+    """Per epoch: the masks traced without a select, the kernels traced with one, retraces."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.selected, self.epochs = [], []
+        original = lth.layers._gradient_masked
+
+        def recording(raw, mask):
+            self.selected.append(tuple(mask.shape))
+            return original(raw, mask)
+
+        monkeypatch.setattr(lth.layers, "_gradient_masked", recording)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.selected.clear()
+        self.function = self.model.train_function
+
+    def on_epoch_end(self, epoch, logs=None):
+        elided = {l.name: elided_masks(l) for l in masked_layers(self.model)}
+        retraced = self.model.train_function is not self.function
+        self.epochs.append((elided, sorted(set(self.selected)), retraced))
+
+
+def test_masks_without_a_zero_are_traced_without_their_select(monkeypatch):
+    """The dense round selects no gradient; from the first pruning on, only the kernels'."""
+    model = _mlp(_optimizer("Adam"))
+    traced = _Traced(monkeypatch)
+    watch = _fit(model, _iterative(), epochs=4, rewind="init", callbacks=[traced])
+    assert all(watch.zeros)
+    dense = {"h1": {"kernel", "bias"}, "out": {"kernel", "bias"}}
+    pruned = {"h1": {"bias"}, "out": {"bias"}}
+    kernels = [(N_IN, 16), (16, N_OUT)]
+    assert traced.epochs == [
+        (dense, [], False),  # traced at the first step, with no select
+        (dense, [], False),
+        # Pruned at the round's start (the scheduler runs before `traced`):
+        # traced again, with the kernels' selects only.
+        (pruned, sorted(kernels), False),
+        (pruned, [], False),
+    ]
+    assert all(not elided_masks(l) for l in masked_layers(model))  # off after the run
+
+
+class _SetBiasMask(keras.callbacks.Callback):
+    """Prunes units of h1's bias by `set_masks` after step 2 of epoch 0."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 0 and batch == 2:
+            keep = np.ones(16, bool)
+            keep[::3] = False
+            self.model.get_layer("h1").set_masks(bias_mask=keep)
+
+
+@pytest.mark.parametrize("pruned_values", ["kept", "zeroed"])
+def test_a_mask_set_during_an_epoch_masks_its_gradient_from_the_next_step(pruned_values):
+    """A bias traced without a select is traced with one as soon as its mask has a 0."""
+    runs = []
+    for trusted in (True, False):
+        # Plain SGD: no momentum to move the weights just pruned by hand
+        # (the scheduler resets the optimizer's slots only where it prunes).
+        sgd = keras.optimizers.SGD if trusted else type("UntrustedSGD", (keras.optimizers.SGD,), {})
+        model = _mlp(sgd(0.1))
+        model.get_layer("h1").pruned_values = pruned_values
+        watch = _fit(model, _iterative(), epochs=4, rewind=None, callbacks=[_SetBiasMask()])
+        if trusted:
+            assert all(watch.zeros)  # the pruned biases stayed 0 at every step
+        runs.append(model)
+    _assert_same(*runs, raw=pruned_values == "zeroed")
+
+
+class _AssignBiasMask(keras.callbacks.Callback):
+    """Prunes units of h1's bias by assigning the mask variable at the end of epoch 0."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            keep = np.ones(16, bool)
+            keep[::3] = False
+            self.model.get_layer("h1").bias_mask.assign(keep)
+            lth.layers.zero_pruned(self.model)  # what a zeroed layer needs after a write by hand
+
+
+def test_a_zeroed_layer_mask_assigned_by_hand_masks_its_gradient_from_the_next_epoch():
+    model = _mlp(keras.optimizers.SGD(0.1), pruned_values="zeroed")
+    watch = _fit(model, _iterative(), epochs=3, rewind=None, callbacks=[_AssignBiasMask()])
+    assert all(watch.zeros)
+    assert elided_masks(model.get_layer("h1")) == set()  # (the run is over)
+    bias = keras.ops.convert_to_numpy(model.get_layer("h1").raw_variable("bias"))
+    assert np.all(bias[::3] == 0) and np.all(bias[1::3] != 0)
+
+
+def test_elided_masks_are_traced_again_once_they_have_a_zero():
+    layer, mask = _built_layer()  # a pruned kernel, a full bias
+    retraces = []
+    elide_full_masks(layer, lambda: retraces.append(1))
+    assert elided_masks(layer) == {"bias"}
+    layer.set_masks(mask, np.ones(5))  # no 0 in the bias: nothing to do
+    assert elided_masks(layer) == {"bias"} and retraces == []
+    layer.bias_mask.assign([True, False, True, True, True])  # by hand: seen when checked
+    assert elided_masks(layer) == {"bias"}
+    check_elided_masks(layer)
+    assert elided_masks(layer) == set() and retraces == [1]
+    layer.set_masks(bias_mask=np.ones(5))  # full again: kept with its select
+    check_elided_masks(layer)
+    assert elided_masks(layer) == set() and retraces == [1]
+    # Through `set_masks` and `set_pruned_values_aside`, at once.
+    elide_full_masks(layer, lambda: retraces.append(2))
+    assert elided_masks(layer) == {"bias"}
+    layer.set_masks(bias_mask=[1, 1, 0, 1, 1])
+    assert elided_masks(layer) == set() and retraces == [1, 2]
+    layer.set_masks(bias_mask=np.ones(5))
+    elide_full_masks(layer, lambda: retraces.append(3))
+    layer.bias_mask.assign([True, True, True, False, True])
+    set_pruned_values_aside(layer)
+    assert elided_masks(layer) == set() and retraces == [1, 2, 3]
+    restore_pruned_values(layer)
+    elide_full_masks(layer, None)
+    layer.set_masks(bias_mask=np.ones(5))
+    elide_full_masks(layer, lambda: retraces.append(4))
+    elide_full_masks(layer, None)  # off: nothing traced without a select
+    layer.set_masks(bias_mask=[0, 1, 1, 1, 1])
+    assert elided_masks(layer) == set() and retraces == [1, 2, 3]
 
 
 def test_early_stopping_before_the_scheduler_restores_as_under_the_product():
