@@ -22,7 +22,10 @@ Times LeNet-300-100 (784-300-100-10, relu; Adam 1.2e-3, batch 60,
   `keras_lth.zeroing`), with the same budgets;
 - `plain_gradmask` (opt-in diagnostic): plain `Dense` layers whose kernel
   gradients pass through that same select with an all-true mask, no
-  callback: the least an exact mask adds to a dense step.
+  callback: the least an exact mask adds to a dense step;
+- `masked_selects` (opt-in diagnostic): `masked` with a select on the
+  gradient of every masked variable, full masks (the biases) included, as
+  before `keras_lth.layers.elide_full_masks`.
 
 The run also measures the machine's float32 matmul peak (`matmul_peak`) and
 prints the FLOP/s that the LeNet-300-100 steps achieve against it
@@ -182,6 +185,21 @@ class _NoBiasMaskDense(lth.MaskedDense):
         return self.activation(x)
 
 
+class _EverySelect(keras.callbacks.Callback):
+    """After the scheduler's start: every masked variable traced with its gradient select."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        layers = [l for l in lth.layers.masked_layers(self.model) if lth.layers.elided_masks(l)]
+        for layer in layers:
+            lth.layers.elide_full_masks(layer, None)
+        if layers:
+            self.model.make_train_function(force=True)
+
+
+def _every_select_scheduler():
+    return [*_iterative_scheduler(), _EverySelect()]
+
+
 class _GradientSelectDense(keras.layers.Dense):
     """Diagnostic: `Dense` whose kernel gradient passes through one select (an all-true mask).
 
@@ -310,6 +328,13 @@ VARIANTS = [
         "plain_gradmask",
         "keras.layers.Dense whose kernel gradients pass one select (all-true mask), no callback",
         _GradientSelectDense,
+        default=False,
+    ),
+    Variant(
+        "masked_selects",
+        "masked with a select on every masked gradient, the biases' included (no elision)",
+        lth.MaskedDense,
+        _every_select_scheduler,
         default=False,
     ),
     # Masked Dense against keras-lth 0.1.0's layer, both without a callback

@@ -289,6 +289,8 @@ def test_steps_protocol_holds_the_layers_as_a_run_and_ends_the_run():
     dataset = overhead.tf.data.Dataset.from_tensor_slices((x, y)).batch(60).repeat()
     run = overhead._StepRun(model, masked.callbacks(), dataset, steps=4)
     assert all(map(aside, layers))  # computing as during a scheduler run
+    elided = overhead.lth.layers.elided_masks
+    assert [elided(l) for l in layers] == [{"bias"}] * 3  # pruned kernels, full biases
     start = int(model.optimizer.iterations)
     for _ in range(4):
         run.step()
@@ -303,6 +305,20 @@ def test_steps_protocol_holds_the_layers_as_a_run_and_ends_the_run():
             np.testing.assert_array_equal(a, b)  # round 0 of the run: no pruning
     moved = [not np.allclose(a, b) for a, b, w in zip(before, after, model.weights) if w.trainable]
     assert all(moved)  # the steps trained every layer
+
+
+def test_masked_selects_diagnostic_traces_every_gradient_select():
+    variant = overhead.only_variants(["masked_selects"])[-1]
+    model = overhead.build_model(variant, jit_compile=False)
+    x, y, _ = _common.load_data(3)
+    dataset = overhead.tf.data.Dataset.from_tensor_slices((x, y)).batch(60).repeat()
+    run = overhead._StepRun(model, variant.callbacks(), dataset, steps=1)
+    layers = overhead.lth.masked_layers(model)
+    assert variant.name == "masked_selects" and len(layers) == 3
+    assert all(map(overhead.lth.layers.pruned_values_aside, layers))
+    assert not any(map(overhead.lth.layers.elided_masks, layers))
+    run.step()
+    run.close()
 
 
 def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(monkeypatch):
