@@ -21,6 +21,7 @@ sys.path.insert(0, BENCH)
 import _overhead_common as _common
 import overhead
 import overhead_runs
+import select_cost
 
 HAS_TFMOT = importlib.util.find_spec("tensorflow_model_optimization") is not None
 
@@ -319,6 +320,63 @@ def test_masked_selects_diagnostic_traces_every_gradient_select():
     assert not any(map(overhead.lth.layers.elided_masks, layers))
     run.step()
     run.close()
+
+
+@pytest.mark.parametrize("state, kernels_elided", [("dense", True), ("pruned", False)])
+def test_select_cost_traces_with_and_without_the_selects(monkeypatch, state, kernels_elided):
+    """`select_cost.trace`: the selects traced are the elision's, or every masked variable's."""
+    variant = overhead.only_variants(["masked"])[-1]
+    model = overhead.build_model(variant, jit_compile=False)
+    x, y, _ = _common.load_data(3)
+    if state == "pruned":
+        model.fit(x, y, batch_size=60, epochs=2, verbose=0, callbacks=variant.callbacks())
+    dataset = overhead.tf.data.Dataset.from_tensor_slices((x, y)).batch(60).repeat()
+    run = overhead._StepRun(model, variant.callbacks(), dataset, steps=20)
+    layers = overhead.lth.masked_layers(model)
+    elided = [overhead.lth.layers.elided_masks(l) for l in layers]
+    assert elided == [{"kernel", "bias"} if kernels_elided else {"bias"}] * 3
+    traced = []
+    original = overhead.lth.layers._gradient_masked
+    monkeypatch.setattr(
+        overhead.lth.layers,
+        "_gradient_masked",
+        lambda raw, mask: traced.append(tuple(mask.shape)) or original(raw, mask),
+    )
+    kernels = [(784, 300), (300, 100), (100, 10)]
+    select_cost.trace(model, run.iterator, elide=True, warmup_steps=1)
+    assert traced == ([] if kernels_elided else kernels)
+    traced.clear()
+    select_cost.trace(model, run.iterator, elide=False, warmup_steps=1)
+    assert sorted(traced) == sorted(kernels + [(300,), (100,), (10,)])
+    # The elision is back as it was, the scheduler's retrace included.
+    assert [overhead.lth.layers.elided_masks(l) for l in layers] == elided
+    assert all(
+        l.__dict__["_lth_elided"][1] == run.hooks.callbacks[0]._zeroing._retrace for l in layers
+    )
+    run.step()
+    run.close()
+
+
+def test_select_cost_main_writes_both_states(tmp_path, capsys):
+    out = tmp_path / "select_cost.json"
+    result = select_cost.main(["--steps", "2", "--repeats", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(result["states"]) == {"dense", "pruned"}
+    assert result["states"]["dense"]["density"] == [1.0, 1.0, 1.0]
+    assert result["states"]["pruned"]["elided"] == {
+        name: ["bias"] for name in ("hidden_1", "hidden_2", "output")
+    }
+    for entry in result["states"].values():
+        functions = entry["functions"]
+        assert list(functions) == list(select_cost.FUNCTIONS)
+        assert all(f["n_steps"] == 4 for f in functions.values())
+        assert all("vs_elided" in functions[n] for n in select_cost.FUNCTIONS[1:])
+    printed = capsys.readouterr().out
+    assert "pruned: densities [0.8, 0.8, 0.9]" in printed
+    with pytest.raises(SystemExit) as exc:
+        select_cost.main(["--repeats", "0"])
+    assert exc.value.code == 2
+    assert "Received: --steps 200, --repeats 0" in capsys.readouterr().err
 
 
 def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(monkeypatch):
