@@ -959,6 +959,12 @@ def _pooled(name="overhead_amd/pooled_aside.json"):
     return _json(name)
 
 
+def _select_cost_ratios(state, functions=("selects", "selects_again")):
+    """`functions` / `elided` step-time ratios of `state` in the three `select_cost` runs."""
+    runs = [_json(f"overhead_elided/select_cost_{s}.json")["states"][state] for s in "abc"]
+    return [r["functions"][f]["vs_elided"]["ratio"] for r in runs for f in functions]
+
+
 def test_readme_mask_cost_table_is_the_recorded_runs():
     _, flops = _summary_ratios("overhead_amd/overhead_aside.json")  # FLOP/s line
     earlier, _ = _summary_ratios("overhead_intel/overhead.json")  # re-introduction
@@ -971,7 +977,7 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
         'gradual, `pruned_values="zeroed"`': "masked_gradual_poly_zeroed",
     }
     instances = _pooled("overhead_inst/pooled.json")["pooled"]
-    steps = _pooled("overhead_steps/pooled.json")["pooled"]
+    steps = _pooled("overhead_elided/pooled.json")["pooled"]
     rows["masked small CNN"] = "masked_cnn"
     cell = _overhead_runs().pooled_cell
     for label, name in rows.items():
@@ -995,9 +1001,21 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     assert f"one step in turn, from {min(controls):.3f} to {max(controls):.3f}." in prose
     for key in ("masked, jit off", "masked, jit on"):
         assert f"({steps[key]['mean']:.3f} ± {steps[key]['std']:.3f}" in prose, key
-    off = [_json(f"overhead_steps/overhead_steps_{s}.json")["keras3"]["off"] for s in "abc"]
+    off = [_json(f"overhead_elided/overhead_elided_{s}.json")["keras3"]["off"] for s in "abc"]
     diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in off]
     assert f"the masks cost {min(diffs):.2f}–{max(diffs):.2f} ms a step" in prose
+    day_before = _pooled("overhead_steps/pooled.json")["pooled"]["masked, jit off"]
+    assert (
+        f"a day earlier at it ({day_before['mean']:.3f} ± {day_before['std']:.3f}, one above)"
+        in prose
+    )
+    assert [r["ratio"] <= r["budget"] for r in day_before["runs"]].count(False) == 1
+    assert all(r["ratio"] <= r["budget"] for r in steps["masked, jit off"]["runs"])
+    pruned, dense = _select_cost_ratios("pruned"), _select_cost_ratios("dense")
+    saved = f"{100 * (statistics.fmean(pruned) - 1):.1f}"
+    assert f"saves about {saved}% of a step after a pruning" in prose
+    assert f"`selects` / `elided` {min(pruned):.3f}–{max(pruned):.3f};" in prose
+    assert f"{100 * (min(dense) - 1):.0f}–{100 * (max(dense) - 1):.0f}% before the first)" in prose
     files = [os.path.basename(f) for f in _pooled()["files"]]
     lenet = [f for f in files if re.fullmatch(r"overhead_(aside|adopt)_lenet.*\.json", f)]
     child = [f for f in files if f.startswith("tfmot_child_")]
@@ -1166,6 +1184,83 @@ def test_steps_protocol_section_is_the_recorded_runs():
     ratio = {k: f"{diag[k]['vs_plain']['ratio']:.3f}" for k in ("plain_gradmask", "masked")}
     assert f"`plain_gradmask` / `plain` is {ratio['plain_gradmask']}" in prose
     assert f"`masked` / `plain` {ratio['masked']}" in prose
+
+
+def test_elided_section_is_the_recorded_runs():
+    folder = "overhead_elided"
+    section, pooled = _assert_pooled_section(
+        "Full masks traced without a select",
+        f"{folder}/pooled.json",
+        8,
+        (
+            "log_steps_a.txt",
+            "log_diag_gradmask.txt",
+            "log_diag_selects.txt",
+            "log_select_cost_a.txt",
+        ),
+        (
+            ("log_steps_b.txt", "log_steps_a.txt"),
+            ("log_steps_c.txt", "log_steps_a.txt"),
+            ("log_select_cost_b.txt", "log_select_cost_a.txt"),
+            ("log_select_cost_c.txt", "log_select_cost_a.txt"),
+        ),
+    )
+    p = pooled["pooled"]
+    assert all(q["valid_runs"] == 3 for q in p.values())
+    prose = " ".join(section.split())
+    for key in p:
+        assert f"{p[key]['mean']:.3f} ± {p[key]['std']:.3f}" in prose, key
+    controls = [e["control"] for q in p.values() for e in q["runs"]]
+    assert f"The A/A controls ranged from {min(controls):.3f} to {max(controls):.3f}" in prose
+    off = [_json(f"{folder}/overhead_elided_{s}.json")["keras3"]["off"] for s in "abc"]
+    iqrs = ", ".join("{:.3f}–{:.3f}".format(*o["masked"]["vs_plain"]["paired_iqr"]) for o in off)
+    assert f"per-block IQRs: {iqrs}." in prose
+    diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in off]
+    plain = [o["plain"]["step_ms"] for o in off]
+    assert f"cost {min(diffs):.2f} to {max(diffs):.2f} ms per step on a plain step of" in prose
+    assert f"plain step of {min(plain):.2f} to {max(plain):.2f} ms." in prose
+    masked = p["masked, jit off"]
+    assert all(r["ratio"] <= r["budget"] for r in masked["runs"])
+    assert f"(mean + std {masked['mean'] + masked['std']:.3f})" in prose
+    # The earlier runs, and the day between.
+    earlier = _pooled("overhead_steps/pooled.json")["pooled"]["masked, jit off"]
+    assert f"runs above ({earlier['mean']:.3f} ± {earlier['std']:.3f})" in prose
+    old = [_json(f"overhead_steps/overhead_steps_{s}.json")["keras3"]["off"] for s in "abc"]
+    old_plain = [o["plain"]["step_ms"] for o in old]
+    old_diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in old]
+    assert f"took {min(old_plain):.2f} to {max(old_plain):.2f} ms in the runs above" in prose
+    assert f"the masks {min(old_diffs):.2f} to {max(old_diffs):.2f} ms then" in prose
+    # One model instance: select_cost.
+    pruned, dense = _select_cost_ratios("pruned"), _select_cost_ratios("dense")
+    aa_pruned = _select_cost_ratios("pruned", ("elided_again",))
+    aa_dense = _select_cost_ratios("dense", ("elided_again",))
+    assert (
+        f"`selects` / `elided` was {min(pruned):.3f} to {max(pruned):.3f} (mean "
+        f"{statistics.fmean(pruned):.3f}) over the three `select_cost` runs, against "
+        f"{min(aa_pruned):.3f} to {max(aa_pruned):.3f} for the A/A"
+    ) in prose
+    assert (
+        f"`selects` / `elided` was {min(dense):.3f} to {max(dense):.3f} (A/A "
+        f"{min(aa_dense):.3f} to {max(aa_dense):.3f})"
+    ) in prose
+    assert max(aa_pruned) < 1.01 and min(dense) > max(aa_dense) + 0.02  # the reading's premise
+    for state in ("dense", "pruned"):
+        for s in "abc":
+            run = _json(f"{folder}/select_cost_{s}.json")
+            assert run["config"]["steps"] == 200 and run["config"]["repeats"] == 20
+            assert all(f["n_steps"] == 4000 for f in run["states"][state]["functions"].values())
+    # Two models: the diagnostics.
+    r = lambda d, k: f"{d[k]['vs_plain']['ratio']:.3f}"  # noqa: E731
+    sel = _json(f"{folder}/diag_selects.json")["keras3"]["off"]
+    grad = _json(f"{folder}/diag_gradmask.json")["keras3"]["off"]
+    assert (
+        f"`masked` / `plain` was {r(sel, 'masked')}, `masked_selects` / `plain` "
+        f"{r(sel, 'masked_selects')} and `plain_gradmask` / `plain` {r(sel, 'plain_gradmask')}, "
+        f"with an A/A control of {r(sel, 'plain_again')}"
+    ) in prose
+    assert (
+        f"measured {r(grad, 'masked')}, {r(grad, 'plain_gradmask')} and {r(grad, 'plain_again')}."
+    ) in prose
 
 
 def test_readme_says_where_keras_compiles_with_xla():
