@@ -751,12 +751,13 @@ def elide_full_masks(layer, retrace=None):
     computes with its raw variables and masks the gradient of each of them
     with one select, also where the mask has no 0 (the biases under weight
     pruning, every weight before the first pruning). Without XLA each
-    select is an op of its own at every step, and the biases' cost about as
-    much as the kernels'. With `retrace`, the variables whose mask has no 0
-    now are traced without it (as a plain Keras layer's are); as soon as
-    one of them gets a 0 it is traced with it again and `retrace()` is
-    called, which must make the training function trace again before the
-    next step (the `PruningScheduler` passes
+    select is an op of its own at every step: on a 2-core CPU the three
+    kernels' selects cost 4-6% of a LeNet-300-100 step, the biases' about
+    0.5% (`benchmarks/select_cost.py`). With `retrace`, the variables whose
+    mask has no 0 now are traced without it (as a plain Keras layer's are);
+    as soon as one of them gets a 0 it is traced with it again and
+    `retrace()` is called, which must make the training function trace
+    again before the next step (the `PruningScheduler` passes
     `model.make_train_function(force=True)`). That happens in `set_masks`,
     `set_pruned_values_aside` and `check_elided_masks`; a mask assigned
     directly (`layer.kernel_mask.assign`) is seen by the latter two only.

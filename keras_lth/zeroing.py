@@ -35,8 +35,9 @@ traced again as soon as such a mask gets a 0
 (`keras_lth.layers.elide_full_masks`): at the scheduler's first pruning, at
 once for `set_masks` (from any callback, inside an epoch too), and at the
 next epoch's start or end for a mask assigned directly. Without XLA each
-select is an operation of its own at every step, and the biases' selects
-cost about as much as the kernels'.
+select is an operation of its own at every step (measured on a 2-core CPU:
+4-6% of a LeNet-300-100 step for the three kernels' selects before the
+first pruning, about 0.5% for the biases' after it).
 
 Kept layers (the default) train the same way during a run when that changes
 nothing they compute: their pruned values are set aside in host memory
