@@ -959,6 +959,34 @@ def _pooled(name="overhead_amd/pooled_aside.json"):
     return _json(name)
 
 
+def _steps_runs_off(folder):
+    """The jit-off results of the three steps-protocol runs `<folder>/<folder>_{a,b,c}.json`."""
+    return [_json(f"{folder}/{folder}_{s}.json")["keras3"]["off"] for s in "abc"]
+
+
+def _mask_cost_ms(folder, dash=" to "):
+    """`(masked - plain step ms, plain step ms)` over those runs, each as "min<dash>max"."""
+    off = _steps_runs_off(folder)
+    diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in off]
+    plain = [o["plain"]["step_ms"] for o in off]
+    return tuple(f"{min(v):.2f}{dash}{max(v):.2f}" for v in (diffs, plain))
+
+
+def _assert_steps_reading(prose, pooled, folder, iqrs_end):
+    """The reading of a steps-protocol section: every pooled mean ± std, the A/A
+    range, the jit-off `masked` per-block IQRs (then `iqrs_end`) and the masks'
+    cost per step against the plain step, from `folder`'s three runs."""
+    for key in pooled:
+        assert f"{pooled[key]['mean']:.3f} ± {pooled[key]['std']:.3f}" in prose, key
+    controls = [e["control"] for q in pooled.values() for e in q["runs"]]
+    assert f"The A/A controls ranged from {min(controls):.3f} to {max(controls):.3f}" in prose
+    off = _steps_runs_off(folder)
+    iqrs = ", ".join("{:.3f}–{:.3f}".format(*o["masked"]["vs_plain"]["paired_iqr"]) for o in off)
+    assert f"per-block IQRs: {iqrs}{iqrs_end}" in prose
+    cost, plain = _mask_cost_ms(folder)
+    assert f"cost {cost} ms per step on a plain step of {plain} ms" in prose
+
+
 def _select_cost_ratios(state, functions=("selects", "selects_again")):
     """`functions` / `elided` step-time ratios of `state` in the three `select_cost` runs."""
     runs = [_json(f"overhead_elided/select_cost_{s}.json")["states"][state] for s in "abc"]
@@ -1001,9 +1029,8 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     assert f"one step in turn, from {min(controls):.3f} to {max(controls):.3f}." in prose
     for key in ("masked, jit off", "masked, jit on"):
         assert f"({steps[key]['mean']:.3f} ± {steps[key]['std']:.3f}" in prose, key
-    off = [_json(f"overhead_elided/overhead_elided_{s}.json")["keras3"]["off"] for s in "abc"]
-    diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in off]
-    assert f"the masks cost {min(diffs):.2f}–{max(diffs):.2f} ms a step" in prose
+    cost, _ = _mask_cost_ms("overhead_elided", dash="–")
+    assert f"the masks cost {cost} ms a step" in prose
     day_before = _pooled("overhead_steps/pooled.json")["pooled"]["masked, jit off"]
     assert (
         f"a day earlier at it ({day_before['mean']:.3f} ± {day_before['std']:.3f}, one above)"
@@ -1168,18 +1195,7 @@ def test_steps_protocol_section_is_the_recorded_runs():
     runs = [_json(f"overhead_steps/overhead_steps_{s}.json") for s in "abc"]
     assert {r["config"]["protocol"] for r in runs} == {"steps"}
     prose = " ".join(section.split())
-    p = pooled["pooled"]
-    for key in p:
-        assert f"{p[key]['mean']:.3f} ± {p[key]['std']:.3f}" in prose, key
-    controls = [e["control"] for q in p.values() for e in q["runs"]]
-    assert f"The A/A controls ranged from {min(controls):.3f} to {max(controls):.3f}" in prose
-    off = [r["keras3"]["off"] for r in runs]
-    iqrs = ", ".join("{:.3f}–{:.3f}".format(*o["masked"]["vs_plain"]["paired_iqr"]) for o in off)
-    assert f"per-block IQRs: {iqrs})" in prose
-    diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in off]
-    plain = [o["plain"]["step_ms"] for o in off]
-    assert f"cost {min(diffs):.2f} to {max(diffs):.2f} ms per step on a plain step of" in prose
-    assert f"of {min(plain):.2f} to {max(plain):.2f} ms" in prose
+    _assert_steps_reading(prose, pooled["pooled"], "overhead_steps", iqrs_end=")")
     diag = _json("overhead_steps/diag_gradmask.json")["keras3"]["off"]
     ratio = {k: f"{diag[k]['vs_plain']['ratio']:.3f}" for k in ("plain_gradmask", "masked")}
     assert f"`plain_gradmask` / `plain` is {ratio['plain_gradmask']}" in prose
@@ -1208,28 +1224,17 @@ def test_elided_section_is_the_recorded_runs():
     p = pooled["pooled"]
     assert all(q["valid_runs"] == 3 for q in p.values())
     prose = " ".join(section.split())
-    for key in p:
-        assert f"{p[key]['mean']:.3f} ± {p[key]['std']:.3f}" in prose, key
-    controls = [e["control"] for q in p.values() for e in q["runs"]]
-    assert f"The A/A controls ranged from {min(controls):.3f} to {max(controls):.3f}" in prose
-    off = [_json(f"{folder}/overhead_elided_{s}.json")["keras3"]["off"] for s in "abc"]
-    iqrs = ", ".join("{:.3f}–{:.3f}".format(*o["masked"]["vs_plain"]["paired_iqr"]) for o in off)
-    assert f"per-block IQRs: {iqrs}." in prose
-    diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in off]
-    plain = [o["plain"]["step_ms"] for o in off]
-    assert f"cost {min(diffs):.2f} to {max(diffs):.2f} ms per step on a plain step of" in prose
-    assert f"plain step of {min(plain):.2f} to {max(plain):.2f} ms." in prose
+    _assert_steps_reading(prose, p, folder, iqrs_end=".")
+    assert f"plain step of {_mask_cost_ms(folder)[1]} ms." in prose
     masked = p["masked, jit off"]
     assert all(r["ratio"] <= r["budget"] for r in masked["runs"])
     assert f"(mean + std {masked['mean'] + masked['std']:.3f})" in prose
     # The earlier runs, and the day between.
     earlier = _pooled("overhead_steps/pooled.json")["pooled"]["masked, jit off"]
     assert f"runs above ({earlier['mean']:.3f} ± {earlier['std']:.3f})" in prose
-    old = [_json(f"overhead_steps/overhead_steps_{s}.json")["keras3"]["off"] for s in "abc"]
-    old_plain = [o["plain"]["step_ms"] for o in old]
-    old_diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in old]
-    assert f"took {min(old_plain):.2f} to {max(old_plain):.2f} ms in the runs above" in prose
-    assert f"the masks {min(old_diffs):.2f} to {max(old_diffs):.2f} ms then" in prose
+    old_cost, old_plain = _mask_cost_ms("overhead_steps")
+    assert f"took {old_plain} ms in the runs above" in prose
+    assert f"the masks {old_cost} ms then" in prose
     # One model instance: select_cost.
     pruned, dense = _select_cost_ratios("pruned"), _select_cost_ratios("dense")
     aa_pruned = _select_cost_ratios("pruned", ("elided_again",))
