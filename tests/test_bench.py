@@ -482,6 +482,49 @@ def test_trace_counts_sees_the_train_function_and_no_retrace():
     assert timing.trace_counts(model)["train"] > traced
 
 
+def test_the_recorder_counts_the_traces_of_every_function_of_the_run():
+    """A pruning run replaces its training function at the first pruning
+    (the masks' elision ends): the recorder counts the traces of the
+    function it replaced too, so the pruned run has the dense run's traces
+    and more, not only those of its last function."""
+    import keras
+    import numpy as np
+
+    import keras_lth as lth
+    from keras_lth.bench.recorder import Recorder
+
+    x = np.random.default_rng(0).normal(size=(10, 3)).astype("float32")
+    y = np.arange(10) % 2  # batches of 4: a full and a partial batch
+
+    def traces(pruned):
+        model = lth.prunable(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+        model.compile(
+            "sgd",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        callbacks, round_of = [], None
+        if pruned:
+            scheduler = lth.PruningScheduler(lth.IterativeSchedule(1, 2), verbose=0)
+            callbacks, round_of = [scheduler], scheduler.round_of
+        chunks = [(x, y)]
+        recorder = Recorder(
+            chunks,
+            chunks,
+            3,
+            3,
+            round_of=round_of,
+            density_fn=lambda m: lth.density(m, per_layer=True),
+        )
+        epochs = 4 if pruned else 2  # the dense run: the pruned run's round 0
+        model.fit(x, y, batch_size=4, epochs=epochs, verbose=0, callbacks=[recorder, *callbacks])
+        return recorder.traces
+
+    dense, pruned = traces(False), traces(True)
+    assert dense["train"] >= 2 and dense["test"] == pruned["test"] == 1
+    assert pruned["train"] > dense["train"]  # the last function alone traced fewer
+
+
 def test_bare_step_ms_is_positive():
     import keras
 

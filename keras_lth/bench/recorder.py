@@ -19,7 +19,7 @@ import time
 import keras
 import numpy as np
 
-from keras_lth.bench.timing import trace_counts
+from keras_lth.bench.timing import count_traces, traced_functions
 
 
 def eval_chunks(dataset, size=1000) -> list:
@@ -101,17 +101,26 @@ class RecorderLogic:
         self.records = []
         self.traces = {}
         self.eval_s = 0.0
+        self._functions = {}
 
     def on_train_begin(self, logs=None):
         self.records = []
         self.traces = {}
         self.eval_s = 0.0
+        self._functions = {}
         self._start = time.perf_counter()
         self._round = None
         self._steps = 0
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._see_functions()
+
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
+        self._see_functions()
+        self._record_epoch(epoch, logs if logs is not None else {})
+        self._see_functions()  # the test function, built by the first evaluation
+
+    def _record_epoch(self, epoch, logs):
         r = self.round_of(epoch) if self.round_of else 0
         if r != self._round:
             self._round = r
@@ -145,7 +154,20 @@ class RecorderLogic:
     def on_train_end(self, logs=None):
         # before the scheduler's `on_train_end`, which may uninstall a
         # re-introduction step (and with it the traced function)
-        self.traces = trace_counts(self.model)
+        self._see_functions()
+        self.traces = count_traces(
+            {name: list(fns.values()) for name, fns in self._functions.items()}
+        )
+        self._functions = {}  # let the replaced functions go
+
+    def _see_functions(self):
+        """Keeps every train and test function seen at an epoch's start and
+        end: a run may replace them (the scheduler retraces at its first
+        pruning), and `traces` counts the traces of all of them."""
+        for name, fns in traced_functions(self.model).items():
+            seen = self._functions.setdefault(name, {})
+            for f in fns:
+                seen.setdefault(id(f), f)
 
     def _record(self, r, density, per_layer):
         curve = self._curve

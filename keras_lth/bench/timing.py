@@ -6,9 +6,12 @@
   pipeline. `keras-lth bench` measures it at its start and end, in the same
   process as the runs, and prints its own wall time per training step
   against it.
-- `trace_counts`: how often the model's train and test functions were
-  traced, so that a function traced again round after round shows up in the
-  results.
+- `trace_counts` and `traced_functions`: how often the model's train and
+  test functions were traced, so that a function traced again round after
+  round shows up in the results. A run may replace its training function
+  (a `PruningScheduler` run retraces it at its first pruning), so the
+  benchmark's recorder sums the traces of every function it saw during the
+  run (`count_traces`).
 """
 
 from __future__ import annotations
@@ -80,10 +83,10 @@ def bare_step_ms(model, batch_size, learning_rate, steps=200, repeats=5, seed=0)
     return 1e3 * float(np.median(times))
 
 
-def trace_counts(model) -> dict:
-    """`{"train": n, "test": m}`: traces of the model's current train and
-    test functions (every `tf.function` they call, summed); `{}` for a
-    function that is not built.
+def traced_functions(model) -> dict:
+    """`{"train": [...], "test": [...]}`: the `tf.function`s inside the
+    model's current train and test functions; no key for a function that
+    is not built.
 
     Keras keeps its `tf.function`s inside the closures of `train_function`
     and `test_function` (Keras 3), or makes them the functions themselves
@@ -94,8 +97,25 @@ def trace_counts(model) -> dict:
     for name in ("train", "test"):
         fn = getattr(model, f"{name}_function", None)
         if fn is not None:
-            out[name] = sum(f.experimental_get_tracing_count() for f in _tf_functions(fn))
+            out[name] = _tf_functions(fn)
     return out
+
+
+def count_traces(functions) -> dict:
+    """`{name: traces}` summed over `functions`, `{name: [tf.function]}`."""
+    return {
+        name: sum(f.experimental_get_tracing_count() for f in fns)
+        for name, fns in functions.items()
+    }
+
+
+def trace_counts(model) -> dict:
+    """`{"train": n, "test": m}`: traces of the model's current train and
+    test functions (every `tf.function` they call, summed); `{}` for a
+    function that is not built. A function the model replaced (and its
+    traces) is not counted: see `RecorderLogic`, which counts them all.
+    """
+    return count_traces(traced_functions(model))
 
 
 def _tf_functions(fn, depth=0, seen=None) -> list:
