@@ -173,6 +173,72 @@ def time_interleaved(runs, x, y, repeats, instances, callbacks, clock):
     return steps, cpu, fits
 
 
+class StepRun:
+    """One model trained step by step as `fit` trains it, for the `steps` protocol.
+
+    Its callbacks see `fit`'s hooks (`keras.callbacks.CallbackList`): the
+    run's start and its first epoch's start before the first step (a
+    `PruningScheduler` then holds its layers as during a run), batch hooks
+    around every step (gradual pruning's), and the epoch's and the run's end
+    at `close`. A step is what `fit`'s loop runs per batch: the model's
+    compiled `train_function` on an iterator over `dataset` (a Keras 3 model,
+    TensorFlow backend; Keras 3 is imported here, so the tfmot child process
+    has set `TF_USE_LEGACY_KERAS` before).
+    """
+
+    def __init__(self, model, callbacks, dataset, steps):
+        import keras
+
+        self.model = model
+        self.hooks = keras.callbacks.CallbackList(
+            callbacks, model=model, epochs=EPOCHS_PER_FIT, steps=steps, verbose=0
+        )
+        self.iterator = iter(dataset)
+        self.step_count = 0
+        self.logs = None
+        self.hooks.on_train_begin()
+        self.hooks.on_epoch_begin(0)
+        model.make_train_function()  # (a scheduler that holds layers has traced it again)
+
+    def step(self):
+        self.hooks.on_train_batch_begin(self.step_count)
+        self.logs = self.model.train_function(self.iterator)
+        self.hooks.on_train_batch_end(self.step_count, self.logs)
+        self.step_count += 1
+
+    def close(self):
+        logs = {k: float(v) for k, v in self.logs.items()}
+        self.hooks.on_epoch_end(0, logs)
+        self.hooks.on_train_end(logs)
+
+
+def time_steps(runs, steps, repeats, warmup_steps):
+    """Times `runs` (`{key: StepRun}`), every run one step per cycle, in `interleaved` order.
+
+    Each run first takes `warmup_steps` untimed steps (they trace the train
+    step as the run holds the layers). Then `repeats` blocks of `steps`
+    cycles; each step is timed from its batch-begin hooks to its batch-end
+    hooks, so a gradual pruning step's pruning is in the step it precedes.
+
+    Returns:
+        `(wall, cpu)`: per key, one list of step times (seconds) per block,
+        as `summarize` takes them.
+    """
+    for run in runs.values():
+        for _ in range(warmup_steps):
+            run.step()
+    wall = {key: [[] for _ in range(repeats)] for key in runs}
+    cpu = {key: [[] for _ in range(repeats)] for key in runs}
+    for cycle, order in interleaved(list(runs), steps * repeats):
+        block = cycle // steps
+        for key in order:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            runs[key].step()
+            wall[key][block].append(time.perf_counter() - start)
+            cpu[key][block].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
 def quartiles(values):
     q1, median, q3 = np.percentile(values, [25, 50, 75])
     return float(q1), float(median), float(q3)
@@ -201,6 +267,7 @@ def summarize(steps, walls, cpu=None, instances=1):
         "mean_step_ms": statistics.fmean(pooled),
         "step_iqr_ms": [q1, q3],
         "repeat_medians_ms": [round(v, 4) for v in per_repeat],
+        "repeat_means_ms": [round(1e3 * statistics.fmean(rep), 4) for rep in steps],
         "n_steps": len(pooled),
     }
     if walls is not None:
@@ -237,6 +304,10 @@ def compare(num, den):
         "paired_iqr": [q1, q3],
         "paired_range": [min(paired), max(paired)],
     }
+    if "repeat_means_ms" in num and "repeat_means_ms" in den:
+        # the means' ratio per repeat (gradual pruning: its pruning steps included)
+        means = [a / b for a, b in zip(num["repeat_means_ms"], den["repeat_means_ms"])]
+        out["mean_paired_range"] = [min(means), max(means)]
     if "cpu_step_ms" in num and "cpu_step_ms" in den:
         paired = [a / b for a, b in zip(num["cpu_repeat_medians_ms"], den["cpu_repeat_medians_ms"])]
         q1, median, q3 = quartiles(paired)

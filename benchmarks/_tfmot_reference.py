@@ -30,6 +30,12 @@ Variants, timed interleaved on the same LeNet-300-100 set-up as `overhead.py`:
   no batch hook) in this process, to tell this process's cost from gradual
   pruning's.
 
+`--protocol steps` times the Keras 3 variants only (every model one
+training step in turn, as `overhead.py --protocol steps` does in the main
+process; `keras3` is then the baseline): a gradual pruning step then runs
+between the same plain steps as the step it is paired with, so its cost is
+seen per block of steps, the slow pruning steps in the mean.
+
 Usage (normally through `overhead.py`):
 `TF_USE_LEGACY_KERAS=1 python benchmarks/_tfmot_reference.py --out t.json`
 """
@@ -51,11 +57,13 @@ from _overhead_common import (
     LEARNING_RATE,
     UNITS,
     StepClock,
+    StepRun,
     check_instances,
     compare,
     load_data,
     summarize,
     time_interleaved,
+    time_steps,
     warm_instances,
 )
 
@@ -75,6 +83,7 @@ DEFAULT_VARIANTS = (
     "masked_gradual_poly_zeroed",
 )
 AA_CONTROL = "keras3_again"
+TF_KERAS_VARIANTS = ("tf_keras", "tfmot")  # not in the steps protocol
 # Opt-in diagnostics, without a budget: where gradual pruning's cost comes from.
 DIAGNOSTICS = ("masked_gradual_fast", "masked_gradual_idle", "masked_iterative")
 VARIANT_NAMES = DEFAULT_VARIANTS + DIAGNOSTICS
@@ -125,12 +134,29 @@ def main(argv=None):
     parser.add_argument("--jit", default="off,on")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--protocol", choices=("fits", "steps"), default="fits")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
         check_instances(args.repeats, args.instances)
     except ValueError as error:
         parser.error(str(error))
+    steps_protocol = args.protocol == "steps"
+    wanted = set(args.variants.split(","))
+    unknown = sorted(wanted - set(VARIANT_NAMES))
+    if unknown:
+        parser.error(f"expected --variants among {', '.join(VARIANT_NAMES)}. Received: {unknown}")
+    if steps_protocol:
+        tf_keras_asked = sorted(wanted & set(TF_KERAS_VARIANTS))
+        if tf_keras_asked:
+            parser.error(
+                "expected Keras 3 variants only with --protocol steps (it steps Keras 3 "
+                f"models). Received: {', '.join(tf_keras_asked)}"
+            )
+        if args.instances != 1:
+            parser.error(
+                f"expected --instances 1 with --protocol steps. Received: {args.instances}"
+            )
 
     os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is first imported
     import keras  # Keras 3, for the keras_lth variants only
@@ -238,7 +264,7 @@ def main(argv=None):
             KerasClock(),
         ),
     }
-    wanted = {BASELINE, *args.variants.split(",")}
+    wanted.add(KERAS3_BASELINE if steps_protocol else BASELINE)
     variants = {name: spec for name, spec in table.items() if name in wanted}
 
     x, y, source = load_data(args.steps)
@@ -252,15 +278,29 @@ def main(argv=None):
                 )
             except Exception as e:  # noqa: BLE001 (e.g. an op XLA cannot compile)
                 errors[(jit, name)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    steps_s, cpu_s, fits_s = time_interleaved(
-        runs,
-        x,
-        y,
-        args.repeats,
-        args.instances,
-        lambda key: variants[key[1]][1](),
-        lambda key: variants[key[1]][2],
-    )
+    timed_models = {}
+    if steps_protocol:
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH_SIZE).repeat()
+        step_runs = {
+            key: StepRun(model, variants[key[1]][1](), dataset, args.steps * args.repeats)
+            for key, [(model, _)] in runs.items()
+        }
+        steps_s, cpu_s = time_steps(step_runs, args.steps, args.repeats, warmup_steps=5)
+        fits_s = {key: None for key in step_runs}
+        for key, run in step_runs.items():
+            if lth.masked_layers(run.model):
+                timed_models[key] = round(lth.density(run.model), 4)
+            run.close()
+    else:
+        steps_s, cpu_s, fits_s = time_interleaved(
+            runs,
+            x,
+            y,
+            args.repeats,
+            args.instances,
+            lambda key: variants[key[1]][1](),
+            lambda key: variants[key[1]][2],
+        )
 
     results = {}
     for jit in jit_modes:
@@ -271,6 +311,8 @@ def main(argv=None):
                 mode[name] = {"error": errors[key]}
             elif key in runs:
                 mode[name] = summarize(steps_s[key], fits_s[key], cpu_s[key], args.instances)
+                if key in timed_models:
+                    mode[name]["density_when_timed"] = timed_models[key]
         if "step_ms" in mode.get(BASELINE, {}):
             for name, entry in mode.items():
                 if name != BASELINE and "step_ms" in entry:
@@ -280,6 +322,7 @@ def main(argv=None):
                 if (name.startswith("masked") or name == AA_CONTROL) and "step_ms" in entry:
                     entry["vs_keras3"] = compare(entry, mode[KERAS3_BASELINE])
     out = {
+        "protocol": args.protocol,
         "data": source,
         "batch_size": BATCH_SIZE,
         "instances": args.instances,

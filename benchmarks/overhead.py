@@ -59,7 +59,9 @@ paired steps are then milliseconds apart instead of a `fit` apart, so load
 that changes over seconds hits both alike; a block's median plays a
 repeat's role in the summaries. It leaves out what `fit` adds around a
 step (the same for every variant with no batch hooks) and each fit's
-epoch-level work, and runs this process's variants only (no tfmot child).
+epoch-level work. The tfmot child then runs the same protocol on its Keras 3
+variants only (gradual pruning against plain Keras 3, with its A/A control;
+no tf_keras or tfmot model).
 The median leaves out rare slow steps; for gradual pruning, whose pruning
 steps are such steps, the summary also gives the ratio of mean step times. The same
 statistics are computed for the CPU time the whole process spends per step
@@ -134,12 +136,13 @@ from _overhead_common import (
     LEARNING_RATE,
     UNITS,
     StepClock,
+    StepRun,
     check_instances,
     compare,
-    interleaved,
     load_data,
     summarize,
     time_interleaved,
+    time_steps,
     warm_instances,
 )
 
@@ -484,46 +487,11 @@ def _compare_all(out, by_name):
                 entry["vs_masked"] = compare(entry, mode["masked"])
 
 
-class _StepRun:
-    """One model trained step by step as `fit` trains it, for the `steps` protocol.
-
-    Its callbacks see `fit`'s hooks (`keras.callbacks.CallbackList`): the
-    run's start and its first epoch's start before the first step (a
-    `PruningScheduler` then holds its layers as during a run), batch hooks
-    around every step, and the epoch's and the run's end at `close`. A step
-    is what `fit`'s loop runs per batch: the model's compiled
-    `train_function` on an iterator over `dataset` (TensorFlow backend).
-    """
-
-    def __init__(self, model, callbacks, dataset, steps):
-        self.model = model
-        self.hooks = keras.callbacks.CallbackList(
-            callbacks, model=model, epochs=EPOCHS_PER_FIT, steps=steps, verbose=0
-        )
-        self.iterator = iter(dataset)
-        self.step_count = 0
-        self.logs = None
-        self.hooks.on_train_begin()
-        self.hooks.on_epoch_begin(0)
-        model.make_train_function()  # (a scheduler that holds layers has traced it again)
-
-    def step(self):
-        self.hooks.on_train_batch_begin(self.step_count)
-        self.logs = self.model.train_function(self.iterator)
-        self.hooks.on_train_batch_end(self.step_count, self.logs)
-        self.step_count += 1
-
-    def close(self):
-        logs = {k: float(v) for k, v in self.logs.items()}
-        self.hooks.on_epoch_end(0, logs)
-        self.hooks.on_train_end(logs)
-
-
 def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
     """The `steps` protocol: every (jit mode, variant) model takes one step in turn.
 
     Each model is warmed up by one `fit` as in `measure` (tracing, the first
-    pruning), then trained step by step (`_StepRun`): a cycle gives every
+    pruning), then trained step by step (`StepRun`): a cycle gives every
     model one training step, on the same batch, in alternating order (A B,
     B A, ...), so two variants' steps are at most a few milliseconds apart
     and background load that changes over seconds hits both alike. `repeats`
@@ -541,19 +509,8 @@ def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
             [(model, _)] = warm_instances(
                 lambda v=v, jit=jit: build_model(v, jit), v.callbacks, clock, x, y, 1
             )
-            runs[(jit, v.name)] = _StepRun(model, v.callbacks(), dataset, steps * repeats)
-    for run in runs.values():  # traces the train step as the run holds the layers
-        for _ in range(warmup_steps):
-            run.step()
-    wall = {key: [[] for _ in range(repeats)] for key in runs}
-    cpu = {key: [[] for _ in range(repeats)] for key in runs}
-    for cycle, order in interleaved(list(runs), steps * repeats):
-        block = cycle // steps
-        for key in order:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            runs[key].step()
-            wall[key][block].append(time.perf_counter() - start)
-            cpu[key][block].append(time.process_time() - start_cpu)
+            runs[(jit, v.name)] = StepRun(model, v.callbacks(), dataset, steps * repeats)
+    wall, cpu = time_steps(runs, steps, repeats, warmup_steps)
     out = {}
     for key, run in runs.items():
         jit, name = key
@@ -575,7 +532,6 @@ def matmul_peak(n=1024, repeats=20):
     An `n x n` by `n x n` product in a `tf.function` (2 n^3 floating-point
     operations), timed after a warm-up, on every core TensorFlow uses.
     """
-    import time
 
     a = tf.random.normal((n, n), seed=0)
     b = tf.random.normal((n, n), seed=1)
@@ -622,8 +578,12 @@ def flops_lines(result):
     return lines
 
 
-def run_tfmot_child(steps, repeats, jit_modes, variants, instances=1):
-    """Runs `_tfmot_reference.py` in a fresh process with TF_USE_LEGACY_KERAS=1."""
+def run_tfmot_child(steps, repeats, jit_modes, variants, instances=1, protocol="fits"):
+    """Runs `_tfmot_reference.py` in a fresh process with TF_USE_LEGACY_KERAS=1.
+
+    With `protocol="steps"` pass Keras 3 variants only (the child steps
+    Keras 3 models; see `_tfmot_reference.TF_KERAS_VARIANTS`).
+    """
     child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tfmot_reference.py")
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
     with tempfile.TemporaryDirectory() as tmp:
@@ -631,6 +591,7 @@ def run_tfmot_child(steps, repeats, jit_modes, variants, instances=1):
         cmd = [sys.executable, child, "--steps", str(steps), "--repeats", str(repeats)]
         cmd += ["--jit", ",".join("on" if j else "off" for j in jit_modes), "--out", path]
         cmd += ["--variants", ",".join(variants), "--instances", str(instances)]
+        cmd += ["--protocol", protocol]
         proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.exists(path):
             return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-20:]}
@@ -694,7 +655,8 @@ def print_table(result):
         return
     print(
         f"child process, TF_USE_LEGACY_KERAS=1: tfmot {child['versions']['tfmot']}, "
-        f"tf_keras {child['versions']['tf_keras']}, {child['schedule']}"
+        f"tf_keras {child['versions']['tf_keras']}, {child['schedule']}; "
+        f"{child['poly_schedule']}; --protocol {child.get('protocol', 'fits')}"
     )
     for mode, variants in child["results"].items():
         for name, e in variants.items():
@@ -757,9 +719,13 @@ def summary_lines(result):
                 )
                 if name.startswith("masked_gradual"):
                     m = e["vs_keras3"]["mean_ratio"]
+                    spread = ""
+                    if "mean_paired_range" in e["vs_keras3"]:
+                        lo, hi = e["vs_keras3"]["mean_paired_range"]
+                        spread = f", per repeat {lo:.3f} to {hi:.3f}"
                     lines.append(
                         f"jit={mode}: {name}/keras3 mean step = {m:.3f} "
-                        "(pruning steps included; same child process)"
+                        f"(pruning steps included{spread}; same child process)"
                     )
             if "vs_tf_keras" in e:
                 q = e["vs_tf_keras"]["ratio"]
@@ -804,7 +770,8 @@ def main(argv=None):
         default="fits",
         help="fits (default): interleaved fit calls, the path users run; steps: every "
         "model takes one training step in turn, as fit's loop runs it, so paired "
-        "steps are milliseconds apart (this process's variants only: no tfmot child)",
+        "steps are milliseconds apart (the child process then steps its Keras 3 "
+        "variants, gradual pruning against plain Keras 3, and runs no tf_keras or tfmot)",
     )
     parser.add_argument("--jit", default="off,on", help="jit_compile modes: off, on or off,on")
     parser.add_argument(
@@ -881,11 +848,13 @@ def main(argv=None):
         },
         "keras3": keras3,
     }
-    if args.tfmot and args.protocol == "steps":
-        print("--protocol steps: the tfmot child process is not run (it times fit calls)")
-    elif args.tfmot:
+    if args.tfmot:
+        if args.protocol == "steps":  # gradual pruning against plain Keras 3, step by step
+            child_variants = [
+                n for n in child_variants if n not in _tfmot_reference.TF_KERAS_VARIANTS
+            ]
         result["tfmot"] = run_tfmot_child(
-            args.steps, args.repeats, jit_modes, child_variants, args.instances
+            args.steps, args.repeats, jit_modes, child_variants, args.instances, args.protocol
         )
     result["matmul_peak_flops"] = matmul_peak()
     result["lenet_step_flops"] = lenet_step_flops()

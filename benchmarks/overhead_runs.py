@@ -171,11 +171,13 @@ def pool(entries, budget):
 
 
 def protocol_of(result):
-    """How a result file's main-process rows were timed: `"steps"`, or `"fits"` and `--instances`.
+    """How a result file's rows were timed: `"steps"`, or `"fits"` and `--instances`.
 
-    The tfmot child always times fit calls.
+    `overhead.py` records its protocol in its `config`, the child at its top
+    level; the child runs the protocol of the `overhead.py` run that started
+    it. Files from before the option timed fit calls.
     """
-    if result.get("config", {}).get("protocol") == "steps":
+    if result.get("config", {}).get("protocol", result.get("protocol")) == "steps":
         return "steps"
     return f"fits, {instances_of(result)} instance(s)"
 

@@ -6,7 +6,7 @@ variable whose mask has no 0 is traced without it
 (`keras_lth.layers.elide_full_masks`). This script times that choice with
 nothing else different: one masked LeNet-300-100 (as `overhead.py`'s
 `masked` variant: `MaskedDense`, Adam, batch 60, an `IterativeSchedule`),
-held as in a run (`overhead._StepRun`), and its training function traced
+held as in a run (`overhead.StepRun`), and its training function traced
 four times:
 
 - `elided`: as the scheduler traces it (no select where a mask has no 0);
@@ -56,7 +56,7 @@ STATES = ("dense", "pruned")
 def trace(model, iterator, elide=True, warmup_steps=3):
     """A new training function of `model`, traced with the elision on or off.
 
-    The model must be held as in a run (a started `_StepRun`). The function
+    The model must be held as in a run (a started `StepRun`). The function
     is traced by its first calls (`warmup_steps`, which train), and the
     layers' elision is as it was afterwards.
     """
@@ -92,7 +92,7 @@ def measure_state(state, steps, repeats, jit_compile=False):
             x, y, batch_size=overhead.BATCH_SIZE, epochs=2, verbose=0, callbacks=variant.callbacks()
         )
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(overhead.BATCH_SIZE).repeat()
-    run = overhead._StepRun(model, variant.callbacks(), dataset, steps * repeats)
+    run = overhead.StepRun(model, variant.callbacks(), dataset, steps * repeats)
     layers = lth.masked_layers(model)
     iterator = run.iterator
     functions = traced_functions(model, iterator)

@@ -19,6 +19,7 @@ BENCH = os.path.join(ROOT, "benchmarks")
 sys.path.insert(0, BENCH)
 
 import _overhead_common as _common
+import _tfmot_reference
 import overhead
 import overhead_runs
 import select_cost
@@ -277,7 +278,7 @@ def test_measure_spreads_the_repeats_over_the_instances(monkeypatch):
 
 
 def test_steps_protocol_holds_the_layers_as_a_run_and_ends_the_run():
-    """`_StepRun`: the scheduler's run starts before the first step and ends at `close`."""
+    """`StepRun`: the scheduler's run starts before the first step and ends at `close`."""
     masked = overhead.only_variants(["masked"])[1]
     model = overhead.build_model(masked, jit_compile=False)
     x, y, _ = _common.load_data(3)
@@ -288,7 +289,7 @@ def test_steps_protocol_holds_the_layers_as_a_run_and_ends_the_run():
     before = [w.copy() for w in model.get_weights()]
 
     dataset = overhead.tf.data.Dataset.from_tensor_slices((x, y)).batch(60).repeat()
-    run = overhead._StepRun(model, masked.callbacks(), dataset, steps=4)
+    run = overhead.StepRun(model, masked.callbacks(), dataset, steps=4)
     assert all(map(aside, layers))  # computing as during a scheduler run
     elided = overhead.lth.layers.elided_masks
     assert [elided(l) for l in layers] == [{"bias"}] * 3  # pruned kernels, full biases
@@ -313,7 +314,7 @@ def test_masked_selects_diagnostic_traces_every_gradient_select():
     model = overhead.build_model(variant, jit_compile=False)
     x, y, _ = _common.load_data(3)
     dataset = overhead.tf.data.Dataset.from_tensor_slices((x, y)).batch(60).repeat()
-    run = overhead._StepRun(model, variant.callbacks(), dataset, steps=1)
+    run = overhead.StepRun(model, variant.callbacks(), dataset, steps=1)
     layers = overhead.lth.masked_layers(model)
     assert variant.name == "masked_selects" and len(layers) == 3
     assert all(map(overhead.lth.layers.pruned_values_aside, layers))
@@ -331,7 +332,7 @@ def test_select_cost_traces_with_and_without_the_selects(monkeypatch, state, ker
     if state == "pruned":
         model.fit(x, y, batch_size=60, epochs=2, verbose=0, callbacks=variant.callbacks())
     dataset = overhead.tf.data.Dataset.from_tensor_slices((x, y)).batch(60).repeat()
-    run = overhead._StepRun(model, variant.callbacks(), dataset, steps=20)
+    run = overhead.StepRun(model, variant.callbacks(), dataset, steps=20)
     layers = overhead.lth.masked_layers(model)
     elided = [overhead.lth.layers.elided_masks(l) for l in layers]
     assert elided == [{"kernel", "bias"} if kernels_elided else {"bias"}] * 3
@@ -402,7 +403,7 @@ def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(
 
     monkeypatch.setattr(overhead, "build_model", lambda v, jit: f"{v.name}{int(jit)}")
     monkeypatch.setattr(overhead, "warm_instances", warm)
-    monkeypatch.setattr(overhead, "_StepRun", FakeRun)
+    monkeypatch.setattr(overhead, "StepRun", FakeRun)
     monkeypatch.setattr(overhead.lth, "masked_layers", lambda model: [])
     variants = overhead.only_variants(["plain_again"])
     out, _ = overhead.measure_steps(variants, [False, True], steps=3, repeats=2, warmup_steps=1)
@@ -419,14 +420,13 @@ def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(
 
 def test_steps_protocol_run(tmp_path, capsys):
     out = tmp_path / "steps.json"
-    argv = ["--protocol", "steps", "--only", "masked", "--jit", "off"]
+    argv = ["--protocol", "steps", "--only", "masked", "--jit", "off", "--no-tfmot"]
     assert overhead.main([*argv, "--steps", "3", "--repeats", "2", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     with open(out) as f:
         result = json.load(f)
     assert result["config"]["protocol"] == "steps"
-    assert "tfmot" not in result  # fits only: no child process
-    assert "--protocol steps: the tfmot child process is not run" in stdout
+    assert "tfmot" not in result  # --no-tfmot: no child process
     assert "2 blocks of 3 cycles, one training step per variant" in stdout
     variants = result["keras3"]["off"]
     assert set(variants) == {"plain", "masked"}
@@ -440,6 +440,71 @@ def test_steps_protocol_run(tmp_path, capsys):
     assert ratio == pytest.approx(masked["step_ms"] / variants["plain"]["step_ms"])
     assert f"jit=off: masked/plain = {ratio:.3f}" in stdout
     assert overhead_runs.protocol_of(result) == "steps"
+
+
+@pytest.mark.skipif(not HAS_TFMOT, reason="tensorflow-model-optimization not installed")
+def test_steps_protocol_steps_gradual_pruning_in_the_child_process(tmp_path, capsys, monkeypatch):
+    """`--protocol steps` runs the child's Keras 3 variants step by step:
+    gradual pruning against plain Keras 3 and the child's A/A control, no
+    tf_keras or tfmot model; the gradual model prunes during the timed steps."""
+    calls = []
+    script = f"""
+import sys
+sys.path.insert(0, {BENCH!r})
+import _tfmot_reference
+_tfmot_reference.FREQUENCY = 4  # gradual pruning prunes within a smoke run
+sys.exit(_tfmot_reference.main(sys.argv[1:]))
+"""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT)
+
+    def child_process(steps, repeats, jit_modes, variants, instances=1, protocol="fits"):
+        calls.append((list(variants), protocol))
+        out = tmp_path / "child.json"
+        cmd = [sys.executable, "-c", script, "--steps", str(steps), "--repeats", str(repeats)]
+        cmd += ["--jit", "off", "--variants", ",".join(variants), "--protocol", protocol]
+        cmd += ["--out", str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(out) as f:
+            return json.load(f)
+
+    monkeypatch.setattr(overhead, "run_tfmot_child", child_process)
+    out = tmp_path / "steps.json"
+    argv = ["--protocol", "steps", "--only", "plain_again", "--jit", "off"]
+    assert overhead.main([*argv, "--steps", "6", "--repeats", "2", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    [(variants, protocol)] = calls
+    assert protocol == "steps"
+    assert not set(variants) & set(_tfmot_reference.TF_KERAS_VARIANTS)
+    assert "masked_gradual_poly" in variants and "keras3_again" in variants
+    with open(out) as f:
+        child = json.load(f)["tfmot"]
+    assert child["protocol"] == "steps"
+    results = child["results"]["off"]
+    assert set(results) == {"keras3", *variants}
+    for name, e in results.items():
+        assert e["n_steps"] == 12 and len(e["repeat_medians_ms"]) == 2, name  # 2 blocks of 6
+        assert len(e["repeat_means_ms"]) == 2 and "outside_steps_ms_per_fit" not in e
+    poly = results["masked_gradual_poly"]
+    # the warm-up fit (12 steps) and the timed steps pruned every 4th step
+    assert poly["density_when_timed"] < 1.0
+    q = poly["vs_keras3"]["ratio"]
+    assert q == pytest.approx(poly["step_ms"] / results["keras3"]["step_ms"])
+    lo, hi = poly["vs_keras3"]["mean_paired_range"]
+    assert lo <= hi
+    assert f"jit=off: masked_gradual_poly/keras3 = {q:.3f}" in stdout
+    assert "--protocol steps" in stdout
+
+
+def test_the_child_refuses_tf_keras_variants_in_the_steps_protocol(capsys):
+    for argv, message in (
+        (["--protocol", "steps", "--variants", "keras3_again,tfmot"], "Received: tfmot"),
+        (["--variants", "keras4"], "Received: ['keras4']"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            _tfmot_reference.main([*argv, "--out", "unused.json"])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_steps_protocol_argument_errors(capsys):
@@ -568,6 +633,19 @@ def test_runs_of_different_protocols_are_not_pooled(tmp_path):
     with pytest.raises(ValueError, match=r"same protocol .*'steps'"):
         overhead_runs.pooled([paths[0], str(tmp_path / "steps.json")])
     assert overhead_runs.pooled([str(tmp_path / "steps.json")])["masked, jit off"]["mean"] == 1.02
+    # a child run of the steps protocol, alone or embedded in its overhead.py run
+    child_steps = _child_run(1.0, 1.04, 1.08)
+    child_steps["protocol"] = "steps"
+    assert overhead_runs.protocol_of(child_steps) == "steps"
+    steps["tfmot"] = child_steps
+    with open(tmp_path / "steps.json", "w") as f:
+        json.dump(steps, f)
+    with open(tmp_path / "child_steps.json", "w") as f:
+        json.dump(child_steps, f)
+    both = overhead_runs.pooled([str(tmp_path / "steps.json"), str(tmp_path / "child_steps.json")])
+    assert both["masked_gradual_poly, jit off"]["mean"] == 1.04
+    with pytest.raises(ValueError, match=r"same protocol .* masked_gradual_poly, jit off"):
+        overhead_runs.pooled([paths[2], str(tmp_path / "child_steps.json")])
 
 
 def test_instance_effect_by_hand(tmp_path):
