@@ -1005,7 +1005,7 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
         'gradual, `pruned_values="zeroed"`': "masked_gradual_poly_zeroed",
     }
     instances = _pooled("overhead_inst/pooled.json")["pooled"]
-    steps = _pooled("overhead_elided/pooled.json")["pooled"]
+    steps = _pooled("overhead_gsteps/pooled_two_days.json")["pooled"]
     rows["masked small CNN"] = "masked_cnn"
     cell = _overhead_runs().pooled_cell
     for label, name in rows.items():
@@ -1017,7 +1017,7 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
                 [
                     cell(pooled[key]) if key in pooled else "-",
                     cell(instances[key]),
-                    cell(steps[key]) if key in steps else "-",  # no gradual rows
+                    cell(steps[key]),
                 ]
             )
             assert got == want, label
@@ -1029,18 +1029,25 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     assert f"one step in turn, from {min(controls):.3f} to {max(controls):.3f}." in prose
     for key in ("masked, jit off", "masked, jit on"):
         assert f"({steps[key]['mean']:.3f} ± {steps[key]['std']:.3f}" in prose, key
-    cost, _ = _mask_cost_ms("overhead_elided", dash="–")
-    assert f"the masks cost {cost} ms a step" in prose
-    day_before = _pooled("overhead_steps/pooled.json")["pooled"]["masked, jit off"]
-    assert (
-        f"a day earlier at it ({day_before['mean']:.3f} ± {day_before['std']:.3f}, one above)"
-        in prose
-    )
-    assert [r["ratio"] <= r["budget"] for r in day_before["runs"]].count(False) == 1
-    assert all(r["ratio"] <= r["budget"] for r in steps["masked, jit off"]["runs"])
+    off = _steps_runs_off("overhead_elided") + _steps_runs_off("overhead_gsteps")
+    cost = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in off]
+    assert f"the masks cost {min(cost):.2f}–{max(cost):.2f} ms a step" in prose
+    within = [r["ratio"] <= r["budget"] for r in steps["masked, jit off"]["runs"]]
+    assert f", {within.count(True)} of {len(within)} runs within;" in prose
+    assert len(within) == 6 and within.count(False) == 1
+    poly = steps["masked_gradual_poly, jit off"]
+    assert f"is within the budget in every run ({cell(poly).split(' (')[0]} jit off)" in prose
+    assert all(r["ratio"] <= r["budget"] for r in poly["runs"])
+    means = [
+        _json(f"overhead_gsteps/overhead_gsteps_{s}.json")["tfmot"]["results"]["off"][
+            "masked_gradual_poly"
+        ]["vs_keras3"]["mean_ratio"]
+        for s in "abc"
+    ]
+    assert f"`PolynomialDecay`, {min(means):.3f}–{max(means):.3f}." in prose
     pruned, dense = _select_cost_ratios("pruned"), _select_cost_ratios("dense")
     saved = f"{100 * (statistics.fmean(pruned) - 1):.1f}"
-    assert f"saves about {saved}% of a step after a pruning" in prose
+    assert f"save about {saved}% of a step after a pruning" in prose
     assert f"`selects` / `elided` {min(pruned):.3f}–{max(pruned):.3f};" in prose
     assert f"{100 * (min(dense) - 1):.0f}–{100 * (max(dense) - 1):.0f}% before the first)" in prose
     files = [os.path.basename(f) for f in _pooled()["files"]]
@@ -1085,10 +1092,10 @@ def _assert_pooled_section(title, pooled_name, runs_shown, logs, same_commands):
     (command,) = [
         l
         for l in section.splitlines()
-        if l.startswith("python benchmarks/overhead_runs") and " --markdown > " in l
+        if l.startswith("python benchmarks/overhead_runs")
+        and l.endswith(f" --markdown > docs/results/{markdown}")
     ]
     patterns = command.split(" --out ")[0].split()[2:]
-    assert command.endswith(f"--markdown > docs/results/{markdown}")
     expanded = [f for p in patterns for f in sorted(glob.glob(str(REPO / p)))]
     assert [os.path.relpath(f, REPO) for f in expanded] == pooled["files"]
     # The same pooling, computed again from those files.
@@ -1402,3 +1409,89 @@ def test_pruning_step_timings_are_the_recorded_logs():
     assert f"median of {slow} ms, {argsort} s of the {total} s profiled" in page
     assert f"at 55488c5 takes {fast} ms" in page
     assert f"takes {fast} ms instead of {slow} ms" in " ".join(read("CHANGELOG.md").split())
+
+
+def test_gradual_steps_section_is_the_recorded_runs():
+    folder = "overhead_gsteps"
+    title = "Gradual pruning one step in turn"
+    logs = ("log_steps_a.txt",)
+    same = (("log_steps_b.txt", "log_steps_a.txt"), ("log_steps_c.txt", "log_steps_a.txt"))
+    section, pooled = _assert_pooled_section(title, f"{folder}/pooled.json", 3, logs, same)
+    _, two_days = _assert_pooled_section(title, f"{folder}/pooled_two_days.json", 3, logs, same)
+    p, both = pooled["pooled"], two_days["pooled"]
+    assert all(q["valid_runs"] == 3 for q in p.values())
+    assert two_days["files"] == _pooled("overhead_elided/pooled.json")["files"] + pooled["files"]
+    runs = [_json(f"{folder}/{folder}_{s}.json") for s in "abc"]
+    assert {r["config"]["protocol"] for r in runs} == {"steps"}
+    assert {r["tfmot"]["protocol"] for r in runs} == {"steps"}
+    assert {r["config"]["steps"] * r["config"]["repeats"] for r in runs} == {2400}
+    prose = " ".join(section.split())
+    controls = [e["control"] for q in p.values() for e in q["runs"]]
+    assert f"The A/A controls ranged from {min(controls):.3f} to {max(controls):.3f}" in prose
+    cell = lambda q: f"{q['mean']:.3f} ± {q['std']:.3f}"  # noqa: E731
+    for key in p:
+        assert cell(p[key]) in prose, key
+    for key in ("masked", "masked_cnn", "masked_cnn_zeroed"):
+        for mode in ("off", "on"):
+            assert cell(both[f"{key}, jit {mode}"]) in prose, key
+    gradual = [k for k in p if k.startswith("masked_gradual")]
+    assert all(r["ratio"] <= r["budget"] for k in gradual for r in p[k]["runs"])
+    m = both["masked, jit off"]
+    assert f"(jit off, 5 of 6 within, mean + std {m['mean'] + m['std']:.3f})" in prose
+    assert [r["ratio"] <= r["budget"] for r in m["runs"]].count(False) == 1
+    fits = _pooled()["pooled"]["masked_gradual_poly, jit off"]
+    assert f"the same ratio was {cell(fits)} (jit off, five runs, two of them within)" in prose
+    assert (fits["valid_runs"], fits["within_budget"]) == (5, 2)
+    # The ratios of mean steps: each run's, with its blocks' range.
+    child = lambda r, mode, name: r["tfmot"]["results"][mode][name]  # noqa: E731
+    table = section.split("| ratio of mean steps | jit | run `_a` | run `_b` | run `_c` |")[1]
+    for line in table.strip().split("\n\n")[0].splitlines()[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name, mode = re.findall(r"`(\w+)`", cells[0])[0], cells[1]
+        want = []
+        for r in runs:
+            e = child(r, mode, name)["vs_keras3"]
+            want.append("{:.3f} ({:.3f}–{:.3f})".format(e["mean_ratio"], *e["mean_paired_range"]))
+        assert cells[2:] == want, line
+    means = lambda name, mode: [  # noqa: E731
+        child(r, mode, name)["vs_keras3"]["mean_ratio"] for r in runs
+    ]
+    for mode, words in (("off", "(jit off) and"), ("on", "(jit on)**")):
+        v = means("masked_gradual_poly", mode)
+        assert f"{min(v):.3f} to {max(v):.3f} {words}" in prose
+    v = means("masked_gradual", "off") + means("masked_gradual", "on")
+    assert f"the ratio of mean steps was {min(v):.3f} to {max(v):.3f}" in prose
+
+    def blocks_above(name):
+        out = []
+        for r in runs:
+            base = child(r, "off", "keras3")["repeat_means_ms"]
+            out += [a / b for a, b in zip(child(r, "off", name)["repeat_means_ms"], base)]
+        assert len(out) == 36
+        return [f"{x:.3f}" for x in out if x > 1.10]
+
+    assert (
+        "two were above 1.10 for the default layers ({} and {}, both".format(
+            *sorted(blocks_above("masked_gradual_poly"))
+        )
+        in prose
+    )
+    assert (
+        "two for the zeroed ones ({1} and {0};".format(
+            *sorted(blocks_above("masked_gradual_poly_zeroed"))
+        )
+        in prose
+    )
+    densities = {
+        child(r, m, "masked_gradual_poly")["density_when_timed"]
+        for r in runs
+        for m in ("off", "on")
+    }
+    assert {f"{d:.3f}" for d in densities} == {"0.935"} and "(density 0.935 at the end)" in prose
+    # Iterative pruning, this day: IQRs and the masks' cost.
+    off = _steps_runs_off(folder)
+    iqrs = ", ".join("{:.3f}–{:.3f}".format(*o["masked"]["vs_plain"]["paired_iqr"]) for o in off)
+    assert f"IQRs: {iqrs}: three quarters of run `_c`'s blocks" in prose
+    assert off[2]["masked"]["vs_plain"]["paired_iqr"][0] > 1.05
+    cost, plain = _mask_cost_ms(folder)
+    assert f"masks cost {cost} ms per step on a plain step of {plain} ms" in prose
