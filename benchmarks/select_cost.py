@@ -56,12 +56,13 @@ STATES = ("dense", "pruned")
 def trace(model, iterator, elide=True, warmup_steps=3):
     """A new training function of `model`, traced with the elision on or off.
 
-    The model must be held as in a run (a started `StepRun`). The function
-    is traced by its first calls (`warmup_steps`, which train), and the
-    layers' elision is as it was afterwards.
+    The model must be held as in a run (a started `StepRun`: its masked
+    layers' full masks are elided, `keras_lth.layers.elide_full_masks`).
+    The function is traced by its first calls (`warmup_steps`, which
+    train). Afterwards the elision is on again, with the retrace the
+    scheduler passes (`model.make_train_function(force=True)`).
     """
     layers = lth.masked_layers(model)
-    before = [l.__dict__.get("_lth_elided") for l in layers]
     if not elide:
         for layer in layers:
             lth.layers.elide_full_masks(layer, None)
@@ -69,9 +70,8 @@ def trace(model, iterator, elide=True, warmup_steps=3):
     function = model.train_function
     for _ in range(warmup_steps):
         function(iterator)
-    for layer, state in zip(layers, before):
-        if state is not None:  # (its retrace callback: the scheduler's)
-            lth.layers.elide_full_masks(layer, state[1])
+    for layer in layers:
+        lth.layers.elide_full_masks(layer, lambda: model.make_train_function(force=True))
     return function
 
 

@@ -349,11 +349,14 @@ def test_select_cost_traces_with_and_without_the_selects(monkeypatch, state, ker
     traced.clear()
     select_cost.trace(model, run.iterator, elide=False, warmup_steps=1)
     assert sorted(traced) == sorted(kernels + [(300,), (100,), (10,)])
-    # The elision is back as it was, the scheduler's retrace included.
+    # The elision is back as it was, and retraces as the scheduler's does.
     assert [overhead.lth.layers.elided_masks(l) for l in layers] == elided
-    assert all(
-        l.__dict__["_lth_elided"][1] == run.hooks.callbacks[0]._zeroing._retrace for l in layers
-    )
+    before = model.train_function
+    bias_mask = np.ones(layers[0].bias.shape, bool)
+    bias_mask[0] = False
+    layers[0].set_masks(bias_mask=bias_mask)
+    assert overhead.lth.layers.elided_masks(layers[0]) == elided[0] - {"bias"}
+    assert model.train_function is not before  # traced again, the bias with its select
     run.step()
     run.close()
 
