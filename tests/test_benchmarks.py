@@ -8,6 +8,7 @@ import collections
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -955,6 +956,25 @@ def test_prune_step_times_changing_masks(capsys):
         prune_step.main(["--steps", "0"])
     assert exc.value.code == 2
     assert "--steps must be at least 1, received 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_TFMOT, reason="tensorflow-model-optimization not installed")
+def test_prune_step_in_a_run_prunes_at_the_schedules_steps():
+    """`--in-run` (in a process of its own: it imports tfmot): each timed
+    hook call is one of `PolynomialDecay`'s pruning steps, so 2 timed steps
+    after the untimed first end at step 300's sparsity, tfmot's kept count."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, os.path.join(BENCH, "prune_step.py"), "--in-run", "--steps", "2"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("2 pruning steps inside a PruningScheduler run")
+    # PolynomialDecay(0, 0.8, end_step=100000, power=3) at step 300, in float32
+    sparsity = float(np.float32(0.8) * (1 - (1 - np.float32(300) / np.float32(1e5)) ** 3))
+    sizes = (784 * 300, 300 * 100, 100 * 10)
+    kept = sum(max(1, round(n * (1 - sparsity))) for n in sizes)
+    assert f"final density {kept / sum(sizes):.4f})" in proc.stdout
+    assert re.search(r"median [0-9.]+ ms, mean [0-9.]+ ms per step", proc.stdout)
 
 
 # --------------------------------------------------------------------------- #
