@@ -62,14 +62,10 @@ class OptimizerReset:
         where = np.asarray(where, bool)
         if not where.any():
             return
-        # On the device: the positions go there once, no slot comes back
-        # (a gradual pruning step resets a few hundred of each kernel's
-        # slots; reading and writing whole slots cost more than the rest).
-        positions = None
         for slot, value in plan.slots.get(id(variable), ()):
-            if positions is None:
-                positions = ops.convert_to_tensor(where)
-            slot.assign(ops.where(positions, ops.cast(value, slot.dtype), slot))
+            current = ops.convert_to_numpy(slot)
+            current[where] = np.broadcast_to(value, current.shape)[where]
+            slot.assign(current)
 
     def resets_slots(self) -> bool:
         """Whether `reset_at` can reset the slots: the optimizer is built and its copy matches."""
