@@ -1495,3 +1495,49 @@ def test_gradual_steps_section_is_the_recorded_runs():
     assert off[2]["masked"]["vs_plain"]["paired_iqr"][0] > 1.05
     cost, plain = _mask_cost_ms(folder)
     assert f"masks cost {cost} ms per step on a plain step of {plain} ms" in prose
+
+
+def test_gradual_step_in_a_run_section_is_the_recorded_runs():
+    page = read("docs/results/overhead-issue11.md")
+    section = page.split("## A gradual pruning step in a run", 1)[1].split("\n## ", 1)[0]
+    rows = [l for l in section.splitlines() if l.startswith("| `prune_step/log_in_run_")]
+    assert len(rows) == 6
+    medians = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        name = cells[0].strip("`")
+        text = (DOCS / "results" / name).read_text()
+        lines = text.splitlines()
+        assert lines[0] == (
+            f"$ PYTHONPATH=<checkout of {cells[1]}> python benchmarks/prune_step.py "
+            "--in-run --steps 50 --profile"
+        )
+        assert lines[2].startswith(cells[1]) and f"_{cells[1]}_" in name
+        found = re.search(r"median ([0-9.]+) ms, mean ([0-9.]+) ms per step", text)
+        assert cells[2] == f"{found[1]} ms, {found[2]} ms", row
+        reset = re.search(r"\s([0-9.]+)\s+[0-9.]+ \S+optimizer_reset.py:\d+\(reset_at\)", text)
+        assert cells[3] == f"{reset[1]} s", row
+        assert cells[4] == _recorded_wall(text), row
+        before = re.search(r"load average: ([0-9.]+)", lines[1])[1]
+        after = re.search(r"uptime after: .*load average: ([0-9.]+)", text)[1]
+        assert cells[5] == f"{before}, {after}", row
+        medians.setdefault(cells[1], []).append((float(found[1]), float(reset[1])))
+    prose = " ".join(section.split())
+    old, new = medians["a9e56a2"], medians["78c8d70"]
+    lo, hi = min(m for m, _ in old), max(m for m, _ in old)
+    assert f"A pruning step costs {lo:.2f} to {hi:.2f} ms (median" in prose
+    assert (
+        f"`reset_at` took {min(r for _, r in new):.3f} to {max(r for _, r in new):.3f} s "
+        f"against {min(r for _, r in old):.3f} to {max(r for _, r in old):.3f} s"
+    ) in prose
+    assert min(r for _, r in new) > max(r for _, r in old)  # the reading's premise
+    first = (DOCS / "results" / "prune_step" / "log_in_run_a9e56a2_1.txt").read_text()
+    total = re.search(r"function calls \(\d+ primitive calls\) in ([0-9.]+) seconds", first)[1]
+    cum = lambda where: re.search(rf"\s([0-9.]+)\s+[0-9.]+ \S+{where}", first)[1]  # noqa: E731
+    assert f"({total} s over the 50 steps)" in prose
+    masks, slots = cum(r"targets.py:\d+\(set_masks\)"), cum(r"zeroing.py:\d+\(pruned\)")
+    assert f"took {masks} s and resetting the slots (`ZeroHolding.pruned`) {slots} s" in prose
+    # The estimate: against the pooled ratios of mean and median steps.
+    p = _pooled("overhead_gsteps/pooled.json")["pooled"]["masked_gradual_poly, jit off"]
+    gap = f"{p['mean_step_ratio']:.3f} − {p['mean']:.3f} = {p['mean_step_ratio'] - p['mean']:.3f}"
+    assert gap in prose
