@@ -49,7 +49,7 @@ def time_in_run(steps, profile=None):
     """Times `steps` pruning steps of gradual pruning inside a `PruningScheduler` run.
 
     Returns:
-        `(milliseconds per pruning step, the model's density at the end)`.
+        `(milliseconds per pruning step, what was timed)`.
     """
     import keras
     import tensorflow_model_optimization as tfmot  # after Keras 3 (see the docstring)
@@ -73,21 +73,52 @@ def time_in_run(steps, profile=None):
     hooks.on_train_begin()
     hooks.on_epoch_begin(0)  # the layers are held as in a run from here
     first = int(model.optimizer.iterations) + 1  # the step of batch 0
-    times = []
-    for i in range(steps + 1):  # the first pruning step untimed (the kernels' first 0)
-        batch = FREQUENCY * (i + 1) - first  # the batch before which the schedule prunes
-        if profile is not None and i:
-            profile.enable()
-        t = time.perf_counter()
-        hooks.on_train_batch_begin(batch)
-        if i:
-            times.append(1e3 * (time.perf_counter() - t))
-        if profile is not None:
-            profile.disable()
+    hooks.on_train_batch_begin(FREQUENCY - first)  # untimed: the kernels' first 0
+    times = [
+        # the batch before which the schedule prunes for the (i + 1)-th time
+        _timed(lambda i=i: hooks.on_train_batch_begin(FREQUENCY * (i + 1) - first), profile)
+        for i in range(1, steps + 1)
+    ]
     density = lth.density(model)
     hooks.on_epoch_end(0, {})
     hooks.on_train_end({})
-    return times, density
+    description = (
+        f"{steps} pruning steps inside a PruningScheduler run (PolynomialDecay every "
+        f"{FREQUENCY} steps, Adam, LeNet-300-100 held as in a run; final density {density:.4f})"
+    )
+    return times, description
+
+
+def time_out_of_run(steps, profile=None):
+    """Times `steps` calls of `targets.prune_to_sparsity` alone, the sparsity rising each time.
+
+    Returns:
+        `(milliseconds per pruning step, what was timed)`.
+    """
+    targets = PruningTargets(lth.models.lenet_300_100(seed=0), {}, "weight")
+    sparsity = START
+    targets.prune_to_sparsity(sparsity)  # warm-up
+    times = []
+    for _ in range(steps):
+        sparsity += STEP
+        times.append(_timed(lambda s=sparsity: targets.prune_to_sparsity(s), profile))
+    description = (
+        f"{steps} pruning steps of LeNet-300-100 (sparsity {START + STEP:.4f} to "
+        f"{sparsity:.4f}, final density {targets.density():.4f})"
+    )
+    return times, description
+
+
+def _timed(call, profile):
+    """Milliseconds that `call()` takes, under `profile` when one is given."""
+    if profile is not None:
+        profile.enable()
+    start = time.perf_counter()
+    call()
+    elapsed = 1e3 * (time.perf_counter() - start)
+    if profile is not None:
+        profile.disable()
+    return elapsed
 
 
 def main(argv=None):
@@ -102,39 +133,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, received {args.steps}")
-    if args.in_run:
-        profile = cProfile.Profile() if args.profile else None
-        times, density = time_in_run(args.steps, profile)
-        print(
-            f"{args.steps} pruning steps inside a PruningScheduler run (PolynomialDecay every "
-            f"{FREQUENCY} steps, Adam, LeNet-300-100 held as in a run; final density "
-            f"{density:.4f}): median {statistics.median(times):.2f} ms, "
-            f"mean {statistics.fmean(times):.2f} ms per step"
-        )
-        if profile is not None:
-            pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(20)
-        return 0
-    targets = PruningTargets(lth.models.lenet_300_100(seed=0), {}, "weight")
-    sparsity = START
-    targets.prune_to_sparsity(sparsity)  # warm-up
     profile = cProfile.Profile() if args.profile else None
-    times = []
-    for _ in range(args.steps):
-        sparsity += STEP
-        if profile is not None:
-            profile.enable()
-        t = time.perf_counter()
-        targets.prune_to_sparsity(sparsity)
-        times.append(1e3 * (time.perf_counter() - t))
-        if profile is not None:
-            profile.disable()
+    if args.in_run:
+        times, description = time_in_run(args.steps, profile)
+        sort, lines = "cumulative", 20  # where the hook's time goes, callers included
+    else:
+        times, description = time_out_of_run(args.steps, profile)
+        sort, lines = "tottime", 8
     print(
-        f"{args.steps} pruning steps of LeNet-300-100 (sparsity {START + STEP:.4f} to "
-        f"{sparsity:.4f}, final density {targets.density():.4f}): "
-        f"median {statistics.median(times):.2f} ms, mean {statistics.fmean(times):.2f} ms per step"
+        f"{description}: median {statistics.median(times):.2f} ms, "
+        f"mean {statistics.fmean(times):.2f} ms per step"
     )
     if profile is not None:
-        pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(8)
+        pstats.Stats(profile, stream=sys.stdout).sort_stats(sort).print_stats(lines)
     return 0
 
 

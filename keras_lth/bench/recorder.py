@@ -116,9 +116,10 @@ class RecorderLogic:
         self._see_functions()
 
     def on_epoch_end(self, epoch, logs=None):
-        self._see_functions()
         self._record_epoch(epoch, logs if logs is not None else {})
-        self._see_functions()  # the test function, built by the first evaluation
+        # after the evaluations, which build the test function (and never
+        # replace the training function)
+        self._see_functions()
 
     def _record_epoch(self, epoch, logs):
         r = self.round_of(epoch) if self.round_of else 0
