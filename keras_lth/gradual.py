@@ -89,8 +89,9 @@ class GradualPruning:
     def start(self, targets, iterations, on_pruned=None):
         """Applies the schedule up to the next training step, `iterations + 1`.
 
-        `on_pruned(weights, old_masks)`, if given, is called after every
-        pruning with the `MaskedWeight`s and their masks before it.
+        `on_pruned(weights, old_masks, new_masks)`, if given, is called
+        after every pruning with the `MaskedWeight`s and their masks before
+        and after it.
         """
         self.targets = targets
         self.on_pruned = on_pruned
@@ -131,9 +132,9 @@ class GradualPruning:
                     target = sparsity
         self.skip(upto)
         if target is not None:
-            old = self.targets.prune_to_sparsity(_scalar(target))
+            old, new = self.targets.prune_to_sparsity(_scalar(target))
             if self.on_pruned is not None:
-                self.on_pruned(self.targets.all_weights(), old)
+                self.on_pruned(self.targets.all_weights(), old, new)
 
 
 def _scalar(value):

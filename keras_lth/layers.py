@@ -66,6 +66,7 @@ import numpy as np
 from keras import ops
 
 from keras_lth import pruning
+from keras_lth.variable_writes import assign_at
 
 GRADIENT_MODES = ("masked", "dense")
 PRUNED_VALUES = ("kept", "zeroed")
@@ -350,13 +351,14 @@ class MaskedLayer(_PrunedValuesArgument):
             if value is not None
         }
         for name, value in checked.items():
-            known[name].mask.assign(value.astype(bool))
-            if not value.all():
+            kept = value.astype(bool)
+            known[name].mask.assign(kept)
+            if not kept.all():
                 _unelide(self, known[name].name)
             if self.pruned_values == "zeroed":
-                _zero(known[name].variable, known[name].mask)
+                _zero(known[name].variable, kept)
             elif _ASIDE in self.__dict__:  # a weight pruned (or back) during a run
-                _set_weight_aside(self, known[name])
+                _set_weight_aside(self, known[name], kept)
 
     def get_masks(self) -> dict:
         """`{"<attribute>_mask": 0/1 float32 array}` for every mask, bias mask included."""
@@ -693,11 +695,14 @@ def hold_zeros_by_gradient(layer, on=True):
 
 
 def _zero(variable, mask):
-    """Sets the values of `variable` under the 0s of `mask` to zero."""
-    mask = ops.convert_to_numpy(mask)
-    if not mask.all():
+    """Sets the values of `variable` under the 0s of `mask` (a variable or a boolean array) to zero.
+
+    Only the non-zero values there are written (`assign_at`).
+    """
+    kept = np.asarray(ops.convert_to_numpy(mask), bool)
+    if not kept.all():
         raw = ops.convert_to_numpy(variable)
-        variable.assign(np.where(mask, raw, np.zeros((), raw.dtype)))
+        assign_at(variable, ~kept & (raw != 0), 0)
 
 
 # ---------------------------------------------------------------------- #
@@ -849,26 +854,36 @@ def kept_values(model, variables=None) -> list:
     return [_with_aside(v, aside.get(id(v))) for v in variables]
 
 
-def _set_weight_aside(layer, w):
+def _set_weight_aside(layer, w, mask=None):
+    """Sets aside the values of `w` under its 0 mask (`mask`: its boolean value, when known).
+
+    The raw variable ends with zeros under the mask and the weights' values
+    elsewhere; only the positions that differ are written (`assign_at`), so
+    a pruning step that prunes a few weights writes those few.
+    """
     aside = layer.__dict__.setdefault(_ASIDE, {})
-    before = aside.get(id(w.variable))
-    values = _with_aside(w.variable, before)
-    pruned = ~ops.convert_to_numpy(w.mask)
+    raw = ops.convert_to_numpy(w.variable)
+    values = _merge_aside(raw, aside.get(id(w.variable)))
+    pruned = ~(ops.convert_to_numpy(w.mask) if mask is None else np.asarray(mask, bool))
     if pruned.any():
         _unelide(layer, w.name)
     aside[id(w.variable)] = (pruned, values[pruned])
-    if pruned.any() or (before is not None and before[0].any()):
-        w.variable.assign(np.where(pruned, np.zeros((), values.dtype), values))
+    target = np.where(pruned, np.zeros((), values.dtype), values)
+    assign_at(w.variable, raw != target, target)
 
 
 def _with_aside(variable, entry):
-    """The NumPy value of `variable` with its set-aside values (if any) in place.
+    """The NumPy value of `variable` with its set-aside values (if any) in place."""
+    return _merge_aside(ops.convert_to_numpy(variable), entry)
+
+
+def _merge_aside(values, entry):
+    """`values` (a raw variable's) with the set-aside values of `entry` in place.
 
     A set-aside position holds 0 in the raw variable unless something wrote
     to it since (`model.set_weights`, an `assign`): a value written there is
     the weight's value now, as it would be under `raw * mask`, and it wins.
     """
-    values = ops.convert_to_numpy(variable)
     if entry is not None and entry[0].any():
         values = values.copy()
         written = values[entry[0]]
@@ -950,8 +965,9 @@ def _check_mask(mask, arg, shape, layer_name):
             f"Received an invalid value for `{arg}` of layer '{layer_name}', "
             f"expected shape {shape}. Received: {arg}.shape={mask.shape}"
         )
-    if not np.isin(mask, (0.0, 1.0)).all():
-        bad = np.unique(mask[~np.isin(mask, (0.0, 1.0))])[:5]
+    binary = (mask == 0.0) | (mask == 1.0)
+    if not binary.all():
+        bad = np.unique(mask[~binary])[:5]
         raise ValueError(
             f"Received an invalid value for `{arg}` of layer '{layer_name}', "
             f"expected only 0s and 1s. Received values such as {bad.tolist()}"

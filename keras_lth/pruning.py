@@ -127,7 +127,10 @@ def density_after(rate: float, rounds: int) -> float:
 
 def _prune_lowest(scores: np.ndarray, alive: np.ndarray, count: int) -> np.ndarray:
     """Boolean array, True at the `count` alive positions with the lowest score."""
-    flat_scores = np.asarray(scores, dtype=np.float64).ravel()
+    flat_scores = np.asarray(scores)
+    if not np.issubdtype(flat_scores.dtype, np.floating):
+        flat_scores = flat_scores.astype(np.float64)  # a float keeps its dtype: same order
+    flat_scores = flat_scores.ravel()
     flat_alive = np.asarray(alive, dtype=bool).ravel()
     idx = np.flatnonzero(flat_alive)
     out = np.zeros(flat_scores.shape, dtype=bool)

@@ -222,17 +222,17 @@ class PruningTargets:
         if new:
             self.write_masks(new, structure)
 
-    def prune_to_sparsity(self, sparsity) -> dict:
+    def prune_to_sparsity(self, sparsity) -> tuple:
         """Gradual pruning: every masked variable keeps tfmot's count at `sparsity`.
 
         Returns:
-            The masks before, `{weight key: bool array}`.
+            `(masks before, masks after)`, each `{weight key: 0/1 array}`.
         """
         weights = self.all_weights()
         values, masks = values_of(weights), masks_of(weights)
         new = {k: pruning.sparsity_mask(values[k], masks[k], sparsity) for k in values}
         self.set_masks(new, masks)
-        return masks
+        return masks, new
 
     # -- density without reading the masks back --------------------------- #
     def density(self, per_layer=False):

@@ -769,3 +769,17 @@ def test_unknown_layer_names():
 def test_layer_rates_not_a_dict(layer_rates):
     with _raises_naming("layer_rates", layer_rates):
         pruning.prune({"a": K}, {"a": M}, 0.2, layer_rates=layer_rates)
+
+
+@SETTINGS
+@given(st.data(), st.sampled_from([np.float16, np.float32]))
+def test_selection_in_the_scores_own_float_dtype_chooses_what_float64_would(data, dtype):
+    # `_prune_lowest` partitions float scores in their own dtype (a float32
+    # kernel's |w| at half float64's memory traffic): the same choice.
+    scores = data.draw(hnp.arrays(np.float64, st.integers(1, 40), elements=_scores)).astype(dtype)
+    alive = data.draw(hnp.arrays(bool, scores.shape))
+    count = data.draw(st.integers(0, int(alive.sum())))
+    np.testing.assert_array_equal(
+        pruning._prune_lowest(scores, alive, count),
+        pruning._prune_lowest(scores.astype(np.float64), alive, count),
+    )
