@@ -206,6 +206,22 @@ class StepRun:
         self.hooks.on_train_batch_end(self.step_count, self.logs)
         self.step_count += 1
 
+    def masks_when_timed(self) -> dict:
+        """The masked layers' state now (before `close`), `{}` for a model without masks.
+
+        `density_when_timed`, and `layers_aside_when_timed`: the kept layers
+        computing with their pruned values set aside, as in a run.
+        """
+        import keras_lth as lth
+
+        masked = lth.masked_layers(self.model)
+        if not masked:
+            return {}
+        return {
+            "density_when_timed": round(lth.density(self.model), 4),
+            "layers_aside_when_timed": sum(map(lth.layers.pruned_values_aside, masked)),
+        }
+
     def close(self):
         logs = {k: float(v) for k, v in self.logs.items()}
         self.hooks.on_epoch_end(0, logs)

@@ -288,8 +288,7 @@ def main(argv=None):
         steps_s, cpu_s = time_steps(step_runs, args.steps, args.repeats, warmup_steps=5)
         fits_s = {key: None for key in step_runs}
         for key, run in step_runs.items():
-            if lth.masked_layers(run.model):
-                timed_models[key] = round(lth.density(run.model), 4)
+            timed_models[key] = run.masks_when_timed()
             run.close()
     else:
         steps_s, cpu_s, fits_s = time_interleaved(
@@ -311,8 +310,7 @@ def main(argv=None):
                 mode[name] = {"error": errors[key]}
             elif key in runs:
                 mode[name] = summarize(steps_s[key], fits_s[key], cpu_s[key], args.instances)
-                if key in timed_models:
-                    mode[name]["density_when_timed"] = timed_models[key]
+                mode[name].update(timed_models.get(key, {}))
         if "step_ms" in mode.get(BASELINE, {}):
             for name, entry in mode.items():
                 if name != BASELINE and "step_ms" in entry:

@@ -515,11 +515,7 @@ def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
     for key, run in runs.items():
         jit, name = key
         entry = summarize(wall[key], None, cpu[key])
-        masked = lth.masked_layers(run.model)
-        if masked:
-            entry["density_when_timed"] = round(lth.density(run.model), 4)
-            # kept layers computing with their pruned values set aside, as in a run
-            entry["layers_aside_when_timed"] = sum(map(lth.layers.pruned_values_aside, masked))
+        entry.update(run.masks_when_timed())
         run.close()
         out.setdefault("on" if jit else "off", {})[name] = entry
     _compare_all(out, by_name)

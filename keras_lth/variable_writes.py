@@ -1,12 +1,11 @@
 """Writing a variable at some of its positions.
 
 A pruning changes a few positions of large variables: a gradual pruning
-step prunes about 0.2% of a kernel, and the optimizer's slots are reset
-only where weights were just pruned. Reading the whole variable to the host
-and assigning it back costs two full copies and a conversion each time; on
-the TensorFlow backend a scatter of the changed positions alone is about
-three times cheaper when they are few (`benchmarks/prune_step.py --in-run`).
-`assign_at` picks one or the other by how many positions change, so the
+step prunes a fraction of a percent of a kernel, and the optimizer's slots
+are reset only where weights were just pruned. Reading the whole variable
+to the host and assigning it back costs two full copies and a conversion
+each time; on the TensorFlow backend a scatter writes the changed positions
+alone. `assign_at` picks one or the other by how many positions change; the
 result is the same either way.
 """
 
@@ -19,9 +18,9 @@ from keras import ops
 SCATTER_SHARE = 8
 """A scatter is used when at most one position in `SCATTER_SHARE` changes.
 
-On a 2-core CPU a scatter into a 784 x 300 kernel costs about as much as a
-full round trip at 47,000 positions (one fifth) and 2.6 times as much at
-half of them.
+A scatter's cost grows with the positions it writes, a round trip's does
+not: a gradual pruning step (a fraction of a percent of a kernel) is
+scattered, an iterative round's 20% takes the round trip.
 """
 
 

@@ -267,7 +267,6 @@ def test_measure_spreads_the_repeats_over_the_instances(monkeypatch):
     monkeypatch.setattr(overhead, "load_data", lambda steps: (None, None, "none"))
     monkeypatch.setattr(overhead, "build_model", build)
     monkeypatch.setattr(_common, "timed_fit", fit)  # warm_instances, time_interleaved
-    monkeypatch.setattr(overhead.lth, "masked_layers", lambda model: [])
     variants = overhead.only_variants(["plain_again"])
     out, _ = overhead.measure(variants, [False], steps=3, repeats=8, instances=2)
     assert len(built) == 4  # plain 0, 1; plain_again 2, 3
@@ -397,6 +396,9 @@ def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(
         def step(self):
             calls.append(self.name)
 
+        def masks_when_timed(self):
+            return {}  # plain models
+
         def close(self):
             closed.append(self.name)
 
@@ -408,7 +410,6 @@ def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(
     monkeypatch.setattr(overhead, "build_model", lambda v, jit: f"{v.name}{int(jit)}")
     monkeypatch.setattr(overhead, "warm_instances", warm)
     monkeypatch.setattr(overhead, "StepRun", FakeRun)
-    monkeypatch.setattr(overhead.lth, "masked_layers", lambda model: [])
     variants = overhead.only_variants(["plain_again"])
     out, _ = overhead.measure_steps(variants, [False, True], steps=3, repeats=2, warmup_steps=1)
     names = ["plain0", "plain_again0", "plain1", "plain_again1"]
@@ -495,6 +496,8 @@ sys.exit(_tfmot_reference.main(sys.argv[1:]))
     poly = results["masked_gradual_poly"]
     # the warm-up fit (12 steps) and the timed steps pruned every 4th step
     assert poly["density_when_timed"] < 1.0
+    assert poly["layers_aside_when_timed"] == 3  # held as in a run
+    assert "density_when_timed" not in results["keras3"]
     q = poly["vs_keras3"]["ratio"]
     assert q == pytest.approx(poly["step_ms"] / results["keras3"]["step_ms"])
     lo, hi = poly["vs_keras3"]["mean_paired_range"]

@@ -638,13 +638,12 @@ def test_bench_quick_defaults_run_is_the_recorded_one():
     with open(DOCS / "results" / "bench_quick_auto" / "timing.json") as f:
         timing = json.load(f)
     assert timing["runs"] == 54 and {p["jobs"] for p in timing["pieces"]} == {2}
-    page, readme = read("docs/results/bench-quick.md"), read("README.md")
+    page = read("docs/results/bench-quick.md")
     section = page.split("## The main job with its defaults", 1)[1].split("\n## ", 1)[0]
     section = " ".join(section.split())  # line breaks aside
     assert f"Wall time {wall} for the whole main job" in section
-    assert f"({wall})" in readme and "`docs/results/bench_quick_auto/log.txt`" in read(
-        "CONTRIBUTING.md"
-    )
+    assert "`docs/results/bench_quick_auto/log.txt`" in read("CONTRIBUTING.md")
+    assert "earlier commit" in read("CONTRIBUTING.md")  # README cites the current code's run
     assert f"{timing['wall_s']:.0f} s in the 54 runs" in section
     assert f"{timing['ms_per_step']:.2f} ms of wall time per training step" in section
     assert f"{timing['ratio']:.2f}x the bare" in section
@@ -864,6 +863,68 @@ def test_bench_quick_intel_run_is_the_recorded_one():
     assert len(again) == 54 and first == again  # "every one of the 54 runs"
 
 
+def _run_accuracies(name):
+    """`{run key: [test accuracy of each record]}` of a committed results.jsonl."""
+    with open(DOCS / "results" / name / "results.jsonl") as f:
+        lines = [json.loads(l) for l in f]
+    return {
+        json.dumps(l["key"], sort_keys=True): [r["test_accuracy"] for r in l["records"]]
+        for l in lines
+    }
+
+
+def test_bench_quick_current_run_is_the_recorded_one():
+    log = read("docs/results/bench_quick_current/log.txt")
+    lines = log.splitlines()
+    wall = _recorded_wall(log)
+    assert lines[3] == "$ keras-lth bench --out /tmp/bq6/bench_quick_current"
+    assert lines[2].startswith("commit 2d6f33a")
+    with open(DOCS / "results" / "bench_quick_current" / "timing.json") as f:
+        timing = json.load(f)
+    assert timing["runs"] == 54 and {p["jobs"] for p in timing["pieces"]} == {2}
+    page = read("docs/results/bench-quick.md")
+    section = page.split("## The main job at the current code", 1)[1].split("\n## ", 1)[0]
+    section = " ".join(section.split())
+    assert f"Wall time {wall} for the whole main job" in section
+    assert f"({wall})" in read("README.md")
+    assert "`docs/results/bench_quick_current/log.txt`" in read("CONTRIBUTING.md")
+    cpu = re.search(r"Percent of CPU this job got: (\d+)%", log)[1]
+    assert f"{timing['wall_s']:.0f} s in the 54 runs as the benchmark timed them; {cpu}% CPU" in (
+        section
+    )
+    earlier = _recorded_wall(read("docs/results/bench_quick_auto/log.txt"))
+    assert f"against {earlier} for the same job at the earlier code" in section
+    assert f"{timing['ms_per_step']:.2f} ms of wall time per training step" in section
+    assert f"{timing['ratio']:.2f}x the bare" in section
+    lo, hi = timing["pieces"][0]["bare_step_ms"]
+    assert f"({lo} and {hi} ms at the start and end)" in section
+    before = re.search(r"load average: ([0-9.]+)", lines[0])[1]
+    after = re.search(r"load average: ([0-9.]+)", lines[-1])[1]
+    assert f"load average {before} at the start, {after} at the end" in section
+    # the records: those of the first run and the Intel run, not all of the AMD auto run's
+    now = _run_accuracies("bench_quick_current")
+    assert len(now) == 54
+    assert now == _run_accuracies("bench_quick") == _run_accuracies("bench_quick_intel")
+    auto = _run_accuracies("bench_quick_auto")
+    same = sum(now[k] == auto[k] for k in now)
+    assert f"Only {same} of the 54 runs of the `--jobs auto` run above" in section
+    from keras_lth.bench import report  # the summaries differ in their wall times only
+
+    summaries = [read(f"docs/results/bench_quick_{n}/summary.md") for n in ("intel", "current")]
+    assert summaries[0] != summaries[1]
+    assert report.comparable(summaries[0]) == report.comparable(summaries[1])
+    # the traces, by method
+    with open(DOCS / "results" / "bench_quick_current" / "results.jsonl") as f:
+        traces = {}
+        for l in map(json.loads, f):
+            traces.setdefault(l["config"]["method"]["name"], set()).add(
+                (l["traces"]["train"], l["traces"]["test"])
+            )
+    plain = {"dense", "double-complement", "double-feedback", "scored"}
+    assert all(traces[m] == {(3, 2)} for m in plain)
+    assert all(traces[m] == {(5, 2)} for m in set(traces) - plain)
+
+
 def _summary_ratios(path):
     """`{(jit, "a/b"): ratio}` and `{(jit, variant): (GFLOP/s, % of peak)}` of an
     overhead JSON's printed summary."""
@@ -1073,13 +1134,15 @@ def test_readme_mask_cost_table_is_the_recorded_runs():
     assert Counter(_logged_command("overhead_intel/log.txt")) == Counter(base + added.split())
 
 
-def _assert_pooled_section(title, pooled_name, runs_shown, logs, same_commands):
+def _assert_pooled_section(title, pooled_name, runs_shown, logs, same_commands, rows=True):
     """A section of pooled overhead runs is its artifacts: the table is what
     `overhead_runs.py` renders from the committed JSON (`pooled_name`), which
     pools exactly the files its command's patterns match; every run row's
     commit, wall and load averages are its log's; the commands shown are the
     logged ones (`logs`), and `same_commands` pairs of logs ran the same one.
-    Returns the section and the pooled JSON."""
+    `rows=False` checks the pooled table only (a section's second pooling:
+    its run rows and commands were checked with the first). Returns the
+    section and the pooled JSON."""
     section = read("docs/results/overhead-issue11.md").split(f"## {title}", 1)[1]
     section = section.split("\n## ", 1)[0]
     folder = os.path.dirname(pooled_name)
@@ -1104,6 +1167,8 @@ def _assert_pooled_section(title, pooled_name, runs_shown, logs, same_commands):
     )
     for key, p in runs.pooled(expanded).items():
         assert p.get("mean") == pooled["pooled"][key].get("mean"), key
+    if not rows:
+        return section, pooled
     # Every run row: commit, wall and load averages from its log.
     rows = [l for l in section.splitlines() if l.startswith("| `") and ".txt`" in l]
     assert len(rows) == runs_shown
@@ -1417,7 +1482,9 @@ def test_gradual_steps_section_is_the_recorded_runs():
     logs = ("log_steps_a.txt",)
     same = (("log_steps_b.txt", "log_steps_a.txt"), ("log_steps_c.txt", "log_steps_a.txt"))
     section, pooled = _assert_pooled_section(title, f"{folder}/pooled.json", 3, logs, same)
-    _, two_days = _assert_pooled_section(title, f"{folder}/pooled_two_days.json", 3, logs, same)
+    _, two_days = _assert_pooled_section(
+        title, f"{folder}/pooled_two_days.json", 3, logs, same, rows=False
+    )
     p, both = pooled["pooled"], two_days["pooled"]
     assert all(q["valid_runs"] == 3 for q in p.values())
     assert two_days["files"] == _pooled("overhead_elided/pooled.json")["files"] + pooled["files"]
@@ -1541,3 +1608,56 @@ def test_gradual_step_in_a_run_section_is_the_recorded_runs():
     p = _pooled("overhead_gsteps/pooled.json")["pooled"]["masked_gradual_poly, jit off"]
     gap = f"{p['mean_step_ratio']:.3f} − {p['mean']:.3f} = {p['mean_step_ratio'] - p['mean']:.3f}"
     assert gap in prose
+
+
+def test_writing_only_what_changes_section_is_the_recorded_runs():
+    page = read("docs/results/overhead-issue11.md")
+    section = page.split("## Writing only what changes", 1)[1].split("\n## ", 1)[0]
+    rows = [l for l in section.splitlines() if l.startswith("| `prune_step/log_in_run_")]
+    assert len(rows) == 16
+    runs, profiles = {}, {}
+    phases = {
+        "pruned": r"zeroing.py:\d+\(pruned\)",
+        "select": r"pruning.py:\d+\(sparsity_mask\)",
+        "masks": r"targets.py:\d+\(set_masks\)",
+    }
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        name = cells[0].strip("`")
+        text = (DOCS / "results" / name).read_text()
+        lines = text.splitlines()
+        assert lines[0] == (
+            f"$ PYTHONPATH=<checkout of {cells[1]}> python benchmarks/prune_step.py "
+            "--in-run --steps 50 --profile"
+        )
+        assert lines[2].startswith(cells[1]) and f"_{cells[1]}_" in name
+        found = re.search(r"median ([0-9.]+) ms, mean ([0-9.]+) ms per step", text)
+        assert cells[2] == f"{found[1]} ms, {found[2]} ms", row
+        total = re.search(r"function calls \(\d+ primitive calls\) in ([0-9.]+) seconds", text)
+        assert cells[3] == f"{total[1]} s", row
+        assert cells[4] == _recorded_wall(text), row
+        before = re.search(r"load average: ([0-9.]+)", lines[1])[1]
+        after = re.search(r"uptime after: .*load average: ([0-9.]+)", text)[1]
+        assert cells[5] == f"{before}, {after}", row
+        runs.setdefault(cells[1], []).append(float(found[1]))
+        for phase, where in phases.items():
+            cum = re.search(rf"\s([0-9.]+)\s+[0-9.]+ \S+{where}", text)[1]
+            profiles.setdefault((cells[1], phase), []).append(float(cum))
+    prose = " ".join(section.split())
+    old, new = runs["a87f834"], runs["2d6f33a"]
+    assert (
+        f"A pruning step costs {statistics.mean(new):.2f} ± {statistics.stdev(new):.2f} ms at "
+        f"2d6f33a against {statistics.mean(old):.2f} ± {statistics.stdev(old):.2f} ms before"
+    ) in prose
+    ratios = [n / o for n, o in zip(new, old)]  # the rows alternate, old first
+    assert f"cheaper in {sum(r < 1 for r in ratios)} of the 8 pairs" in prose
+    assert (
+        f"ranged from {min(ratios):.2f} to {max(ratios):.2f} (mean {statistics.mean(ratios):.2f})"
+    ) in prose
+    for phase, label in (("pruned", "`ZeroHolding.pruned`) "), ("select", "(`sparsity_mask`) ")):
+        a, b = (statistics.median(profiles[(c, phase)]) for c in ("a87f834", "2d6f33a"))
+        assert f"{label}{a:.3f} → {b:.3f} s" in prose, phase
+    a, b = (statistics.median(profiles[(c, "masks")]) for c in ("a87f834", "2d6f33a"))
+    assert f"{a:.3f} → {b:.3f} s, hardly less" in prose
+    loads = [float(c) for r in rows for c in r.strip("|").split("|")[5].split(",")]
+    assert f"between {min(loads):.2f} and {max(loads):.2f}" in prose
