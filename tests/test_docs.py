@@ -850,16 +850,7 @@ def test_bench_quick_intel_run_is_the_recorded_one():
     )
     assert f"{timing['ms_per_step']:.2f} ms of wall time per training step" in section
     assert f"{timing['ratio']:.2f}x the bare" in section
-
-    def accuracies(name):
-        with open(DOCS / "results" / name / "results.jsonl") as f:
-            lines = [json.loads(l) for l in f]
-        return {
-            json.dumps(l["key"], sort_keys=True): [r["test_accuracy"] for r in l["records"]]
-            for l in lines
-        }
-
-    first, again = accuracies("bench_quick"), accuracies("bench_quick_intel")
+    first, again = _run_accuracies("bench_quick"), _run_accuracies("bench_quick_intel")
     assert len(again) == 54 and first == again  # "every one of the 54 runs"
 
 
@@ -1564,12 +1555,18 @@ def test_gradual_steps_section_is_the_recorded_runs():
     assert f"masks cost {cost} ms per step on a plain step of {plain} ms" in prose
 
 
-def test_gradual_step_in_a_run_section_is_the_recorded_runs():
+def _prune_step_section(title, count):
+    """A results section of `prune_step.py --in-run` logs: its table rows are the logs.
+
+    Checks every row's log (the command, the commit), median and mean,
+    wall and load averages (columns 0-2, 4, 5); returns the section and,
+    per row, `(cells, the log's text, median in ms)`.
+    """
     page = read("docs/results/overhead-issue11.md")
-    section = page.split("## A gradual pruning step in a run", 1)[1].split("\n## ", 1)[0]
+    section = page.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     rows = [l for l in section.splitlines() if l.startswith("| `prune_step/log_in_run_")]
-    assert len(rows) == 6
-    medians = {}
+    assert len(rows) == count
+    checked = []
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         name = cells[0].strip("`")
@@ -1582,13 +1579,21 @@ def test_gradual_step_in_a_run_section_is_the_recorded_runs():
         assert lines[2].startswith(cells[1]) and f"_{cells[1]}_" in name
         found = re.search(r"median ([0-9.]+) ms, mean ([0-9.]+) ms per step", text)
         assert cells[2] == f"{found[1]} ms, {found[2]} ms", row
-        reset = re.search(r"\s([0-9.]+)\s+[0-9.]+ \S+optimizer_reset.py:\d+\(reset_at\)", text)
-        assert cells[3] == f"{reset[1]} s", row
         assert cells[4] == _recorded_wall(text), row
         before = re.search(r"load average: ([0-9.]+)", lines[1])[1]
         after = re.search(r"uptime after: .*load average: ([0-9.]+)", text)[1]
         assert cells[5] == f"{before}, {after}", row
-        medians.setdefault(cells[1], []).append((float(found[1]), float(reset[1])))
+        checked.append((cells, text, float(found[1])))
+    return section, checked
+
+
+def test_gradual_step_in_a_run_section_is_the_recorded_runs():
+    section, rows = _prune_step_section("A gradual pruning step in a run", 6)
+    medians = {}
+    for cells, text, median in rows:
+        reset = re.search(r"\s([0-9.]+)\s+[0-9.]+ \S+optimizer_reset.py:\d+\(reset_at\)", text)
+        assert cells[3] == f"{reset[1]} s", cells
+        medians.setdefault(cells[1], []).append((median, float(reset[1])))
     prose = " ".join(section.split())
     old, new = medians["a9e56a2"], medians["78c8d70"]
     lo, hi = min(m for m, _ in old), max(m for m, _ in old)
@@ -1611,35 +1616,17 @@ def test_gradual_step_in_a_run_section_is_the_recorded_runs():
 
 
 def test_writing_only_what_changes_section_is_the_recorded_runs():
-    page = read("docs/results/overhead-issue11.md")
-    section = page.split("## Writing only what changes", 1)[1].split("\n## ", 1)[0]
-    rows = [l for l in section.splitlines() if l.startswith("| `prune_step/log_in_run_")]
-    assert len(rows) == 16
+    section, rows = _prune_step_section("Writing only what changes", 16)
     runs, profiles = {}, {}
     phases = {
         "pruned": r"zeroing.py:\d+\(pruned\)",
         "select": r"pruning.py:\d+\(sparsity_mask\)",
         "masks": r"targets.py:\d+\(set_masks\)",
     }
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        name = cells[0].strip("`")
-        text = (DOCS / "results" / name).read_text()
-        lines = text.splitlines()
-        assert lines[0] == (
-            f"$ PYTHONPATH=<checkout of {cells[1]}> python benchmarks/prune_step.py "
-            "--in-run --steps 50 --profile"
-        )
-        assert lines[2].startswith(cells[1]) and f"_{cells[1]}_" in name
-        found = re.search(r"median ([0-9.]+) ms, mean ([0-9.]+) ms per step", text)
-        assert cells[2] == f"{found[1]} ms, {found[2]} ms", row
+    for cells, text, median in rows:
         total = re.search(r"function calls \(\d+ primitive calls\) in ([0-9.]+) seconds", text)
-        assert cells[3] == f"{total[1]} s", row
-        assert cells[4] == _recorded_wall(text), row
-        before = re.search(r"load average: ([0-9.]+)", lines[1])[1]
-        after = re.search(r"uptime after: .*load average: ([0-9.]+)", text)[1]
-        assert cells[5] == f"{before}, {after}", row
-        runs.setdefault(cells[1], []).append(float(found[1]))
+        assert cells[3] == f"{total[1]} s", cells
+        runs.setdefault(cells[1], []).append(median)
         for phase, where in phases.items():
             cum = re.search(rf"\s([0-9.]+)\s+[0-9.]+ \S+{where}", text)[1]
             profiles.setdefault((cells[1], phase), []).append(float(cum))
@@ -1659,5 +1646,5 @@ def test_writing_only_what_changes_section_is_the_recorded_runs():
         assert f"{label}{a:.3f} → {b:.3f} s" in prose, phase
     a, b = (statistics.median(profiles[(c, "masks")]) for c in ("a87f834", "2d6f33a"))
     assert f"{a:.3f} → {b:.3f} s, hardly less" in prose
-    loads = [float(c) for r in rows for c in r.strip("|").split("|")[5].split(",")]
+    loads = [float(c) for cells, _, _ in rows for c in cells[5].split(",")]
     assert f"between {min(loads):.2f} and {max(loads):.2f}" in prose
