@@ -267,6 +267,7 @@ def test_measure_spreads_the_repeats_over_the_instances(monkeypatch):
     monkeypatch.setattr(overhead, "load_data", lambda steps: (None, None, "none"))
     monkeypatch.setattr(overhead, "build_model", build)
     monkeypatch.setattr(_common, "timed_fit", fit)  # warm_instances, time_interleaved
+    monkeypatch.setattr(overhead.lth, "masked_layers", lambda model: [])
     variants = overhead.only_variants(["plain_again"])
     out, _ = overhead.measure(variants, [False], steps=3, repeats=8, instances=2)
     assert len(built) == 4  # plain 0, 1; plain_again 2, 3
