@@ -29,8 +29,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lth.variable_writes import assign_at
-
 
 class OptimizerReset:
     """Resets `model.optimizer` to its initial state, all of it or at some positions."""
@@ -65,7 +63,11 @@ class OptimizerReset:
         if not where.any():
             return
         for slot, value in plan.slots.get(id(variable), ()):
-            assign_at(slot, where, value)
+            # Read and assigned whole: a scatter would switch the slot to
+            # copy-on-read, every later dense read of it a copy.
+            current = np.array(ops.convert_to_numpy(slot))
+            current[where] = np.broadcast_to(value, current.shape)[where]
+            slot.assign(current)
 
     def resets_slots(self) -> bool:
         """Whether `reset_at` can reset the slots: the optimizer is built and its copy matches."""
