@@ -643,7 +643,7 @@ def test_bench_quick_defaults_run_is_the_recorded_one():
     section = " ".join(section.split())  # line breaks aside
     assert f"Wall time {wall} for the whole main job" in section
     assert "`docs/results/bench_quick_auto/log.txt`" in read("CONTRIBUTING.md")
-    assert "earlier commit" in read("CONTRIBUTING.md")  # README cites the current code's run
+    assert "earlier commit" in read("CONTRIBUTING.md")  # README cites the 2d6f33a run
     assert f"{timing['wall_s']:.0f} s in the 54 runs" in section
     assert f"{timing['ms_per_step']:.2f} ms of wall time per training step" in section
     assert f"{timing['ratio']:.2f}x the bare" in section
@@ -874,7 +874,7 @@ def test_bench_quick_current_run_is_the_recorded_one():
         timing = json.load(f)
     assert timing["runs"] == 54 and {p["jobs"] for p in timing["pieces"]} == {2}
     page = read("docs/results/bench-quick.md")
-    section = page.split("## The main job at the current code", 1)[1].split("\n## ", 1)[0]
+    section = page.split("## The main job at 2d6f33a", 1)[1].split("\n## ", 1)[0]
     section = " ".join(section.split())
     assert f"Wall time {wall} for the whole main job" in section
     assert f"({wall})" in read("README.md")
@@ -1648,3 +1648,94 @@ def test_writing_only_what_changes_section_is_the_recorded_runs():
     assert f"{a:.3f} → {b:.3f} s, hardly less" in prose
     loads = [float(c) for cells, _, _ in rows for c in cells[5].split(",")]
     assert f"between {min(loads):.2f} and {max(loads):.2f}" in prose
+
+
+def test_writing_whole_again_section_is_the_recorded_runs():
+    section, rows = _prune_step_section("Writing whole again", 12)
+    runs = {}
+    for cells, text, median in rows:
+        total = re.search(r"function calls \(\d+ primitive calls\) in ([0-9.]+) seconds", text)
+        assert cells[3] == f"{total[1]} s", cells
+        runs.setdefault(cells[1], []).append(median)
+    prose = " ".join(section.split())
+    old, new = runs["a87f834"], runs["274b1a1"]
+    assert (
+        f"A pruning step costs {statistics.mean(new):.2f} ± {statistics.stdev(new):.2f} ms at "
+        f"274b1a1 against {statistics.mean(old):.2f} ± {statistics.stdev(old):.2f} ms before"
+    ) in prose
+    ratios = [n / o for n, o in zip(new, old)]
+    assert f"cheaper in {sum(r < 1 for r in ratios)} of the 6 pairs" in prose
+    assert (
+        f"from {min(ratios):.2f} to {max(ratios):.2f} (mean {statistics.mean(ratios):.2f})"
+    ) in prose
+    both = old + new
+    assert f"(medians from {min(both):.0f} to {max(both):.0f} ms for both commits)" in prose
+    assert "3.82 ms against 21.30 ± 3.89 ms" in read("CHANGELOG.md").replace("\n  ", " ")
+
+
+def test_scatter_section_is_the_recorded_runs():
+    folder = "overhead_writes"
+    same = (("log_steps_b.txt", "log_steps_a.txt"), ("log_steps_c.txt", "log_steps_a.txt"))
+    section, pooled = _assert_pooled_section(
+        "A scatter's cost to the steps after it",
+        f"{folder}/pooled.json",
+        3,
+        ("log_steps_a.txt",),
+        same,
+    )
+    p = pooled["pooled"]
+    prose = " ".join(section.split())
+    cell = lambda q: f"{q['mean']:.3f} ± {q['std']:.3f}"  # noqa: E731
+    poly, zeroed = p["masked_gradual_poly, jit off"], p["masked_gradual_poly_zeroed, jit off"]
+    assert f"was {cell(poly)} of plain Keras 3 with jit off (zeroed layers {cell(zeroed)})" in prose
+    assert not any(r["ratio"] <= r["budget"] for r in poly["runs"])  # "above 1.10 in every run"
+    before = _pooled("overhead_gsteps/pooled.json")["pooled"]["masked_gradual_poly, jit off"]
+    assert f"against {cell(before)} at 8b0f468" in prose
+    masked, cnn = p["masked, jit off"], p["masked_cnn, jit off"]
+    assert f"(masked / plain {cell(masked)} with jit off, the CNN {cell(cnn)})" in prose
+    log = (DOCS / "results" / "prune_step" / "log_scatter_read.txt").read_text()
+    assert log.splitlines()[0] == "$ python benchmarks/scatter_read.py"
+    assert log.splitlines()[2].startswith("274b1a1")
+    entries = re.findall(r"^(\w+)\s+([0-9.]+) ms per step.*?([0-9.]+) of fresh", log, re.M)
+    ms, ratio = ({k: e[i] for k, *e in entries} for i in (0, 1))
+    assert set(ms) == {"none", "scatter", "whole"}
+    assert (
+        f"took {ratio['scatter']} times the fresh one's, the model assigned whole "
+        f"{ratio['whole']} times"
+    ) in prose
+    assert f"({ms['none']}, {ms['scatter']} and {ms['whole']} ms;" in prose
+
+
+def test_steps_after_the_fix_section_is_the_recorded_runs():
+    folder = "overhead_whole"
+    same = (("log_steps_b.txt", "log_steps_a.txt"), ("log_steps_old.txt", "log_steps_a.txt"))
+    section, pooled = _assert_pooled_section(
+        "The steps protocol after the fix", f"{folder}/pooled.json", 3, ("log_steps_a.txt",), same
+    )
+    p = pooled["pooled"]
+    prose = " ".join(section.split())
+    cell = lambda q: f"{q['mean']:.3f} ± {q['std']:.3f}"  # noqa: E731
+    poly = p["masked_gradual_poly, jit off"]
+    assert f"`PolynomialDecay` / plain Keras 3 {cell(poly)} with jit off" in prose
+    scattered = _pooled("overhead_writes/pooled.json")["pooled"]["masked_gradual_poly, jit off"]
+    assert f"({cell(scattered)} with the scatter" in prose
+    means = [
+        _json(f"{folder}/{folder}_{s}.json")["tfmot"]["results"]["off"]["masked_gradual_poly"][
+            "vs_keras3"
+        ]["mean_ratio"]
+        for s in "ab"
+    ]
+    assert f"ratio of mean steps {means[0]:.3f} and {means[1]:.3f}" in prose
+    masked = p["masked, jit off"]
+    old = _json(f"{folder}/{folder}_old.json")
+    control = old["keras3"]["off"]["masked"]["vs_plain"]["ratio"]
+    runs = ", ".join(f"{r['ratio']:.3f}" for r in masked["runs"])
+    assert f"{cell(masked)} at 274b1a1 ({runs}) and {control:.3f} in the control" in prose
+    controls = [r["control"] for r in masked["runs"]]
+    aa = old["keras3"]["off"]["plain_again"]["vs_plain"]["ratio"]
+    assert f"({', '.join(f'{c:.3f}' for c in controls)}; {aa:.3f} in the control)" in prose
+    ratios = [r["ratio"] for r in masked["runs"]] + [control]
+    readme = " ".join(read("README.md").split())
+    assert f"({min(ratios):.3f}–{max(ratios):.3f}, A/A controls " in readme
+    lo, hi = min(controls + [aa]), max(controls + [aa])
+    assert f"A/A controls {lo:.3f}–{hi:.3f};" in readme
