@@ -65,7 +65,7 @@ class OptimizerReset:
         for slot, value in plan.slots.get(id(variable), ()):
             # Read and assigned whole: a scatter would switch the slot to
             # copy-on-read, every later dense read of it a copy.
-            current = np.array(ops.convert_to_numpy(slot))
+            current = ops.convert_to_numpy(slot)
             current[where] = np.broadcast_to(value, current.shape)[where]
             slot.assign(current)
 

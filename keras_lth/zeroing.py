@@ -205,7 +205,7 @@ class ZeroHolding:
         """Whether some layers hold their zeros by gradient masking now."""
         return bool(self.layers)
 
-    def pruned(self, weights, old_masks, new_masks=None):
+    def pruned(self, weights, old_masks, new_masks):
         """After the scheduler set new masks: resets the slots where weights were just pruned.
 
         (A kept layer set the values of those weights aside when its masks
@@ -214,8 +214,7 @@ class ZeroHolding:
         Args:
             weights: The `MaskedWeight`s whose masks may have changed.
             old_masks: `{weight key: mask before}`.
-            new_masks: `{weight key: mask set}` as the scheduler set them, or
-                `None` to read the masks.
+            new_masks: `{weight key: mask after}`, as the scheduler set them.
         """
         if not self.layers:
             return
@@ -223,10 +222,7 @@ class ZeroHolding:
         for w in weights:
             if id(w.layer) not in held or w.key not in old_masks:
                 continue
-            if new_masks is not None and w.key in new_masks:
-                now = np.asarray(new_masks[w.key], bool)
-            else:
-                now = ops.convert_to_numpy(w.mask)
+            now = np.asarray(new_masks[w.key], bool)
             self.optimizer_reset.reset_at(w.variable, np.asarray(old_masks[w.key], bool) & ~now)
 
     @contextlib.contextmanager

@@ -1615,32 +1615,47 @@ def test_gradual_step_in_a_run_section_is_the_recorded_runs():
     assert gap in prose
 
 
+def _assert_paired_prune_steps(title, pairs, old, new):
+    """A section of `pairs` prune_step runs of commit `old` alternating with `new` (old first).
+
+    Beyond `_prune_step_section`: each row's profile total (column 3), the
+    reading's mean ± std of both commits' medians, and the paired ratios.
+    Returns the prose, the rows and `{commit: [median ms]}`.
+    """
+    section, rows = _prune_step_section(title, 2 * pairs)
+    runs = {}
+    for cells, text, median in rows:
+        total = re.search(r"function calls \(\d+ primitive calls\) in ([0-9.]+) seconds", text)
+        assert cells[3] == f"{total[1]} s", cells
+        runs.setdefault(cells[1], []).append(median)
+    prose = " ".join(section.split())
+    a, b = runs[old], runs[new]
+    assert (
+        f"A pruning step costs {statistics.mean(b):.2f} ± {statistics.stdev(b):.2f} ms at "
+        f"{new} against {statistics.mean(a):.2f} ± {statistics.stdev(a):.2f} ms before"
+    ) in prose
+    ratios = [n / o for n, o in zip(b, a)]  # the rows alternate, old first
+    assert f"cheaper in {sum(r < 1 for r in ratios)} of the {pairs} pairs" in prose
+    assert (
+        f"ranged from {min(ratios):.2f} to {max(ratios):.2f} (mean {statistics.mean(ratios):.2f})"
+    ) in prose
+    return prose, rows, runs
+
+
 def test_writing_only_what_changes_section_is_the_recorded_runs():
-    section, rows = _prune_step_section("Writing only what changes", 16)
-    runs, profiles = {}, {}
+    prose, rows, _ = _assert_paired_prune_steps(
+        "Writing only what changes", 8, "a87f834", "2d6f33a"
+    )
     phases = {
         "pruned": r"zeroing.py:\d+\(pruned\)",
         "select": r"pruning.py:\d+\(sparsity_mask\)",
         "masks": r"targets.py:\d+\(set_masks\)",
     }
-    for cells, text, median in rows:
-        total = re.search(r"function calls \(\d+ primitive calls\) in ([0-9.]+) seconds", text)
-        assert cells[3] == f"{total[1]} s", cells
-        runs.setdefault(cells[1], []).append(median)
+    profiles = {}
+    for cells, text, _ in rows:
         for phase, where in phases.items():
             cum = re.search(rf"\s([0-9.]+)\s+[0-9.]+ \S+{where}", text)[1]
             profiles.setdefault((cells[1], phase), []).append(float(cum))
-    prose = " ".join(section.split())
-    old, new = runs["a87f834"], runs["2d6f33a"]
-    assert (
-        f"A pruning step costs {statistics.mean(new):.2f} ± {statistics.stdev(new):.2f} ms at "
-        f"2d6f33a against {statistics.mean(old):.2f} ± {statistics.stdev(old):.2f} ms before"
-    ) in prose
-    ratios = [n / o for n, o in zip(new, old)]  # the rows alternate, old first
-    assert f"cheaper in {sum(r < 1 for r in ratios)} of the 8 pairs" in prose
-    assert (
-        f"ranged from {min(ratios):.2f} to {max(ratios):.2f} (mean {statistics.mean(ratios):.2f})"
-    ) in prose
     for phase, label in (("pruned", "`ZeroHolding.pruned`) "), ("select", "(`sparsity_mask`) ")):
         a, b = (statistics.median(profiles[(c, phase)]) for c in ("a87f834", "2d6f33a"))
         assert f"{label}{a:.3f} → {b:.3f} s" in prose, phase
@@ -1651,24 +1666,8 @@ def test_writing_only_what_changes_section_is_the_recorded_runs():
 
 
 def test_writing_whole_again_section_is_the_recorded_runs():
-    section, rows = _prune_step_section("Writing whole again", 12)
-    runs = {}
-    for cells, text, median in rows:
-        total = re.search(r"function calls \(\d+ primitive calls\) in ([0-9.]+) seconds", text)
-        assert cells[3] == f"{total[1]} s", cells
-        runs.setdefault(cells[1], []).append(median)
-    prose = " ".join(section.split())
-    old, new = runs["a87f834"], runs["274b1a1"]
-    assert (
-        f"A pruning step costs {statistics.mean(new):.2f} ± {statistics.stdev(new):.2f} ms at "
-        f"274b1a1 against {statistics.mean(old):.2f} ± {statistics.stdev(old):.2f} ms before"
-    ) in prose
-    ratios = [n / o for n, o in zip(new, old)]
-    assert f"cheaper in {sum(r < 1 for r in ratios)} of the 6 pairs" in prose
-    assert (
-        f"from {min(ratios):.2f} to {max(ratios):.2f} (mean {statistics.mean(ratios):.2f})"
-    ) in prose
-    both = old + new
+    prose, _, runs = _assert_paired_prune_steps("Writing whole again", 6, "a87f834", "274b1a1")
+    both = runs["a87f834"] + runs["274b1a1"]
     assert f"(medians from {min(both):.0f} to {max(both):.0f} ms for both commits)" in prose
     assert "3.82 ms against 21.30 ± 3.89 ms" in read("CHANGELOG.md").replace("\n  ", " ")
 
