@@ -228,8 +228,40 @@ class StepRun:
         self.hooks.on_train_end(logs)
 
 
-def time_steps(runs, steps, repeats, warmup_steps):
-    """Times `runs` (`{key: StepRun}`), every run one step per cycle, in `interleaved` order.
+STEP_ORDERS = ("shuffled", "alternating")
+
+
+def step_cycles(names, cycles, order="shuffled", seed=0):
+    """The run order of each cycle of the steps protocol: `(cycle, names in order)`.
+
+    - `"shuffled"` (default): a fresh permutation every cycle (seeded), never
+      starting with the name that ended the cycle before. Every model takes
+      its steps at every position of a cycle equally often on average,
+      after a random other model, and never two steps in a row.
+    - `"alternating"`: A B C, C B A, A B C, ... (`interleaved`), the only
+      order before `--step-order` existed. The first and the last model
+      then take two steps in a row at every turn of the order, the second
+      with its own variables still in the CPU's caches; no other model
+      ever does.
+    """
+    if order == "alternating":
+        yield from interleaved(names, cycles)
+        return
+    if order != "shuffled":
+        raise ValueError(f"expected order in {STEP_ORDERS}. Received: {order!r}")
+    rng = np.random.default_rng(seed)
+    last = None
+    for cycle in range(cycles):
+        names_now = [names[i] for i in rng.permutation(len(names))]
+        if len(names_now) > 1 and names_now[0] == last:
+            swap = int(rng.integers(1, len(names_now)))
+            names_now[0], names_now[swap] = names_now[swap], names_now[0]
+        last = names_now[-1]
+        yield cycle, names_now
+
+
+def time_steps(runs, steps, repeats, warmup_steps, order="shuffled"):
+    """Times `runs` (`{key: StepRun}`), every run one step per cycle, in `step_cycles` order.
 
     Each run first takes `warmup_steps` untimed steps (they trace the train
     step as the run holds the layers). Then `repeats` blocks of `steps`
@@ -237,22 +269,48 @@ def time_steps(runs, steps, repeats, warmup_steps):
     hooks, so a gradual pruning step's pruning is in the step it precedes.
 
     Returns:
-        `(wall, cpu)`: per key, one list of step times (seconds) per block,
-        as `summarize` takes them.
+        `(wall, cpu, after_itself)`: per key, one list of step times
+        (seconds) per block, as `summarize` takes them, and one list of
+        flags per block: whether that step came right after the same run's
+        previous step (only the `"alternating"` order has such steps; see
+        `after_itself_entry`).
     """
     for run in runs.values():
         for _ in range(warmup_steps):
             run.step()
     wall = {key: [[] for _ in range(repeats)] for key in runs}
     cpu = {key: [[] for _ in range(repeats)] for key in runs}
-    for cycle, order in interleaved(list(runs), steps * repeats):
+    after_itself = {key: [[] for _ in range(repeats)] for key in runs}
+    previous = None
+    for cycle, names in step_cycles(list(runs), steps * repeats, order):
         block = cycle // steps
-        for key in order:
+        for key in names:
             start, start_cpu = time.perf_counter(), time.process_time()
             runs[key].step()
             wall[key][block].append(time.perf_counter() - start)
             cpu[key][block].append(time.process_time() - start_cpu)
-    return wall, cpu
+            after_itself[key][block].append(key == previous)
+            previous = key
+    return wall, cpu, after_itself
+
+
+def after_itself_entry(wall, after_itself) -> dict:
+    """The median step right after the run's own previous step, and the others' (ms).
+
+    `{}` when no step came right after its own (the `"shuffled"` order).
+    """
+    pairs = [(s, flag) for block, flags in zip(wall, after_itself) for s, flag in zip(block, flags)]
+    repeated = [1e3 * s for s, flag in pairs if flag]
+    others = [1e3 * s for s, flag in pairs if not flag]
+    if not repeated or not others:
+        return {}
+    return {
+        "after_itself": {
+            "steps": len(repeated),
+            "median_ms": round(statistics.median(repeated), 4),
+            "others_median_ms": round(statistics.median(others), 4),
+        }
+    }
 
 
 def quartiles(values):

@@ -55,9 +55,11 @@ from _overhead_common import (
     ITERATIVE_SCHEDULE,
     LAYER_NAMES,
     LEARNING_RATE,
+    STEP_ORDERS,
     UNITS,
     StepClock,
     StepRun,
+    after_itself_entry,
     check_instances,
     compare,
     load_data,
@@ -135,6 +137,7 @@ def main(argv=None):
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--protocol", choices=("fits", "steps"), default="fits")
+    parser.add_argument("--step-order", choices=STEP_ORDERS, default="shuffled")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
@@ -285,10 +288,15 @@ def main(argv=None):
             key: StepRun(model, variants[key[1]][1](), dataset, args.steps * args.repeats)
             for key, [(model, _)] in runs.items()
         }
-        steps_s, cpu_s = time_steps(step_runs, args.steps, args.repeats, warmup_steps=5)
+        steps_s, cpu_s, after_itself = time_steps(
+            step_runs, args.steps, args.repeats, warmup_steps=5, order=args.step_order
+        )
         fits_s = {key: None for key in step_runs}
         for key, run in step_runs.items():
-            timed_models[key] = run.masks_when_timed()
+            timed_models[key] = {
+                **after_itself_entry(steps_s[key], after_itself[key]),
+                **run.masks_when_timed(),
+            }
             run.close()
     else:
         steps_s, cpu_s, fits_s = time_interleaved(
@@ -321,6 +329,7 @@ def main(argv=None):
                     entry["vs_keras3"] = compare(entry, mode[KERAS3_BASELINE])
     out = {
         "protocol": args.protocol,
+        **({"step_order": args.step_order} if steps_protocol else {}),
         "data": source,
         "batch_size": BATCH_SIZE,
         "instances": args.instances,

@@ -53,8 +53,13 @@ steps: each model is warmed up by one `fit` as above, its callbacks then
 see the hooks of a `fit` that starts (a `PruningScheduler` holds its layers
 as during a run), and a cycle gives every model one training step (the
 call `fit`'s loop makes per batch, `model.train_function` on an iterator,
-with the batch hooks around it) on the same batch, in alternating order;
-`--repeats` blocks of `--steps` cycles. Two variants'
+with the batch hooks around it) on the same batch; `--repeats` blocks of
+`--steps` cycles. A cycle's order is a fresh seeded shuffle, never starting
+with the model that ended the cycle before (`--step-order shuffled`): in
+the alternating order A B C, C B A (`--step-order alternating`, the only
+one before) the first and the last model take two steps in a row at each
+turn, the second with warm caches, which the JSON's `after_itself` entries
+show for them. Two variants'
 paired steps are then milliseconds apart instead of a `fit` apart, so load
 that changes over seconds hits both alike; a block's median plays a
 repeat's role in the summaries. It leaves out what `fit` adds around a
@@ -134,9 +139,11 @@ from _overhead_common import (
     ITERATIVE_SCHEDULE,
     LAYER_NAMES,
     LEARNING_RATE,
+    STEP_ORDERS,
     UNITS,
     StepClock,
     StepRun,
+    after_itself_entry,
     check_instances,
     compare,
     load_data,
@@ -487,13 +494,13 @@ def _compare_all(out, by_name):
                 entry["vs_masked"] = compare(entry, mode["masked"])
 
 
-def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
+def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5, order="shuffled"):
     """The `steps` protocol: every (jit mode, variant) model takes one step in turn.
 
     Each model is warmed up by one `fit` as in `measure` (tracing, the first
     pruning), then trained step by step (`StepRun`): a cycle gives every
-    model one training step, on the same batch, in alternating order (A B,
-    B A, ...), so two variants' steps are at most a few milliseconds apart
+    model one training step, on the same batch, in the `step_cycles` order
+    `order`, so two variants' steps are at most a few milliseconds apart
     and background load that changes over seconds hits both alike. `repeats`
     blocks of `steps` cycles; a block plays the role of a repeat in the
     summaries (per-block medians and paired ratios).
@@ -510,11 +517,12 @@ def measure_steps(variants, jit_modes, steps, repeats, warmup_steps=5):
                 lambda v=v, jit=jit: build_model(v, jit), v.callbacks, clock, x, y, 1
             )
             runs[(jit, v.name)] = StepRun(model, v.callbacks(), dataset, steps * repeats)
-    wall, cpu = time_steps(runs, steps, repeats, warmup_steps)
+    wall, cpu, after_itself = time_steps(runs, steps, repeats, warmup_steps, order)
     out = {}
     for key, run in runs.items():
         jit, name = key
         entry = summarize(wall[key], None, cpu[key])
+        entry.update(after_itself_entry(wall[key], after_itself[key]))
         entry.update(run.masks_when_timed())
         run.close()
         out.setdefault("on" if jit else "off", {})[name] = entry
@@ -574,7 +582,9 @@ def flops_lines(result):
     return lines
 
 
-def run_tfmot_child(steps, repeats, jit_modes, variants, instances=1, protocol="fits"):
+def run_tfmot_child(
+    steps, repeats, jit_modes, variants, instances=1, protocol="fits", step_order="shuffled"
+):
     """Runs `_tfmot_reference.py` in a fresh process with TF_USE_LEGACY_KERAS=1.
 
     With `protocol="steps"` pass Keras 3 variants only (the child steps
@@ -587,7 +597,7 @@ def run_tfmot_child(steps, repeats, jit_modes, variants, instances=1, protocol="
         cmd = [sys.executable, child, "--steps", str(steps), "--repeats", str(repeats)]
         cmd += ["--jit", ",".join("on" if j else "off" for j in jit_modes), "--out", path]
         cmd += ["--variants", ",".join(variants), "--instances", str(instances)]
-        cmd += ["--protocol", protocol]
+        cmd += ["--protocol", protocol, "--step-order", step_order]
         proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.exists(path):
             return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-20:]}
@@ -616,7 +626,8 @@ def print_table(result):
     if cfg.get("protocol", "fits") == "steps":
         how = (
             f"{cfg['repeats']} blocks of {cfg['steps']} cycles, one training step per "
-            "variant and cycle in alternating order (--protocol steps)"
+            f"variant and cycle in {cfg.get('step_order', 'alternating')} order "
+            "(--protocol steps)"
         )
     else:
         how = (
@@ -769,6 +780,14 @@ def main(argv=None):
         "steps are milliseconds apart (the child process then steps its Keras 3 "
         "variants, gradual pruning against plain Keras 3, and runs no tf_keras or tfmot)",
     )
+    parser.add_argument(
+        "--step-order",
+        choices=STEP_ORDERS,
+        default="shuffled",
+        help="--protocol steps: each cycle's order, a fresh shuffle that never starts "
+        "with the model that ended the cycle before (default), or alternating (A B C, "
+        "C B A: the first and last model take two steps in a row at each turn)",
+    )
     parser.add_argument("--jit", default="off,on", help="jit_compile modes: off, on or off,on")
     parser.add_argument(
         "--variants",
@@ -823,12 +842,15 @@ def main(argv=None):
 
     load = [os.getloadavg()[0]]
     if args.protocol == "steps":
-        keras3, source = measure_steps(variants, jit_modes, args.steps, args.repeats)
+        keras3, source = measure_steps(
+            variants, jit_modes, args.steps, args.repeats, order=args.step_order
+        )
     else:
         keras3, source = measure(variants, jit_modes, args.steps, args.repeats, args.instances)
     result = {
         "config": {
             "protocol": args.protocol,
+            **({"step_order": args.step_order} if args.protocol == "steps" else {}),
             "steps": args.steps,
             "repeats": args.repeats,
             "instances": args.instances,
@@ -850,7 +872,13 @@ def main(argv=None):
                 n for n in child_variants if n not in _tfmot_reference.TF_KERAS_VARIANTS
             ]
         result["tfmot"] = run_tfmot_child(
-            args.steps, args.repeats, jit_modes, child_variants, args.instances, args.protocol
+            args.steps,
+            args.repeats,
+            jit_modes,
+            child_variants,
+            args.instances,
+            args.protocol,
+            args.step_order,
         )
     result["matmul_peak_flops"] = matmul_peak()
     result["lenet_step_flops"] = lenet_step_flops()

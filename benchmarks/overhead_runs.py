@@ -171,14 +171,16 @@ def pool(entries, budget):
 
 
 def protocol_of(result):
-    """How a result file's rows were timed: `"steps"`, or `"fits"` and `--instances`.
+    """How a result file's rows were timed: `"steps"` and its order, or `"fits"` and `--instances`.
 
     `overhead.py` records its protocol in its `config`, the child at its top
     level; the child runs the protocol of the `overhead.py` run that started
-    it. Files from before the option timed fit calls.
+    it. Files from before the option timed fit calls; steps files from
+    before `--step-order` used the alternating order.
     """
-    if result.get("config", {}).get("protocol", result.get("protocol")) == "steps":
-        return "steps"
+    where = result.get("config", result)
+    if where.get("protocol", result.get("protocol")) == "steps":
+        return f"steps, {where.get('step_order', 'alternating')} order"
     return f"fits, {instances_of(result)} instance(s)"
 
 

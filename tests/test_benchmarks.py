@@ -384,7 +384,8 @@ def test_select_cost_main_writes_both_states(tmp_path, capsys):
     assert "Received: --steps 200, --repeats 0" in capsys.readouterr().err
 
 
-def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(monkeypatch):
+def _fake_step_runs(monkeypatch):
+    """`measure_steps` with fake models: returns the names stepped and the names closed."""
     calls, closed = [], []
 
     class FakeModel:
@@ -411,8 +412,15 @@ def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(
     monkeypatch.setattr(overhead, "build_model", lambda v, jit: f"{v.name}{int(jit)}")
     monkeypatch.setattr(overhead, "warm_instances", warm)
     monkeypatch.setattr(overhead, "StepRun", FakeRun)
+    return calls, closed
+
+
+def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(monkeypatch):
+    calls, closed = _fake_step_runs(monkeypatch)
     variants = overhead.only_variants(["plain_again"])
-    out, _ = overhead.measure_steps(variants, [False, True], steps=3, repeats=2, warmup_steps=1)
+    out, _ = overhead.measure_steps(
+        variants, [False, True], steps=3, repeats=2, warmup_steps=1, order="alternating"
+    )
     names = ["plain0", "plain_again0", "plain1", "plain_again1"]
     assert calls[:4] == names  # one untimed warm-up step each
     cycles = [calls[4 + 4 * c : 8 + 4 * c] for c in range(6)]
@@ -422,6 +430,58 @@ def test_steps_protocol_gives_every_model_one_step_a_cycle_in_alternating_order(
         for e in out[mode].values():
             assert e["n_steps"] == 6 and len(e["repeat_medians_ms"]) == 2  # 2 blocks of 3
         assert "vs_plain" in out[mode]["plain_again"]
+    # the first and the last model took a step right after their own at each turn
+    after = {m: n for m in ("off", "on") for n, e in out[m].items() if "after_itself" in e}
+    assert after == {"off": "plain", "on": "plain_again"}
+    assert out["off"]["plain"]["after_itself"]["steps"] == 2  # at cycles 2 and 4
+    assert out["on"]["plain_again"]["after_itself"]["steps"] == 3  # at cycles 1, 3 and 5
+
+
+def test_steps_protocol_shuffles_each_cycle_by_default(monkeypatch):
+    calls, _ = _fake_step_runs(monkeypatch)
+    variants = overhead.only_variants(["plain_again"])
+    out, _ = overhead.measure_steps(variants, [False, True], steps=25, repeats=4, warmup_steps=1)
+    names = ["plain0", "plain_again0", "plain1", "plain_again1"]
+    timed = calls[4:]
+    cycles = [timed[4 * c : 4 * c + 4] for c in range(100)]
+    assert all(sorted(c) == sorted(names) for c in cycles)
+    assert all(a != b for a, b in zip(timed, timed[1:]))  # never two steps in a row
+    assert len({tuple(c) for c in cycles}) > 10
+    for mode in ("off", "on"):
+        assert not any("after_itself" in e for e in out[mode].values())
+    # the same shuffles in every run (seeded)
+    calls[:] = []
+    overhead.measure_steps(variants, [False, True], steps=25, repeats=4, warmup_steps=1)
+    assert calls[4:] == timed
+
+
+def test_step_cycles_shuffle_evenly_and_never_repeat_a_model():
+    names = list("abcde")
+    cycles = list(_common.step_cycles(names, 2000))
+    assert [c for c, _ in cycles] == list(range(2000))
+    flat = [n for _, order in cycles for n in order]
+    assert all(sorted(order) == names for _, order in cycles)
+    assert all(a != b for a, b in zip(flat, flat[1:]))
+    # every name at every position about 1/5 of the cycles (400 of 2000)
+    for position in range(5):
+        counts = [sum(order[position] == n for _, order in cycles) for n in names]
+        assert min(counts) > 320 and max(counts) < 480, (position, counts)
+    # and after every other name about equally often
+    follows = collections.Counter(zip(flat, flat[1:]))
+    assert min(follows.values()) > 0.7 * max(follows.values())
+    alternating = [order for _, order in _common.step_cycles(names, 3, "alternating")]
+    assert alternating == [order for _, order in _common.interleaved(names, 3)]
+    assert [o for _, o in _common.step_cycles(["a"], 3)] == [["a"]] * 3
+    with pytest.raises(ValueError, match=r"expected order in .*Received: 'random'"):
+        list(_common.step_cycles(names, 1, "random"))
+
+
+def test_after_itself_entry_splits_the_steps_after_the_model_itself():
+    wall = [[0.001, 0.002, 0.003], [0.004, 0.005]]
+    flags = [[False, True, False], [True, False]]
+    entry = _common.after_itself_entry(wall, flags)["after_itself"]
+    assert entry == {"steps": 2, "median_ms": 3.0, "others_median_ms": 3.0}
+    assert _common.after_itself_entry(wall, [[False] * 3, [False] * 2]) == {}
 
 
 def test_steps_protocol_run(tmp_path, capsys):
@@ -432,8 +492,9 @@ def test_steps_protocol_run(tmp_path, capsys):
     with open(out) as f:
         result = json.load(f)
     assert result["config"]["protocol"] == "steps"
+    assert result["config"]["step_order"] == "shuffled"
     assert "tfmot" not in result  # --no-tfmot: no child process
-    assert "2 blocks of 3 cycles, one training step per variant" in stdout
+    assert "2 blocks of 3 cycles, one training step per variant and cycle in shuffled" in stdout
     variants = result["keras3"]["off"]
     assert set(variants) == {"plain", "masked"}
     for e in variants.values():
@@ -445,7 +506,7 @@ def test_steps_protocol_run(tmp_path, capsys):
     ratio = masked["vs_plain"]["ratio"]
     assert ratio == pytest.approx(masked["step_ms"] / variants["plain"]["step_ms"])
     assert f"jit=off: masked/plain = {ratio:.3f}" in stdout
-    assert overhead_runs.protocol_of(result) == "steps"
+    assert overhead_runs.protocol_of(result) == "steps, shuffled order"
 
 
 @pytest.mark.skipif(not HAS_TFMOT, reason="tensorflow-model-optimization not installed")
@@ -463,11 +524,14 @@ sys.exit(_tfmot_reference.main(sys.argv[1:]))
 """
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT)
 
-    def child_process(steps, repeats, jit_modes, variants, instances=1, protocol="fits"):
-        calls.append((list(variants), protocol))
+    def child_process(
+        steps, repeats, jit_modes, variants, instances=1, protocol="fits", step_order="shuffled"
+    ):
+        calls.append((list(variants), protocol, step_order))
         out = tmp_path / "child.json"
         cmd = [sys.executable, "-c", script, "--steps", str(steps), "--repeats", str(repeats)]
         cmd += ["--jit", "off", "--variants", ",".join(variants), "--protocol", protocol]
+        cmd += ["--step-order", step_order]
         cmd += ["--out", str(out)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -480,16 +544,19 @@ sys.exit(_tfmot_reference.main(sys.argv[1:]))
     monkeypatch.setattr(_tfmot_reference, "DEFAULT_VARIANTS", default)
     out = tmp_path / "steps.json"
     argv = ["--protocol", "steps", "--only", "plain_again", "--jit", "off"]
+    argv += ["--step-order", "alternating"]
     assert overhead.main([*argv, "--steps", "6", "--repeats", "2", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
-    [(variants, protocol)] = calls
-    assert protocol == "steps"
+    [(variants, protocol, step_order)] = calls
+    assert protocol == "steps" and step_order == "alternating"
     assert not set(variants) & set(_tfmot_reference.TF_KERAS_VARIANTS)
     assert "masked_gradual_poly" in variants and "keras3_again" in variants
     with open(out) as f:
         child = json.load(f)["tfmot"]
-    assert child["protocol"] == "steps"
+    assert child["protocol"] == "steps" and child["step_order"] == "alternating"
     results = child["results"]["off"]
+    # alternating: the first model (keras3) stepped twice in a row at each turn
+    assert results["keras3"]["after_itself"]["steps"] == 5  # cycles 2, 4, ..., 10 of 12
     assert set(results) == {"keras3", *variants}
     for name, e in results.items():
         assert e["n_steps"] == 12 and len(e["repeat_medians_ms"]) == 2, name  # 2 blocks of 6
@@ -522,6 +589,7 @@ def test_steps_protocol_argument_errors(capsys):
     for argv, message in (
         (["--protocol", "steps", "--instances", "2", "--repeats", "4"], "--instances 1 with"),
         (["--protocol", "fit"], "invalid choice: 'fit'"),
+        (["--protocol", "steps", "--step-order", "random"], "invalid choice: 'random'"),
     ):
         with pytest.raises(SystemExit) as exc:
             overhead.main(argv)
@@ -638,16 +706,23 @@ def test_runs_of_different_protocols_are_not_pooled(tmp_path):
     steps["config"] = {"protocol": "steps", "instances": 1}
     with open(tmp_path / "steps.json", "w") as f:
         json.dump(steps, f)
-    assert overhead_runs.protocol_of(steps) == "steps"
+    assert overhead_runs.protocol_of(steps) == "steps, alternating order"  # before --step-order
     assert overhead_runs.protocol_of(one) == "fits, 1 instance(s)"
     assert overhead_runs.protocol_of(child) == "fits, 4 instance(s)"
-    with pytest.raises(ValueError, match=r"same protocol .*'steps'"):
+    with pytest.raises(ValueError, match=r"same protocol .*'steps, alternating order'"):
         overhead_runs.pooled([paths[0], str(tmp_path / "steps.json")])
+    shuffled = _main_run(1.00, 1.01)
+    shuffled["config"] = {"protocol": "steps", "step_order": "shuffled", "instances": 1}
+    with open(tmp_path / "shuffled.json", "w") as f:
+        json.dump(shuffled, f)
+    assert overhead_runs.protocol_of(shuffled) == "steps, shuffled order"
+    with pytest.raises(ValueError, match=r"same protocol .*'steps, shuffled order'"):
+        overhead_runs.pooled([str(tmp_path / "steps.json"), str(tmp_path / "shuffled.json")])
     assert overhead_runs.pooled([str(tmp_path / "steps.json")])["masked, jit off"]["mean"] == 1.02
     # a child run of the steps protocol, alone or embedded in its overhead.py run
     child_steps = _child_run(1.0, 1.04, 1.08)
     child_steps["protocol"] = "steps"
-    assert overhead_runs.protocol_of(child_steps) == "steps"
+    assert overhead_runs.protocol_of(child_steps) == "steps, alternating order"
     steps["tfmot"] = child_steps
     with open(tmp_path / "steps.json", "w") as f:
         json.dump(steps, f)
