@@ -643,7 +643,7 @@ def test_bench_quick_defaults_run_is_the_recorded_one():
     section = " ".join(section.split())  # line breaks aside
     assert f"Wall time {wall} for the whole main job" in section
     assert "`docs/results/bench_quick_auto/log.txt`" in read("CONTRIBUTING.md")
-    assert "earlier commit" in read("CONTRIBUTING.md")  # README cites the 2d6f33a run
+    assert "earlier commit" in read("CONTRIBUTING.md")  # README cites the 8d1e5e2 run
     assert f"{timing['wall_s']:.0f} s in the 54 runs" in section
     assert f"{timing['ms_per_step']:.2f} ms of wall time per training step" in section
     assert f"{timing['ratio']:.2f}x the bare" in section
@@ -868,13 +868,13 @@ def test_bench_quick_current_run_is_the_recorded_one():
     log = read("docs/results/bench_quick_current/log.txt")
     lines = log.splitlines()
     wall = _recorded_wall(log)
-    assert lines[3] == "$ keras-lth bench --out /tmp/bq6/bench_quick_current"
-    assert lines[2].startswith("commit 2d6f33a")
+    assert lines[3] == "$ keras-lth bench --out /tmp/bq7/bench_quick_current"
+    assert lines[2].startswith("commit 8d1e5e2")
     with open(DOCS / "results" / "bench_quick_current" / "timing.json") as f:
         timing = json.load(f)
     assert timing["runs"] == 54 and {p["jobs"] for p in timing["pieces"]} == {2}
     page = read("docs/results/bench-quick.md")
-    section = page.split("## The main job at 2d6f33a", 1)[1].split("\n## ", 1)[0]
+    section = page.split("## The main job at 8d1e5e2", 1)[1].split("\n## ", 1)[0]
     section = " ".join(section.split())
     assert f"Wall time {wall} for the whole main job" in section
     assert f"({wall})" in read("README.md")
@@ -889,6 +889,14 @@ def test_bench_quick_current_run_is_the_recorded_one():
     assert f"{timing['ratio']:.2f}x the bare" in section
     lo, hi = timing["pieces"][0]["bare_step_ms"]
     assert f"({lo} and {hi} ms at the start and end)" in section
+    # the earlier record at 2d6f33a, on the same machine instance: its wall and bare steps
+    earlier_log = read("docs/results/bench_quick_current/at_2d6f33a/log.txt")
+    assert earlier_log.splitlines()[2].startswith("commit 2d6f33a")
+    with open(DOCS / "results" / "bench_quick_current" / "at_2d6f33a" / "timing.json") as f:
+        a, b = json.load(f)["pieces"][0]["bare_step_ms"]
+    assert "at 2d6f33a, whose pruning step" in section
+    assert f"took {_recorded_wall(earlier_log)} on this same machine instance" in section
+    assert f"measured {a} and {b} ms at the start and end, against {lo} and {hi} ms here" in section
     before = re.search(r"load average: ([0-9.]+)", lines[0])[1]
     after = re.search(r"load average: ([0-9.]+)", lines[-1])[1]
     assert f"load average {before} at the start, {after} at the end" in section
@@ -1738,3 +1746,123 @@ def test_steps_after_the_fix_section_is_the_recorded_runs():
     assert f"({min(ratios):.3f}–{max(ratios):.3f}, A/A controls " in readme
     lo, hi = min(controls + [aa]), max(controls + [aa])
     assert f"A/A controls {lo:.3f}–{hi:.3f};" in readme
+
+
+def test_shuffled_step_order_section_is_the_recorded_runs():
+    folder = "overhead_order"
+    same = (
+        ("log_steps_c.txt", "log_steps_a.txt"),
+        ("log_steps_e.txt", "log_steps_a.txt"),
+        ("log_steps_f.txt", "log_steps_a.txt"),
+        ("log_steps_d.txt", "log_steps_b.txt"),
+    )
+    logs = ("log_steps_a.txt", "log_steps_b.txt", "log_diag_gradmask.txt")
+    section, pooled = _assert_pooled_section(
+        "A shuffled step order", f"{folder}/pooled.json", 7, logs, same
+    )
+    _assert_pooled_section(
+        "A shuffled step order", f"{folder}/pooled_alternating.json", 7, logs, same, rows=False
+    )
+    runs = {t: _json(f"{folder}/{folder}_{t}.json") for t in "abcdef"}
+    orders = {t: r["config"]["step_order"] for t, r in runs.items()}
+    assert orders == dict(zip("abcdef", ["shuffled", "alternating"] * 2 + ["shuffled"] * 2))
+    for t, order in orders.items():
+        assert f"`{folder}/log_steps_{t}.txt` ({order})" in section
+    assert all(r["config"]["protocol"] == "steps" for r in runs.values())
+    # The after-itself table: every model of the alternating runs that has such steps.
+    rows = [l for l in section.splitlines() if re.match(r"\| `[bd]` \|", l)]
+    expected = []
+    for t in "bd":
+        for process, results in (
+            ("main", runs[t]["keras3"]),
+            ("child", runs[t]["tfmot"]["results"]),
+        ):
+            for mode in ("off", "on"):
+                for name, e in results[mode].items():
+                    if "after_itself" not in e:
+                        continue
+                    a = e["after_itself"]
+                    change = 100 * (a["median_ms"] / a["others_median_ms"] - 1)
+                    expected.append(
+                        f"| `{t}` | {process} | `{name}`, jit {mode} | {a['steps']} | "
+                        f"{a['median_ms']:.3f} | {a['others_median_ms']:.3f} | {change:+.1f}% | "
+                        f"{e['step_ms']:.3f} |"
+                    )
+    assert rows == expected and len(rows) == 8
+    for t in "acef":  # a shuffled run has no such steps
+        for results in (runs[t]["keras3"], runs[t]["tfmot"]["results"]):
+            assert not any("after_itself" in e for m in results.values() for e in m.values())
+    prose = " ".join(section.split())
+    lenet = [r for r in expected if "cnn" not in r]
+    changes = sorted(float(r.split(" | ")[6].rstrip("%")) for r in lenet)
+    assert f"was {-changes[-1]:.1f} to {-changes[0]:.1f}% faster" in prose
+    cnn = [r.split(" | ")[6] for r in expected if "cnn" in r]
+    assert f"was not ({cnn[0]} and {cnn[1]})" in prose
+    fell = []
+    for t in "bd":
+        plain = runs[t]["keras3"]["off"]["plain"]
+        fell.append(
+            f"{100 * (1 - plain['step_ms'] / plain['after_itself']['others_median_ms']):.1f}%"
+        )
+    assert f"`plain`'s (jit off) by {fell[0]} and {fell[1]} against" in prose
+    # The pooled figures.
+    p = pooled["pooled"]
+    cell = lambda q: f"{q['mean']:.3f} ± {q['std']:.3f}"  # noqa: E731
+    masked = p["masked, jit off"]
+    *rest, last = [f"{r['control']:.3f}" for r in masked["runs"]]
+    assert f"jit-off A/A controls of the main process were {', '.join(rest)} and {last}**" in prose
+    each = ", ".join(f"{r['ratio']:.3f}" for r in masked["runs"])
+    assert f"**iterative pruning with jit off was {cell(masked)} over four runs" in prose
+    assert f"({each}): within the 1.05 budget on average" in prose
+    within = sum(r["ratio"] <= 1.05 for r in masked["runs"])
+    assert within == 2 and "two runs of four above it" in prose
+    for key, text in (
+        ("masked, jit on", "With jit on, {}"),
+        ("masked_zeroed, jit off", "zeroed layers {} (jit off)"),
+        ("masked_zeroed, jit on", "and {} (jit on)"),
+        ("masked_gradual_poly, jit off", "`PolynomialDecay`: {} (jit off)"),
+        ("masked_cnn, jit off", "The CNN: {}"),
+        ("masked_cnn, jit on", "and {}."),
+    ):
+        assert text.format(cell(p[key])) in prose, key
+    # The diagnostic.
+    diag = _json(f"{folder}/diag_gradmask.json")["keras3"]["off"]
+    r = {n: f"{e['vs_plain']['ratio']:.3f}" for n, e in diag.items() if "vs_plain" in e}
+    assert (
+        f"`masked` / `plain` was {r['masked']} and `plain_gradmask` / `plain` "
+        f"{r['plain_gradmask']} (A/A {r['plain_again']})"
+    ) in prose
+
+    # The masks' absolute cost, this day and the two earlier days.
+    def cost(paths):
+        out = [_json(path)["keras3"]["off"] for path in paths]
+        diffs = [o["masked"]["step_ms"] - o["plain"]["step_ms"] for o in out]
+        plains = [o["plain"]["step_ms"] for o in out]
+        return diffs, plains
+
+    diffs, plains = cost([f"{folder}/{folder}_{t}.json" for t in "acef"])
+    assert f"{min(diffs):.2f} to {max(diffs):.2f} ms a step in the four shuffled runs" in prose
+    assert f"on plain steps of {min(plains):.2f} to {max(plains):.2f} ms." in prose
+    earlier = [f"overhead_elided/overhead_elided_{t}.json" for t in "abc"]
+    earlier += [f"overhead_gsteps/overhead_gsteps_{t}.json" for t in "abc"]
+    diffs, plains = cost(earlier)
+    assert f"({min(diffs):.2f} to {max(diffs):.2f} ms) on plain steps of" in prose
+    assert f"{min(plains):.2f} to {max(plains):.2f} ms, a smaller share" in prose
+    # The README's sentence and the CHANGELOG's figures.
+    readme = " ".join(read("README.md").split())
+    lo, hi = -changes[-1], -changes[0]
+    main_off = [float(r.split(" | ")[6].rstrip("%")) for r in expected if "`plain`" in r]
+    span = f"{-max(main_off):.1f}–{-min(main_off):.1f}% faster"
+    assert lo <= -max(main_off) and -min(main_off) <= hi
+    assert f"right after its own, {span};" in readme
+    aa = [r["control"] for r in masked["runs"]]
+    assert (
+        f"four runs that day gave {cell(masked)}, within the budget on average and within "
+        f"noise of it ({within} of 4 runs within; A/A {min(aa):.3f}–{max(aa):.3f};"
+    ) in readme
+    changelog = " ".join(read("CHANGELOG.md").split())
+    assert f"such a step was {span} than its others" in changelog
+    assert f"{cell(masked)} jit off (two of four within 1.05), {cell(p['masked, jit on'])}" in (
+        changelog
+    )
+    assert f"A/A controls {min(aa):.3f}–{max(aa):.3f} with jit off" in changelog
